@@ -1,0 +1,20 @@
+"""momos: Mosaic-of-Motifs for PyTorch.
+
+    import momos
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.01, seed=0)
+    stats = momos.project_(model, cfg)
+"""
+
+from .blocks import BlockLayout, from_blocks, to_blocks
+from .config import MoMosConfig
+from .project import Codebook, ProjectionStats, is_mosaic, project_, select_parameters
+from .projector import Projector
+from .qat import QATConfig, add_qat_, remove_qat_
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockLayout", "Codebook", "MoMosConfig", "ProjectionStats", "Projector", "QATConfig",
+    "add_qat_", "from_blocks", "is_mosaic", "project_", "remove_qat_", "select_parameters",
+    "to_blocks", "__version__",
+]

@@ -1,0 +1,44 @@
+"""The ``momos`` command line: one module per sub-command, each with ``register(subparsers)``.
+
+A sub-command's handler returns an exit code; a :class:`UsageError` becomes a one-line
+message and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Sub-command modules, in the order ``momos --help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = ("project",)
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported in one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from momos import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="momos", description="Mosaic-of-Motifs: train, measure and ship mosaic networks.")
+    parser.add_argument("--version", action="version", version=f"momos {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"momos.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UsageError as error:
+        print(f"momos {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

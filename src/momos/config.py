@@ -1,0 +1,107 @@
+"""The configuration of a MoMos projection: one small, validated dataclass."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+SCOPES = ("global", "per_tensor")
+MOTIF_METHODS = ("sample",)
+
+
+@dataclass(frozen=True)
+class MoMosConfig:
+    """How a model's weights are cut into blocks and replaced by motifs.
+
+    Exactly one of ``capacity`` and ``num_motifs`` must be given.
+
+    Attributes:
+        block_size: ``s``, the number of consecutive values in a block.
+        capacity: ``c`` in (0, 1]; the number of motifs is ``k = max(1, floor(c * m))``
+            for ``m`` blocks (per tensor when ``scope="per_tensor"``).
+        num_motifs: ``k`` given directly (clamped to the number of blocks).
+        force_zero: motif 0 is the all-zero block; ``k - 1`` motifs are drawn.
+        scope: ``"global"`` (one codebook for the whole model, as in the paper) or
+            ``"per_tensor"`` (each tensor has its own codebook).
+        motifs: how motifs are chosen; ``"sample"`` draws ``k`` distinct blocks
+            uniformly at random (the paper's method).
+        include: regular expressions; when given, only parameters whose name matches
+            one of them (``re.search``) are projected.
+        exclude: regular expressions; parameters whose name matches one are left free.
+        motif_bits: quantize the motifs to this many bits (symmetric, one scale per
+            codebook) before assigning, so the model is exactly ``k`` q-bit motifs
+            plus indices. ``None`` or ``>= 32`` keeps float motifs.
+        max_distance_bytes: the most memory the nearest-motif search may hold for
+            block-to-motif distances at once.
+        seed: seeds the generator that draws motifs.
+    """
+
+    block_size: int = 4
+    capacity: float | None = None
+    num_motifs: int | None = None
+    force_zero: bool = True
+    scope: Literal["global", "per_tensor"] = "global"
+    motifs: Literal["sample"] = "sample"
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+    motif_bits: int | None = None
+    max_distance_bytes: int = 4 * 2**20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Lists are accepted for convenience but stored as tuples so the config stays hashable.
+        if self.include is not None:
+            object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        self.validate()
+
+    def validate(self) -> None:
+        _check_int("block_size", self.block_size, minimum=1)
+        if (self.capacity is None) == (self.num_motifs is None):
+            raise ValueError("give exactly one of capacity and num_motifs "
+                             f"(got capacity={self.capacity!r}, num_motifs={self.num_motifs!r})")
+        if self.capacity is not None:
+            if isinstance(self.capacity, bool) or not isinstance(self.capacity, (int, float)):
+                raise TypeError(f"capacity must be a number, got {type(self.capacity).__name__}")
+            if not (0.0 < self.capacity <= 1.0) or math.isnan(self.capacity):
+                raise ValueError(f"capacity must be in (0, 1], got {self.capacity}")
+        if self.num_motifs is not None:
+            _check_int("num_motifs", self.num_motifs, minimum=1)
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.motifs not in MOTIF_METHODS:
+            raise ValueError(f"motifs must be one of {MOTIF_METHODS}, got {self.motifs!r}")
+        if self.motif_bits is not None:
+            _check_int("motif_bits", self.motif_bits, minimum=2)
+        _check_int("max_distance_bytes", self.max_distance_bytes, minimum=1)
+        _check_int("seed", self.seed, minimum=0)
+
+    def motifs_for(self, num_blocks: int) -> int:
+        """``k`` for a codebook shared by ``num_blocks`` blocks."""
+        if self.num_motifs is not None:
+            k = self.num_motifs
+        else:
+            k = math.floor(self.capacity * num_blocks)
+        return max(1, min(k, num_blocks))
+
+    @property
+    def quantizes_motifs(self) -> bool:
+        return self.motif_bits is not None and self.motif_bits < 32
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["include"] = list(self.include) if self.include is not None else None
+        d["exclude"] = list(self.exclude)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MoMosConfig":
+        return cls(**d)
+
+
+def _check_int(name: str, value, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")

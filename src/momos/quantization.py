@@ -1,0 +1,28 @@
+"""Symmetric uniform quantization: ``x -> round(x / scale) * scale``, ``scale = max|x| / (2^(q-1) - 1)``."""
+
+from __future__ import annotations
+
+import torch
+
+
+def symmetric_scale(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """The step of a ``bits``-bit symmetric grid covering ``[-max|x|, max|x|]`` (a 0-d tensor)."""
+    if bits < 2:
+        raise ValueError(f"quantization needs at least 2 bits, got {bits}")
+    return x.detach().abs().max() / (2 ** (bits - 1) - 1)
+
+
+def quantize_symmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer levels in ``[-(2^(q-1) - 1), 2^(q-1) - 1]`` and the scale; an all-zero ``x`` gets scale 0."""
+    scale = symmetric_scale(x, bits)
+    if scale == 0:
+        return torch.zeros_like(x, dtype=torch.long), scale
+    limit = 2 ** (bits - 1) - 1
+    levels = torch.round(x.detach() / scale).clamp_(-limit, limit).long()
+    return levels, scale
+
+
+def fake_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``x`` rounded to its ``bits``-bit symmetric grid, in ``x``'s dtype (no gradient path)."""
+    levels, scale = quantize_symmetric(x, bits)
+    return (levels.to(x.dtype) * scale).to(x.dtype)
