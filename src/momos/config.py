@@ -26,8 +26,9 @@ class MoMosConfig:
             ``"per_tensor"`` (each tensor has its own codebook).
         motifs: how motifs are chosen; ``"sample"`` draws ``k`` distinct blocks
             uniformly at random (the paper's method).
-        include: regular expressions; when given, only parameters whose name matches
-            one of them (``re.search``) are projected.
+        include: regular expressions; when given, exactly the parameters whose name
+            matches one of them (``re.search``) are projected, frozen ones too. By default
+            every parameter with ``requires_grad`` is.
         exclude: regular expressions; parameters whose name matches one are left free.
         motif_bits: quantize the motifs to this many bits (symmetric, one scale per
             codebook) before assigning, so the model is exactly ``k`` q-bit motifs

@@ -77,8 +77,9 @@ class ProjectionStats:
 def select_parameters(model: nn.Module, config: MoMosConfig) -> list[tuple[str, nn.Parameter]]:
     """The parameters a projection acts on, in ``named_parameters()`` order.
 
-    Every parameter with ``requires_grad``, narrowed by ``config.include`` and
-    ``config.exclude`` (regular expressions searched in the parameter name).
+    By default every parameter with ``requires_grad``. ``config.include`` (regular
+    expressions searched in the parameter name) selects by name instead, frozen parameters
+    too; ``config.exclude`` then removes names from the selection.
 
     Raises:
         ValueError: nothing is selected.
@@ -86,9 +87,10 @@ def select_parameters(model: nn.Module, config: MoMosConfig) -> list[tuple[str, 
     """
     selected = []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if config.include is not None and not any(re.search(p, name) for p in config.include):
+        if config.include is None:
+            if not param.requires_grad:
+                continue
+        elif not any(re.search(p, name) for p in config.include):
             continue
         if any(re.search(p, name) for p in config.exclude):
             continue

@@ -48,6 +48,7 @@ class Projector:
 
     @property
     def warmed_up(self) -> bool:
+        """True once the warm-up epochs have all ended."""
         return self.epochs >= self.warmup_epochs
 
     def step(self) -> ProjectionStats | None:
@@ -59,10 +60,10 @@ class Projector:
 
     def epoch_end(self) -> ProjectionStats | None:
         """Call after an epoch's last optimizer step, before validation."""
+        # Warm-up counts whole epochs: with W warm-up epochs the first projection ends epoch W + 1.
+        due = self.every_n_steps is None and self.warmed_up
         self.epochs += 1
-        if self.every_n_steps is None and self.warmed_up:
-            return self.project()
-        return None
+        return self.project() if due else None
 
     def project(self) -> ProjectionStats:
         """Project now, drawing a new codebook."""
