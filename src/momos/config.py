@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 SCOPES = ("global", "per_tensor")
-MOTIF_METHODS = ("sample",)
+MOTIF_METHODS = ("sample", "kmeans", "persistent")
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,12 @@ class MoMosConfig:
         force_zero: motif 0 is the all-zero block; ``k - 1`` motifs are drawn.
         scope: ``"global"`` (one codebook for the whole model, as in the paper) or
             ``"per_tensor"`` (each tensor has its own codebook).
-        motifs: how motifs are chosen; ``"sample"`` draws ``k`` distinct blocks
-            uniformly at random (the paper's method).
+        motifs: how motifs are chosen. ``"sample"``: ``k`` distinct blocks drawn uniformly
+            at random at every projection (the paper's method). ``"kmeans"``: sampled, then
+            refined by ``kmeans_iterations`` Lloyd iterations. ``"persistent"``: the previous
+            projection's codebook refined by Lloyd iterations (sampled the first time), so
+            the codebook drifts slowly instead of being redrawn.
+        kmeans_iterations: Lloyd iterations for ``"kmeans"`` and ``"persistent"``.
         include: regular expressions; when given, exactly the parameters whose name
             matches one of them (``re.search``) are projected, frozen ones too. By default
             every parameter with ``requires_grad`` is.
@@ -43,7 +47,8 @@ class MoMosConfig:
     num_motifs: int | None = None
     force_zero: bool = True
     scope: Literal["global", "per_tensor"] = "global"
-    motifs: Literal["sample"] = "sample"
+    motifs: Literal["sample", "kmeans", "persistent"] = "sample"
+    kmeans_iterations: int = 5
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = field(default_factory=tuple)
     motif_bits: int | None = None
@@ -73,6 +78,7 @@ class MoMosConfig:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         if self.motifs not in MOTIF_METHODS:
             raise ValueError(f"motifs must be one of {MOTIF_METHODS}, got {self.motifs!r}")
+        _check_int("kmeans_iterations", self.kmeans_iterations, minimum=0)
         if self.motif_bits is not None:
             _check_int("motif_bits", self.motif_bits, minimum=2)
         _check_int("max_distance_bytes", self.max_distance_bytes, minimum=1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .assign import DEFAULT_MAX_DISTANCE_BYTES, nearest_motif
+
 
 def sample_motifs(blocks: torch.Tensor, num_motifs: int, generator: torch.Generator, *,
                   force_zero: bool = True) -> torch.Tensor:
@@ -26,4 +28,46 @@ def sample_motifs(blocks: torch.Tensor, num_motifs: int, generator: torch.Genera
     motifs = blocks[picks]
     if force_zero:
         motifs = torch.cat([blocks.new_zeros(1, s), motifs])
+    return motifs
+
+
+def refine_motifs_kmeans(blocks: torch.Tensor, motifs: torch.Tensor, iterations: int, *,
+                         valid_mask: torch.Tensor | None = None,
+                         importance: torch.Tensor | None = None,
+                         fixed_zero: bool = False,
+                         max_distance_bytes: int = DEFAULT_MAX_DISTANCE_BYTES) -> torch.Tensor:
+    """Lloyd iterations: move each motif to the (weighted) mean of the blocks assigned to it.
+
+    Args:
+        blocks: ``(m, s)``.
+        motifs: ``(k, s)`` starting codebook (not modified).
+        iterations: number of assign-then-update rounds.
+        valid_mask: ``(m, s)`` bool; padding (False) has no weight in the means.
+        importance: ``(m, s)`` non-negative per-weight importance (e.g. squared gradients);
+            the mean becomes the importance-weighted mean, per coordinate.
+        fixed_zero: motif 0 stays the zero block.
+
+    Returns:
+        ``(k, s)`` refined motifs. A motif that loses all its blocks is re-seeded with the
+        block that is currently worst served, so no motif is wasted.
+    """
+    weight = torch.ones_like(blocks) if importance is None else importance.to(blocks.dtype)
+    if valid_mask is not None:
+        weight = weight * valid_mask
+    motifs = motifs.clone()
+    k = motifs.shape[0]
+    for _ in range(iterations):
+        assignments = nearest_motif(blocks, motifs, max_distance_bytes=max_distance_bytes)
+        sums = torch.zeros_like(motifs).index_add_(0, assignments, blocks * weight)
+        totals = torch.zeros_like(motifs).index_add_(0, assignments, weight)
+        updated = torch.where(totals > 0, sums / totals.clamp_min(torch.finfo(blocks.dtype).tiny), motifs)
+        empty = (torch.bincount(assignments, minlength=k) == 0).nonzero().flatten()
+        if fixed_zero:
+            updated[0] = 0
+            empty = empty[empty != 0]
+        if len(empty):
+            error = ((blocks - motifs[assignments]).square() * weight).sum(1)
+            worst = error.topk(min(len(empty), len(error))).indices
+            updated[empty[:len(worst)]] = blocks[worst]
+        motifs = updated
     return motifs

@@ -16,7 +16,7 @@ from torch import nn
 from .assign import nearest_motif_ignoring_padding
 from .blocks import BlockLayout, from_blocks, to_blocks
 from .config import MoMosConfig
-from .motifs import sample_motifs
+from .motifs import refine_motifs_kmeans, sample_motifs
 from .quantization import fake_quantize
 
 
@@ -104,7 +104,9 @@ def select_parameters(model: nn.Module, config: MoMosConfig) -> list[tuple[str, 
 
 
 def project_(model: nn.Module, config: MoMosConfig, *, generator: torch.Generator | None = None,
-             motifs: torch.Tensor | list[torch.Tensor] | None = None) -> ProjectionStats:
+             motifs: torch.Tensor | list[torch.Tensor] | None = None,
+             init_motifs: list[torch.Tensor] | None = None,
+             importance: list[torch.Tensor] | None = None) -> ProjectionStats:
     """Replace every block of the selected parameters by its nearest motif, in place.
 
     Args:
@@ -115,6 +117,10 @@ def project_(model: nn.Module, config: MoMosConfig, *, generator: torch.Generato
         motifs: reuse a codebook instead of drawing one: a ``(k, s)`` tensor for the global
             scope, or one tensor per parameter for ``scope="per_tensor"``
             (``ProjectionStats.codebook_motifs()``).
+        init_motifs: for ``config.motifs="persistent"``, the codebooks to refine (one per
+            codebook, as ``ProjectionStats.codebook_motifs()``); without them it samples.
+        importance: one non-negative tensor per selected parameter (same shapes), weighting
+            each weight in the k-means means of ``"kmeans"`` and ``"persistent"``.
 
     Returns:
         The statistics of this projection.
@@ -122,7 +128,8 @@ def project_(model: nn.Module, config: MoMosConfig, *, generator: torch.Generato
     Raises:
         ValueError / TypeError: bad config, selection, weights or motifs. The model is untouched.
     """
-    stats, new_values, params = _plan(model, config, generator=generator, motifs=motifs)
+    stats, new_values, params = _plan(model, config, generator=generator, motifs=motifs,
+                                      init_motifs=init_motifs, importance=importance)
     with torch.no_grad():
         for (_, param), value in zip(params, new_values):
             param.copy_(value)
@@ -136,7 +143,7 @@ def is_mosaic(model: nn.Module, config: MoMosConfig,
     return stats.changed_weights == 0
 
 
-def _plan(model, config, *, generator=None, motifs=None):
+def _plan(model, config, *, generator=None, motifs=None, init_motifs=None, importance=None):
     """The projection, computed but not written: (stats, new tensor values, parameters)."""
     start = time.perf_counter()
     config.validate()
@@ -153,7 +160,10 @@ def _plan(model, config, *, generator=None, motifs=None):
 
     groups = _codebook_groups(layout, config)
     given = _given_motifs(motifs, groups, config, blocks)
-    if generator is None and given is None:
+    init = _given_motifs(init_motifs, groups, config, blocks) if config.motifs == "persistent" else None
+    valid = layout.valid_mask(blocks.device)
+    weights = _importance_blocks(importance, tensors, config, blocks)
+    if generator is None:
         generator = torch.Generator().manual_seed(config.seed)
 
     codebooks, all_motifs, all_assignments = [], [], []
@@ -165,10 +175,9 @@ def _plan(model, config, *, generator=None, motifs=None):
         if given is not None:
             group_motifs = given[g]
         else:
-            k = config.motifs_for(b1 - b0)
-            group_motifs = sample_motifs(group_blocks, k, generator, force_zero=config.force_zero)
-            if config.quantizes_motifs:
-                group_motifs = fake_quantize(group_motifs, config.motif_bits)
+            group_motifs = _choose_motifs(
+                group_blocks, config, generator, init=None if init is None else init[g],
+                valid_mask=valid[b0:b1], importance=None if weights is None else weights[b0:b1])
         padded = [(i - b0, n) for i, n in layout.padded_blocks() if b0 <= i < b1]
         assignments = nearest_motif_ignoring_padding(
             group_blocks, group_motifs, padded, max_distance_bytes=config.max_distance_bytes)
@@ -181,7 +190,7 @@ def _plan(model, config, *, generator=None, motifs=None):
     motif_table = torch.cat(all_motifs)
     assignments = torch.cat(all_assignments)
     new_blocks = motif_table[assignments]
-    diff = (new_blocks - blocks)[layout.valid_mask(blocks.device)]
+    diff = (new_blocks - blocks)[valid]
     new_values = [v.to(t.dtype) for v, t in zip(from_blocks(new_blocks, layout), tensors)]
     stats = ProjectionStats(
         parameter_names=tuple(names),
@@ -198,6 +207,37 @@ def _plan(model, config, *, generator=None, motifs=None):
         codebooks=tuple(codebooks),
     )
     return stats, new_values, params
+
+
+def _choose_motifs(blocks, config, generator, *, init, valid_mask, importance) -> torch.Tensor:
+    """One codebook for ``blocks`` ``(m, s)``, as ``config.motifs`` says."""
+    k = config.motifs_for(len(blocks))
+    if init is not None and len(init) == k:
+        motifs = init
+    else:  # the first projection, or k changed (capacity annealing): start from a fresh draw
+        motifs = sample_motifs(blocks, k, generator, force_zero=config.force_zero)
+    if config.motifs in ("kmeans", "persistent"):
+        motifs = refine_motifs_kmeans(blocks, motifs, config.kmeans_iterations, valid_mask=valid_mask,
+                                      importance=importance, fixed_zero=config.force_zero,
+                                      max_distance_bytes=config.max_distance_bytes)
+    if config.quantizes_motifs:
+        motifs = fake_quantize(motifs, config.motif_bits)
+    return motifs
+
+
+def _importance_blocks(importance, tensors, config, blocks) -> torch.Tensor | None:
+    if importance is None:
+        return None
+    if len(importance) != len(tensors):
+        raise ValueError(f"{len(importance)} importance tensors given for {len(tensors)} parameters")
+    for weight, tensor in zip(importance, tensors):
+        if weight.shape != tensor.shape:
+            raise ValueError(f"importance of shape {tuple(weight.shape)} for a parameter of shape "
+                             f"{tuple(tensor.shape)}")
+        if not torch.isfinite(weight).all() or (weight < 0).any():
+            raise ValueError("importance must be finite and non-negative")
+    weight_blocks, _ = to_blocks(list(importance), config.block_size, dtype=blocks.dtype)
+    return weight_blocks.to(blocks.device)
 
 
 def _codebook_groups(layout: BlockLayout, config: MoMosConfig) -> list[tuple[int, int]]:

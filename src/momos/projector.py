@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -26,22 +28,36 @@ class Projector:
         config: the projection config; ``config.seed`` seeds the generator.
         every_n_steps: project every N calls of :meth:`step` instead of at epoch ends.
         warmup_epochs: no projection before this many epochs have ended.
+        anneal_from: start at this capacity and shrink geometrically to ``config.capacity``
+            over the first ``anneal_epochs`` epochs (a gentler start for low capacities).
+        anneal_epochs: length of the annealing, in epochs.
     """
 
     def __init__(self, model: nn.Module, config: MoMosConfig, *,
-                 every_n_steps: int | None = None, warmup_epochs: int = 0) -> None:
+                 every_n_steps: int | None = None, warmup_epochs: int = 0,
+                 anneal_from: float | None = None, anneal_epochs: int = 0) -> None:
         if every_n_steps is not None and (isinstance(every_n_steps, bool) or every_n_steps < 1):
             raise ValueError(f"every_n_steps must be a positive int or None, got {every_n_steps!r}")
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        if anneal_from is not None:
+            if config.capacity is None:
+                raise ValueError("capacity annealing needs a config with capacity, not num_motifs")
+            if not config.capacity <= anneal_from <= 1:
+                raise ValueError(f"anneal_from must be in [capacity, 1] = [{config.capacity}, 1], "
+                                 f"got {anneal_from}")
+            if anneal_epochs < 1:
+                raise ValueError(f"anneal_epochs must be >= 1 with anneal_from, got {anneal_epochs}")
         config.validate()
+        self.anneal_from = anneal_from
+        self.anneal_epochs = anneal_epochs
         self.model = model
         self.config = config
         self.every_n_steps = every_n_steps
         self.warmup_epochs = warmup_epochs
         self.generator = torch.Generator().manual_seed(config.seed)
         self.steps = 0
-        self.epochs = 0
+        self.epochs = 0  # epochs ended so far; the epoch in progress is number epochs + 1
         self.history: list[dict] = []
         self.last: ProjectionStats | None = None
         self.codebooks: list[torch.Tensor] | None = None
@@ -61,16 +77,25 @@ class Projector:
     def epoch_end(self) -> ProjectionStats | None:
         """Call after an epoch's last optimizer step, before validation."""
         # Warm-up counts whole epochs: with W warm-up epochs the first projection ends epoch W + 1.
-        due = self.every_n_steps is None and self.warmed_up
+        stats = self.project() if self.every_n_steps is None and self.warmed_up else None
         self.epochs += 1
-        return self.project() if due else None
+        return stats
+
+    def current_config(self) -> MoMosConfig:
+        """The config of the next projection: ``config``, with the annealed capacity if annealing."""
+        if self.anneal_from is None or self.epochs >= self.anneal_epochs:
+            return self.config
+        progress = self.epochs / self.anneal_epochs
+        capacity = self.anneal_from * (self.config.capacity / self.anneal_from) ** progress
+        return replace(self.config, capacity=capacity)
 
     def project(self) -> ProjectionStats:
-        """Project now, drawing a new codebook."""
-        stats = project_(self.model, self.config, generator=self.generator)
+        """Project now (a new codebook; refined from the last one when ``motifs="persistent"``)."""
+        stats = project_(self.model, self.current_config(), generator=self.generator,
+                         init_motifs=self.codebooks)
         self.last = stats
         self.codebooks = stats.codebook_motifs()
-        self.history.append({"epoch": self.epochs, "step": self.steps, **stats.summary()})
+        self.history.append({"epoch": self.epochs + 1, "step": self.steps, **stats.summary()})
         return stats
 
     def finalize(self) -> ProjectionStats | None:
