@@ -17,11 +17,15 @@ import torch
 from torch import nn
 
 from .config import MoMosConfig
-from .project import ProjectionStats, is_mosaic, project_
+from .distributed import broadcast_parameters_
+from .project import ProjectionStats, is_mosaic, project_, select_parameters
 
 
 class Projector:
     """Owns the motif generator and the projection history of one training run.
+
+    Under ``torch.distributed`` every rank projects, then rank 0's result is broadcast, so all
+    ranks hold the same mosaic. Give it the bare model (``ddp_model.module``).
 
     Args:
         model: the model to project (its selected parameters are overwritten in place).
@@ -91,8 +95,9 @@ class Projector:
 
     def project(self) -> ProjectionStats:
         """Project now (a new codebook; refined from the last one when ``motifs="persistent"``)."""
-        stats = project_(self.model, self.current_config(), generator=self.generator,
-                         init_motifs=self.codebooks)
+        config = self.current_config()
+        stats = project_(self.model, config, generator=self.generator, init_motifs=self.codebooks)
+        broadcast_parameters_([p for _, p in select_parameters(self.model, config)])
         self.last = stats
         self.codebooks = stats.codebook_motifs()
         self.history.append({"epoch": self.epochs + 1, "step": self.steps, **stats.summary()})
