@@ -25,7 +25,8 @@ def test_padding_is_zero_and_masked():
     assert blocks[~mask].eq(0).all()
     assert blocks[mask].eq(1).all()
     assert mask.sum() == 8
-    assert layout.padded_blocks() == [(1, 1), (2, 3)]
+    patterns = {tuple(cols.tolist()): rows.tolist() for cols, rows in layout.padding_patterns()}
+    assert patterns == {(0,): [1], (0, 1, 2): [2]}
 
 
 def test_blocks_never_span_tensors():
@@ -39,13 +40,42 @@ def test_from_blocks_checks_shape():
         from_blocks(torch.zeros(3, 3), layout)
 
 
-@settings(max_examples=60, deadline=None)
-@given(shapes=shapes, block_size=st.integers(1, 9))
-def test_round_trip_property(shapes, block_size):
+@settings(max_examples=80, deadline=None)
+@given(shapes=shapes, block_size=st.integers(1, 9), tiled=st.booleans())
+def test_round_trip_property(shapes, block_size, tiled):
+    tile_shape = (block_size, 1) if tiled and block_size % 2 else ((2, block_size // 2) if tiled else None)
     tensors = [torch.randn(shape) for shape in shapes]
-    blocks, layout = to_blocks(tensors, block_size)
+    blocks, layout = to_blocks(tensors, block_size, tile_shape=tile_shape)
     assert layout.num_weights == sum(t.numel() for t in tensors)
-    assert int(layout.valid_mask().sum()) == layout.num_weights
-    assert layout == layout_of(tensors, block_size)
+    mask = layout.valid_mask()
+    assert int(mask.sum()) == layout.num_weights
+    assert blocks[~mask].eq(0).all()
+    assert layout == layout_of(tensors, block_size, tile_shape)
     for t, b in zip(tensors, from_blocks(blocks, layout)):
         assert torch.equal(t, b)
+    padded_rows = sorted(r for _, rows in layout.padding_patterns() for r in rows.tolist())
+    assert padded_rows == (~mask).any(1).nonzero().flatten().tolist()
+
+
+def test_tiles_are_spatial_kernels():
+    kernel = torch.randn(4, 2, 3, 3)
+    blocks, layout = to_blocks([kernel, torch.randn(4)], 9, tile_shape=(3, 3))
+    assert layout.block_counts == (8, 1)  # one 3x3 tile per (out, in) pair; the bias is a run
+    assert torch.equal(blocks[:8], kernel.reshape(8, 9))
+    assert torch.equal(from_blocks(blocks, layout)[0], kernel)
+
+
+def test_tiles_pad_both_trailing_dimensions():
+    weight = torch.arange(1.0, 16.0).reshape(3, 5)
+    blocks, layout = to_blocks([weight], 4, tile_shape=(2, 2))
+    assert layout.block_counts == (6,)
+    assert blocks[0].tolist() == [1, 2, 6, 7]
+    assert blocks[2].tolist() == [5, 0, 10, 0]   # right edge
+    assert blocks[5].tolist() == [15, 0, 0, 0]   # corner
+    patterns = {tuple(c.tolist()): r.tolist() for c, r in layout.padding_patterns()}
+    assert patterns == {(0, 2): [2], (0, 1): [3, 4], (0,): [5]}
+
+
+def test_bad_tile_shape():
+    with pytest.raises(ValueError, match="tile shape"):
+        layout_of([torch.randn(4, 4)], 4, (3, 3))

@@ -28,7 +28,7 @@ def assert_unchanged(model, before):
 
 def blocks_of(model, cfg):
     params = [p.detach() for _, p in momos.select_parameters(model, cfg)]
-    return to_blocks(params, cfg.block_size)
+    return to_blocks(params, cfg.block_size, tile_shape=cfg.tile_shape)
 
 
 def assert_exact_mosaic(model, cfg, stats):
@@ -67,6 +67,18 @@ def test_every_block_is_a_motif(scope, force_zero):
     expected = ((stats.motifs[stats.assignments] - before_blocks)[mask].double() ** 2).sum()
     assert stats.distortion == pytest.approx(float(expected), rel=1e-9)
     assert stats.changed_weights == int(((stats.motifs[stats.assignments] != before_blocks) & mask).sum())
+
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+def test_tile_shapes_project_to_exact_mosaic(scope):
+    model = make_model()
+    cfg = momos.MoMosConfig(block_size=9, tile_shape=(3, 3), capacity=0.2, scope=scope)
+    stats = momos.project_(model, cfg)
+    assert_exact_mosaic(model, cfg, stats)
+    kernels = model[0].weight.detach().reshape(-1, 9)
+    assert ((kernels[:, None] == stats.motifs[None]).all(-1)).any(1).all()  # whole 3x3 kernels are motifs
+    with pytest.raises(ValueError, match="tile_shape"):
+        momos.MoMosConfig(block_size=4, tile_shape=(3, 3), capacity=0.1)
 
 
 def test_motifs_are_distinct_blocks_of_the_model():

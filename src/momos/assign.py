@@ -38,15 +38,19 @@ def nearest_motif(blocks: torch.Tensor, motifs: torch.Tensor, *,
     if m == 0:
         return assignments
 
-    elem = blocks.element_size()
+    # float32 products are exact in float64, so the expansion ranks motifs that differ from a
+    # block by one float32 ulp correctly; in float32 its rounding error (~1e-7 |z|^2) would not.
+    dtype = torch.promote_types(blocks.dtype, torch.float64)
+    elem = torch.finfo(dtype).bits // 8
     cols = min(k, max(1, max_distance_bytes // (elem * _MIN_TILE_ROWS)))
     rows = max(1, min(m, max_distance_bytes // (elem * cols)))
+    motifs = motifs.to(dtype)
     motif_sq = (motifs * motifs).sum(dim=1)
     motifs_t = motifs.t()
-    tile = torch.empty(rows * cols, dtype=blocks.dtype, device=blocks.device)
+    tile = torch.empty(rows * cols, dtype=dtype, device=blocks.device)
 
     for r0 in range(0, m, rows):
-        block_tile = blocks[r0:r0 + rows]
+        block_tile = blocks[r0:r0 + rows].to(dtype)
         n = block_tile.shape[0]
         best_val = best_idx = None
         for c0 in range(0, k, cols):
@@ -66,23 +70,21 @@ def nearest_motif(blocks: torch.Tensor, motifs: torch.Tensor, *,
 
 
 def nearest_motif_ignoring_padding(blocks: torch.Tensor, motifs: torch.Tensor,
-                                   padded_blocks: list[tuple[int, int]], *,
+                                   padding_patterns: list[tuple[torch.Tensor, torch.Tensor]], *,
                                    max_distance_bytes: int = DEFAULT_MAX_DISTANCE_BYTES
                                    ) -> torch.Tensor:
     """Like :func:`nearest_motif`, but a block holding padding is compared on its real values only.
 
     Padding is dropped when blocks go back into tensors, so the motif that is truly nearest
-    for a tensor's last block is the one nearest on its first ``real_length`` values.
+    for a block with padding is the one nearest on its real columns.
 
     Args:
-        padded_blocks: ``(block_index, real_length)`` pairs, as from ``BlockLayout.padded_blocks``.
+        padding_patterns: ``(real_columns, block_indices)`` pairs of int64 tensors, as from
+            ``BlockLayout.padding_patterns``.
     """
     assignments = nearest_motif(blocks, motifs, max_distance_bytes=max_distance_bytes)
-    by_length: dict[int, list[int]] = {}
-    for index, length in padded_blocks:
-        by_length.setdefault(length, []).append(index)
-    for length, indices in by_length.items():
-        rows = torch.tensor(indices, dtype=torch.long, device=blocks.device)
-        assignments[rows] = nearest_motif(blocks[rows, :length], motifs[:, :length].contiguous(),
+    for columns, rows in padding_patterns:
+        columns, rows = columns.to(blocks.device), rows.to(blocks.device)
+        assignments[rows] = nearest_motif(blocks[rows][:, columns], motifs[:, columns].contiguous(),
                                           max_distance_bytes=max_distance_bytes)
     return assignments

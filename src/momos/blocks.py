@@ -1,8 +1,16 @@
 """Cutting tensors into blocks of ``s`` values and putting them back.
 
-Each tensor is flattened, zero-padded to a multiple of ``s`` and cut into rows of a
-``(num_blocks, s)`` matrix; a block never spans two tensors. Only the last block of a
-tensor can hold padding, and padding never counts: it is dropped on the way back.
+Two block shapes:
+
+- **runs** (default, the paper's): each tensor is flattened, zero-padded to a multiple of
+  ``s`` and cut into consecutive runs of ``s`` values;
+- **tiles** ``(r, c)``: each tensor with two or more dimensions is zero-padded so its last two
+  dimensions are multiples of ``r`` and ``c`` and cut into ``r x c`` tiles (e.g. the 3x3
+  spatial tile of a conv kernel), read row by row into blocks of ``s = r * c`` values;
+  tensors with fewer dimensions are cut into runs of ``s``.
+
+Blocks of all tensors are stacked into one ``(num_blocks, s)`` matrix; a block never spans
+two tensors. Padding never counts: it is dropped on the way back.
 """
 
 from __future__ import annotations
@@ -19,6 +27,17 @@ class BlockLayout:
 
     shapes: tuple[torch.Size, ...]
     block_size: int
+    tile_shape: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile_shape is not None:
+            r, c = self.tile_shape
+            if r < 1 or c < 1 or r * c != self.block_size:
+                raise ValueError(f"tile shape {self.tile_shape} does not hold block_size={self.block_size} values")
+
+    def is_tiled(self, index: int) -> bool:
+        """True when tensor ``index`` is cut into 2-D tiles rather than runs."""
+        return self.tile_shape is not None and len(self.shapes[index]) >= 2
 
     @cached_property
     def numels(self) -> tuple[int, ...]:
@@ -26,8 +45,14 @@ class BlockLayout:
 
     @cached_property
     def block_counts(self) -> tuple[int, ...]:
-        s = self.block_size
-        return tuple(-(-n // s) for n in self.numels)
+        counts = []
+        for i, (shape, n) in enumerate(zip(self.shapes, self.numels)):
+            if self.is_tiled(i):
+                (r, c), (h, w) = self.tile_shape, shape[-2:]
+                counts.append(n // (h * w) * -(-h // r) * -(-w // c) if n else 0)
+            else:
+                counts.append(-(-n // self.block_size))
+        return tuple(counts)
 
     @cached_property
     def block_offsets(self) -> tuple[int, ...]:
@@ -45,33 +70,34 @@ class BlockLayout:
     def num_weights(self) -> int:
         return sum(self.numels)
 
-    @cached_property
-    def tail_lengths(self) -> tuple[int, ...]:
-        """Number of real (unpadded) values in each tensor's last block."""
-        s = self.block_size
-        return tuple(n - (count - 1) * s if count else 0
-                     for n, count in zip(self.numels, self.block_counts))
-
     def valid_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
         """``(num_blocks, s)`` bool: True where a block holds a real value, False on padding."""
-        mask = torch.ones(self.num_blocks, self.block_size, dtype=torch.bool, device=device)
-        for end, tail in zip(self.block_offsets[1:], self.tail_lengths):
-            if tail:
-                mask[end - 1, tail:] = False
-        return mask
+        ones = [torch.ones(shape, dtype=torch.bool, device=device) for shape in self.shapes]
+        return _cut(ones, self, dtype=torch.bool, device=device)
 
-    def padded_blocks(self) -> list[tuple[int, int]]:
-        """``(block_index, real_length)`` for every block that holds padding."""
-        return [(end - 1, tail) for end, tail in zip(self.block_offsets[1:], self.tail_lengths)
-                if tail and tail < self.block_size]
+    def padding_patterns(self, device: torch.device | str | None = None
+                         ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The blocks that hold padding, grouped by which of their columns are real.
+
+        Returns:
+            ``(real_columns, block_indices)`` pairs of int64 tensors, one per distinct pattern.
+        """
+        mask = self.valid_mask(device)
+        padded = (~mask).any(dim=1).nonzero().flatten()
+        if len(padded) == 0:
+            return []
+        patterns, which = torch.unique(mask[padded], dim=0, return_inverse=True)
+        return [(pattern.nonzero().flatten(), padded[which == i]) for i, pattern in enumerate(patterns)]
 
 
-def layout_of(tensors: list[torch.Tensor], block_size: int) -> BlockLayout:
-    return BlockLayout(shapes=tuple(t.shape for t in tensors), block_size=block_size)
+def layout_of(tensors: list[torch.Tensor], block_size: int,
+              tile_shape: tuple[int, int] | None = None) -> BlockLayout:
+    return BlockLayout(shapes=tuple(t.shape for t in tensors), block_size=block_size,
+                       tile_shape=None if tile_shape is None else tuple(tile_shape))
 
 
-def to_blocks(tensors: list[torch.Tensor], block_size: int,
-              dtype: torch.dtype | None = None) -> tuple[torch.Tensor, BlockLayout]:
+def to_blocks(tensors: list[torch.Tensor], block_size: int, dtype: torch.dtype | None = None,
+              tile_shape: tuple[int, int] | None = None) -> tuple[torch.Tensor, BlockLayout]:
     """Stack tensors into a ``(num_blocks, block_size)`` matrix, zero-padding each tensor.
 
     The result lives on the first tensor's device, in ``dtype`` (default: the tensors'
@@ -79,18 +105,12 @@ def to_blocks(tensors: list[torch.Tensor], block_size: int,
     """
     if not tensors:
         raise ValueError("no tensors to cut into blocks")
-    layout = layout_of(tensors, block_size)
+    layout = layout_of(tensors, block_size, tile_shape)
     if dtype is None:
         dtype = tensors[0].dtype
         for t in tensors[1:]:
             dtype = torch.promote_types(dtype, t.dtype)
-    device = tensors[0].device
-    blocks = torch.zeros(layout.num_blocks * block_size, dtype=dtype, device=device)
-    start = 0
-    for t, n, count in zip(tensors, layout.numels, layout.block_counts):
-        blocks[start:start + n] = t.detach().reshape(-1).to(device=device, dtype=dtype)
-        start += count * block_size
-    return blocks.view(layout.num_blocks, block_size), layout
+    return _cut([t.detach() for t in tensors], layout, dtype=dtype, device=tensors[0].device), layout
 
 
 def from_blocks(blocks: torch.Tensor, layout: BlockLayout) -> list[torch.Tensor]:
@@ -98,7 +118,36 @@ def from_blocks(blocks: torch.Tensor, layout: BlockLayout) -> list[torch.Tensor]
     if blocks.shape != (layout.num_blocks, layout.block_size):
         raise ValueError(f"blocks have shape {tuple(blocks.shape)}, layout expects "
                          f"{(layout.num_blocks, layout.block_size)}")
-    flat = blocks.reshape(-1)
+    tensors = []
+    for i, shape in enumerate(layout.shapes):
+        own = blocks[layout.block_offsets[i]:layout.block_offsets[i + 1]]
+        if layout.numels[i] == 0:
+            tensors.append(blocks.new_zeros(shape))
+        elif layout.is_tiled(i):
+            (r, c), (h, w) = layout.tile_shape, shape[-2:]
+            grid = own.reshape(-1, -(-h // r), -(-w // c), r, c).permute(0, 1, 3, 2, 4)
+            padded = grid.reshape(-1, grid.shape[1] * r, grid.shape[3] * c)
+            tensors.append(padded[:, :h, :w].reshape(shape))
+        else:
+            tensors.append(own.reshape(-1)[:layout.numels[i]].reshape(shape))
+    return tensors
+
+
+def _cut(tensors: list[torch.Tensor], layout: BlockLayout, *, dtype, device) -> torch.Tensor:
+    """Tensors -> ``(num_blocks, s)``, zero (False) padded."""
     s = layout.block_size
-    return [flat[offset * s: offset * s + n].reshape(shape)
-            for offset, n, shape in zip(layout.block_offsets, layout.numels, layout.shapes)]
+    blocks = torch.zeros(layout.num_blocks, s, dtype=dtype, device=device)
+    for i, t in enumerate(tensors):
+        if t.numel() == 0:
+            continue
+        own = blocks[layout.block_offsets[i]:layout.block_offsets[i + 1]]
+        t = t.to(device=device, dtype=dtype)
+        if layout.is_tiled(i):
+            (r, c), (h, w) = layout.tile_shape, t.shape[-2:]
+            rows, cols = -(-h // r), -(-w // c)
+            padded = t.new_zeros(t.numel() // (h * w), rows * r, cols * c)
+            padded[:, :h, :w] = t.reshape(-1, h, w)
+            own.copy_(padded.reshape(-1, rows, r, cols, c).permute(0, 1, 3, 2, 4).reshape(-1, s))
+        else:
+            own.view(-1)[:layout.numels[i]] = t.reshape(-1)
+    return blocks

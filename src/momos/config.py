@@ -17,7 +17,10 @@ class MoMosConfig:
     Exactly one of ``capacity`` and ``num_motifs`` must be given.
 
     Attributes:
-        block_size: ``s``, the number of consecutive values in a block.
+        block_size: ``s``, the number of values in a block.
+        tile_shape: ``(r, c)`` with ``r * c == block_size`` to cut tensors of two or more
+            dimensions into ``r x c`` tiles over their last two dimensions instead of runs of
+            ``s`` consecutive values (e.g. ``(3, 3)`` for conv kernels); ``None``: runs.
         capacity: ``c`` in (0, 1]; the number of motifs is ``k = max(1, floor(c * m))``
             for ``m`` blocks (per tensor when ``scope="per_tensor"``).
         num_motifs: ``k`` given directly (clamped to the number of blocks).
@@ -43,6 +46,7 @@ class MoMosConfig:
     """
 
     block_size: int = 4
+    tile_shape: tuple[int, int] | None = None
     capacity: float | None = None
     num_motifs: int | None = None
     force_zero: bool = True
@@ -59,11 +63,22 @@ class MoMosConfig:
         # Lists are accepted for convenience but stored as tuples so the config stays hashable.
         if self.include is not None:
             object.__setattr__(self, "include", tuple(self.include))
+        if self.tile_shape is not None:
+            object.__setattr__(self, "tile_shape", tuple(self.tile_shape))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         self.validate()
 
     def validate(self) -> None:
         _check_int("block_size", self.block_size, minimum=1)
+        if self.tile_shape is not None:
+            if len(self.tile_shape) != 2:
+                raise ValueError(f"tile_shape must be (rows, cols), got {self.tile_shape!r}")
+            for size in self.tile_shape:
+                _check_int("tile_shape entries", size, minimum=1)
+            if self.tile_shape[0] * self.tile_shape[1] != self.block_size:
+                raise ValueError(f"tile_shape {tuple(self.tile_shape)} holds "
+                                 f"{self.tile_shape[0] * self.tile_shape[1]} values, "
+                                 f"block_size is {self.block_size}")
         if (self.capacity is None) == (self.num_motifs is None):
             raise ValueError("give exactly one of capacity and num_motifs "
                              f"(got capacity={self.capacity!r}, num_motifs={self.num_motifs!r})")
@@ -100,6 +115,7 @@ class MoMosConfig:
         d = asdict(self)
         d["include"] = list(self.include) if self.include is not None else None
         d["exclude"] = list(self.exclude)
+        d["tile_shape"] = list(self.tile_shape) if self.tile_shape is not None else None
         return d
 
     @classmethod

@@ -156,12 +156,13 @@ def _plan(model, config, *, generator=None, motifs=None, init_motifs=None, impor
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     dtype = torch.promote_types(dtype, torch.float32)
-    blocks, layout = to_blocks(tensors, config.block_size, dtype=dtype)
+    blocks, layout = to_blocks(tensors, config.block_size, dtype=dtype, tile_shape=config.tile_shape)
 
     groups = _codebook_groups(layout, config)
     given = _given_motifs(motifs, groups, config, blocks)
     init = _given_motifs(init_motifs, groups, config, blocks) if config.motifs == "persistent" else None
     valid = layout.valid_mask(blocks.device)
+    patterns = layout.padding_patterns(blocks.device)
     weights = _importance_blocks(importance, tensors, config, blocks)
     if generator is None:
         generator = torch.Generator().manual_seed(config.seed)
@@ -178,7 +179,7 @@ def _plan(model, config, *, generator=None, motifs=None, init_motifs=None, impor
             group_motifs = _choose_motifs(
                 group_blocks, config, generator, init=None if init is None else init[g],
                 valid_mask=valid[b0:b1], importance=None if weights is None else weights[b0:b1])
-        padded = [(i - b0, n) for i, n in layout.padded_blocks() if b0 <= i < b1]
+        padded = [(columns, rows[(rows >= b0) & (rows < b1)] - b0) for columns, rows in patterns]
         assignments = nearest_motif_ignoring_padding(
             group_blocks, group_motifs, padded, max_distance_bytes=config.max_distance_bytes)
         all_motifs.append(group_motifs)
@@ -236,7 +237,8 @@ def _importance_blocks(importance, tensors, config, blocks) -> torch.Tensor | No
                              f"{tuple(tensor.shape)}")
         if not torch.isfinite(weight).all() or (weight < 0).any():
             raise ValueError("importance must be finite and non-negative")
-    weight_blocks, _ = to_blocks(list(importance), config.block_size, dtype=blocks.dtype)
+    weight_blocks, _ = to_blocks(list(importance), config.block_size, dtype=blocks.dtype,
+                                 tile_shape=config.tile_shape)
     return weight_blocks.to(blocks.device)
 
 
