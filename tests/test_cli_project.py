@@ -1,0 +1,28 @@
+import json
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from momos.cli import main
+
+
+def test_project_command_writes_mosaic(tmp_path, capsys):
+    src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    save_file({"w": torch.randn(10, 4), "b": torch.randn(3), "steps": torch.arange(2)}, src)
+    assert main(["project", str(src), "-o", str(out), "--num-motifs", "3", "--block-size", "2"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["num_motifs"] == 3 and stats["num_blocks"] == 22
+    projected = load_file(out)
+    assert torch.equal(projected["steps"], torch.arange(2))
+    assert len(torch.unique(projected["w"].reshape(-1, 2), dim=0)) <= 3
+
+
+def test_project_command_bad_input_exit_2(tmp_path, capsys):
+    src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    save_file({"w": torch.randn(4)}, src)
+    assert main(["project", str(src), "-o", str(out), "--capacity", "2"]) == 2
+    assert "capacity must be in (0, 1]" in capsys.readouterr().err
+    assert main(["project", str(tmp_path / "missing"), "-o", str(out)]) == 2
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    assert main(["project", str(tmp_path / "junk.safetensors"), "-o", str(out)]) == 2
+    assert not out.exists()
