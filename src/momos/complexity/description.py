@@ -1,0 +1,300 @@
+"""The exact description length of a mosaic, and the algorithmic simplification factor.
+
+A mosaic of ``n`` weights in ``m`` blocks of ``s`` values, built from ``k`` motifs, is fully
+described by its motif table and one motif index per block. Four honest codes for it
+(all in bits, the paper's ``O(1)`` dropped):
+
+- ``bound``: the paper's bound ``k·s·q + m·⌈log2 k⌉``: every motif value at ``q`` bits,
+  every index at a fixed ``⌈log2 k⌉`` bits.
+- ``entropy_coded``: the indices entropy-coded with their empirical distribution,
+  ``k·s·q + m·H(usage) + k·⌈log2(m+1)⌉`` (the last term stores the usage counts, so a
+  decoder can rebuild the code); needs the usage counts.
+- ``needed_table``: the motif table at the bits it really needs, ``V·q + k·s·⌈log2 V⌉`` for the
+  ``V`` distinct values in the table (a dictionary of values plus an index per value), or
+  ``k·s·q`` when that is smaller; indices as in the bound. Needs the motifs.
+- ``combined``: the needed table plus entropy-coded indices.
+
+The simplification factor of each is ``n·q / bits``: the trivial description of the
+unconstrained weights (``n`` values at ``q`` bits) over the mosaic's.
+With several codebooks (``scope="per_tensor"``) every term is summed over codebooks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..blocks import BlockLayout, layout_of, to_blocks
+from ..config import MoMosConfig
+from ..project import ProjectionStats, _codebook_groups, select_parameters
+
+
+@dataclass(frozen=True)
+class CodebookUsage:
+    """One codebook: ``num_blocks`` blocks drawn from ``num_motifs`` motifs.
+
+    ``motif_counts``: ``(k,)`` blocks per motif, or None when unknown (a configuration).
+    ``motifs``: ``(k, s)`` motif values, or None when unknown.
+    """
+
+    num_blocks: int
+    num_motifs: int
+    motif_counts: torch.Tensor | None = None
+    motifs: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class DescriptionLength:
+    """How many bits describe a mosaic, four ways (see the module docstring).
+
+    ``entropy_index_bits`` is None without usage counts and ``needed_table_bits`` is None
+    without the motif values; the variants built on them are None then too.
+    """
+
+    num_weights: int
+    num_blocks: int
+    num_motifs: int
+    block_size: int
+    bits_per_value: int
+    table_bits: int                      # k·s·q
+    index_bits: int                      # m·⌈log2 k⌉
+    entropy_index_bits: float | None     # m·H(usage) + usage table
+    needed_table_bits: int | None        # V·q + k·s·⌈log2 V⌉, at most k·s·q
+
+    @property
+    def raw_bits(self) -> int:
+        """``n·q``: the unconstrained weights at ``q`` bits each."""
+        return self.num_weights * self.bits_per_value
+
+    @property
+    def bound_bits(self) -> int:
+        return self.table_bits + self.index_bits
+
+    @property
+    def entropy_coded_bits(self) -> float | None:
+        return None if self.entropy_index_bits is None else self.table_bits + self.entropy_index_bits
+
+    @property
+    def needed_table_total_bits(self) -> int | None:
+        return None if self.needed_table_bits is None else self.needed_table_bits + self.index_bits
+
+    @property
+    def combined_bits(self) -> float | None:
+        if self.needed_table_bits is None or self.entropy_index_bits is None:
+            return None
+        return self.needed_table_bits + self.entropy_index_bits
+
+    @property
+    def simplification_factor(self) -> float:
+        """The paper's ``n·q / (k·s·q + m·⌈log2 k⌉)``."""
+        return self.raw_bits / self.bound_bits
+
+    def factor(self, bits: float | None) -> float | None:
+        return None if bits is None else self.raw_bits / bits
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """Counts, every variant's bits, bits per weight and factor; ready for JSON."""
+        out: dict[str, float | int | None] = {
+            "num_weights": self.num_weights, "num_blocks": self.num_blocks,
+            "num_motifs": self.num_motifs, "block_size": self.block_size,
+            "bits_per_value": self.bits_per_value, "raw_bits": self.raw_bits,
+        }
+        for name, bits in (("bound", self.bound_bits), ("entropy_coded", self.entropy_coded_bits),
+                           ("needed_table", self.needed_table_total_bits),
+                           ("combined", self.combined_bits)):
+            out[f"{name}_bits"] = bits
+            out[f"{name}_bits_per_weight"] = None if bits is None else bits / self.num_weights
+            out[f"{name}_factor"] = self.factor(bits)
+        out["simplification_factor"] = out.pop("bound_factor")
+        return out
+
+
+def index_width(num_motifs: int) -> int:
+    """``⌈log2 k⌉`` bits, computed exactly (0 for a single motif)."""
+    return (num_motifs - 1).bit_length()
+
+
+def description_length(num_weights: int, num_blocks: int, num_motifs: int, block_size: int,
+                       q: int = 32, *, motif_counts: torch.Tensor | None = None,
+                       motifs: torch.Tensor | None = None) -> DescriptionLength:
+    """The description length of one mosaic with a single codebook.
+
+    Args:
+        num_weights: ``n``. num_blocks: ``m``. num_motifs: ``k``. block_size: ``s``.
+        q: bits per motif value (and per weight of the unconstrained model).
+        motif_counts: ``(k,)`` blocks per motif, for the entropy-coded variant.
+        motifs: ``(k, s)`` motif values, for the needed-table variant.
+
+    Raises:
+        ValueError: non-positive sizes, ``k > m``, ``n > m·s`` or ``n < m`` (every block holds
+            at least one weight), or counts / motifs that do not match ``k``, ``s`` and ``m``.
+    """
+    for name, value in (("num_weights", num_weights), ("num_blocks", num_blocks),
+                        ("num_motifs", num_motifs), ("block_size", block_size), ("q", q)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not num_blocks <= num_weights <= num_blocks * block_size:
+        raise ValueError(f"{num_weights} weights cannot fill {num_blocks} blocks of {block_size} "
+                         f"(needs m <= n <= m·s)")
+    usage = CodebookUsage(num_blocks, num_motifs, motif_counts, motifs)
+    return description_length_of_codebooks(num_weights, block_size, q, [usage])
+
+
+def description_length_of_codebooks(num_weights: int, block_size: int, q: int,
+                                    codebooks: list[CodebookUsage]) -> DescriptionLength:
+    """The description length of a mosaic with several codebooks: every term summed."""
+    if not codebooks:
+        raise ValueError("a mosaic needs at least one codebook")
+    for book in codebooks:
+        _check_codebook(book, block_size)
+    entropy = [_entropy_index_bits(b) for b in codebooks]
+    needed = [_needed_table_bits(b, block_size, q) for b in codebooks]
+    return DescriptionLength(
+        num_weights=num_weights,
+        num_blocks=sum(b.num_blocks for b in codebooks),
+        num_motifs=sum(b.num_motifs for b in codebooks),
+        block_size=block_size,
+        bits_per_value=q,
+        table_bits=sum(b.num_motifs for b in codebooks) * block_size * q,
+        index_bits=sum(b.num_blocks * index_width(b.num_motifs) for b in codebooks),
+        entropy_index_bits=None if None in entropy else float(sum(entropy)),
+        needed_table_bits=None if None in needed else sum(needed),
+    )
+
+
+def description_length_from_stats(stats: ProjectionStats, q: int = 32) -> DescriptionLength:
+    """The description length of a projected model, counting only the motifs actually used.
+
+    An unused motif need not be stored, so each codebook's ``k`` is its number of used motifs.
+    """
+    books = []
+    for book in stats.codebooks:
+        counts = stats.motif_counts[book.motif_start:book.motif_end].cpu()
+        used = counts > 0
+        books.append(CodebookUsage(book.block_end - book.block_start, int(used.sum()),
+                                   counts[used], stats.motifs[book.motif_start:book.motif_end][used].cpu()))
+    return description_length_of_codebooks(stats.num_weights, stats.block_size, q, books)
+
+
+def description_length_from_config(model: nn.Module, config: MoMosConfig,
+                                   q: int | None = None) -> DescriptionLength:
+    """The bound a projection with ``config`` would give ``model``, without projecting.
+
+    Uses only the shapes of the selected parameters: ``m`` from the block layout and ``k``
+    from the capacity, per codebook. ``q`` defaults to ``config.motif_bits`` when the motifs
+    are quantized, else 32. The usage and the motif values are unknown, so only the bound
+    (and its factor) is given.
+    """
+    layout = layout_of([p for _, p in select_parameters(model, config)], config.block_size,
+                       config.tile_shape)
+    books = [CodebookUsage(m, config.motifs_for(m)) for m in _codebook_block_counts(layout, config)]
+    return description_length_of_codebooks(layout.num_weights, config.block_size,
+                                           default_bits(config) if q is None else q, books)
+
+
+def description_length_of_weights(tensors: list[torch.Tensor], config: MoMosConfig,
+                                  q: int | None = None) -> DescriptionLength:
+    """The description length of ``tensors`` read as a mosaic of their distinct blocks.
+
+    For a projected model the distinct blocks are the motifs actually used; for any other
+    weights ``k`` is close to ``m`` and the factor falls below 1, which is the honest answer.
+    """
+    return description_length_of_codebooks(sum(t.numel() for t in tensors), config.block_size,
+                                           default_bits(config) if q is None else q,
+                                           mosaic_codebooks(tensors, config))
+
+
+def mosaic_codebooks(tensors: list[torch.Tensor], config: MoMosConfig) -> list[CodebookUsage]:
+    """Each codebook's distinct blocks (its motifs) with their counts, blocks as ``config`` cuts them.
+
+    A block that holds padding reuses a motif whose values on its real positions match.
+    """
+    blocks, layout = to_blocks(tensors, config.block_size, dtype=torch.float32,
+                               tile_shape=config.tile_shape)
+    blocks = blocks.cpu()
+    patterns = layout.padding_patterns()
+    books = []
+    for first, last in _codebook_groups(layout, config):
+        start, end = layout.block_offsets[first], layout.block_offsets[last]
+        own = [(columns, rows[(rows >= start) & (rows < end)] - start) for columns, rows in patterns]
+        books.append(_distinct_blocks(blocks[start:end], own))
+    return books
+
+
+def default_bits(config: MoMosConfig) -> int:
+    """``q``: the motif precision when the config quantizes motifs, else float32's 32 bits."""
+    return config.motif_bits if config.quantizes_motifs else 32
+
+
+def _codebook_block_counts(layout: BlockLayout, config: MoMosConfig) -> list[int]:
+    return [layout.block_offsets[last] - layout.block_offsets[first]
+            for first, last in _codebook_groups(layout, config)]
+
+
+def _distinct_blocks(blocks: torch.Tensor, patterns: list[tuple[torch.Tensor, torch.Tensor]]
+                     ) -> CodebookUsage:
+    """``(m, s)`` blocks -> their distinct rows with counts.
+
+    ``patterns``: ``(real_columns, block_indices)`` of the blocks that hold padding. Patterns
+    with more real columns go first; a padded block is counted for the lowest-index motif
+    that agrees on its real columns, or becomes a motif of its own (padding zero) when none
+    does. With tiles, whose padding patterns do not nest (a missing column, a missing row),
+    a motif used only by padded blocks can be counted more than once, so ``k`` is then an
+    upper bound of the projection's own count (exact for runs, where no pattern is alone).
+    """
+    full = torch.ones(len(blocks), dtype=torch.bool)
+    for _, rows in patterns:
+        full[rows] = False
+    motifs, counts = torch.unique(blocks[full], dim=0, return_counts=True)
+    for columns, rows in sorted(patterns, key=lambda pattern: -len(pattern[0])):
+        if len(rows) == 0:
+            continue
+        values, value_counts = torch.unique(blocks[rows][:, columns], dim=0, return_counts=True)
+        _, ids = torch.unique(torch.cat([motifs[:, columns], values]), dim=0, return_inverse=True)
+        owner = torch.full((int(ids.max()) + 1,), len(motifs), dtype=torch.int64)
+        owner.scatter_reduce_(0, ids[:len(motifs)], torch.arange(len(motifs)), reduce="amin")
+        match = owner[ids[len(motifs):]]
+        found = match < len(motifs)
+        counts.index_add_(0, match[found], value_counts[found])
+        new = torch.zeros(int((~found).sum()), blocks.shape[1], dtype=blocks.dtype)
+        new[:, columns] = values[~found]
+        motifs = torch.cat([motifs, new])
+        counts = torch.cat([counts, value_counts[~found]])
+    return CodebookUsage(len(blocks), len(motifs), counts, motifs)
+
+
+def _check_codebook(book: CodebookUsage, block_size: int) -> None:
+    if book.num_motifs < 1 or book.num_blocks < book.num_motifs:
+        raise ValueError(f"a codebook needs 1 <= k <= m, got k={book.num_motifs}, m={book.num_blocks}")
+    if book.motif_counts is not None:
+        counts = book.motif_counts
+        if counts.shape != (book.num_motifs,) or (counts < 0).any() or int(counts.sum()) != book.num_blocks:
+            raise ValueError(f"motif_counts must be {book.num_motifs} non-negative counts summing to "
+                             f"{book.num_blocks}, got shape {tuple(counts.shape)}, sum {int(counts.sum())}")
+    if book.motifs is not None and book.motifs.shape != (book.num_motifs, block_size):
+        raise ValueError(f"motifs must have shape {(book.num_motifs, block_size)}, "
+                         f"got {tuple(book.motifs.shape)}")
+
+
+def _entropy_index_bits(book: CodebookUsage) -> float | None:
+    """``m·H(usage) + k·⌈log2(m+1)⌉``; a single motif needs no index at all."""
+    if book.motif_counts is None:
+        return None
+    if book.num_motifs == 1:
+        return 0.0
+    counts = book.motif_counts.double()
+    p = counts[counts > 0] / book.num_blocks
+    entropy = float(-(p * torch.log2(p)).sum())
+    return book.num_blocks * entropy + book.num_motifs * math.ceil(math.log2(book.num_blocks + 1))
+
+
+def _needed_table_bits(book: CodebookUsage, block_size: int, q: int) -> int | None:
+    """The motif table as a dictionary of its distinct values, when cheaper than ``k·s·q``."""
+    if book.motifs is None:
+        return None
+    num_values = book.num_motifs * block_size
+    distinct = int(torch.unique(book.motifs).numel())
+    return min(num_values * q, distinct * q + num_values * index_width(distinct))
