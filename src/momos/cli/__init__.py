@@ -11,20 +11,28 @@ import importlib
 import sys
 
 # Sub-command modules, in the order ``momos --help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("project",)
+COMMAND_MODULES: tuple[str, ...] = ("project", "train", "compare", "plot", "complexity")
 
 
 class UsageError(Exception):
     """Bad command-line input: reported in one line, exit code 2."""
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a parse error in one line (no usage dump), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from momos import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="momos", description="Mosaic-of-Motifs: train, measure and ship mosaic networks.")
     parser.add_argument("--version", action="version", version=f"momos {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                       parser_class=OneLineErrorParser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"momos.cli.{name}").register(subparsers)
     return parser

@@ -17,8 +17,9 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def add_projection_arguments(parser: argparse.ArgumentParser) -> None:
-    """The MoMosConfig options, shared by every sub-command that projects."""
+def add_projection_arguments(parser: argparse.ArgumentParser, *,
+                             seed_help: str = "seed of the motif generator") -> None:
+    """The MoMosConfig options, shared by every sub-command that projects (a parser or an argument group)."""
     parser.add_argument("--block-size", type=int, default=4, help="values per block, s (default 4)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--capacity", type=float, help="k / number of blocks, in (0, 1]")
@@ -30,7 +31,7 @@ def add_projection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                         help="leave parameters whose name matches free (repeatable)")
     parser.add_argument("--motif-bits", type=int, help="quantize the motifs to this many bits")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the motif generator")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
 def config_from_args(args):

@@ -1,0 +1,267 @@
+"""Reading run folders back: a comparison table and figures.
+
+    runs = [load_run(d) for d in ("runs/001", "runs/002")]
+    print(format_table(compare_rows(runs), "markdown"))
+    plot_runs(runs, "runs.png")
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .train import MOTIF_COUNTS, RESULTS
+
+TABLE_FORMATS = ("text", "markdown", "csv")
+SIMPLIFICATION = "simplification_factor"
+SIMPLIFICATION_LABEL = "simplification factor n·q / (k·s·q + m·⌈log2 k⌉)"
+
+
+@dataclass
+class RunRecord:
+    name: str
+    path: Path
+    results: dict
+    motif_counts: torch.Tensor | None     # (k,) of the last projection; None without MoMos
+
+    @property
+    def config(self) -> dict:
+        return self.results["config"]
+
+    @property
+    def epochs(self) -> list[dict]:
+        return self.results["epochs"]
+
+    def label(self) -> str:
+        """The run folder and what distinguishes runs: method, s, capacity or k, q."""
+        config, parts = self.config, [self.config["method"]]
+        momos = config.get("momos")
+        if momos:
+            parts.append(f"s={momos['block_size']}")
+            parts.append(f"c={momos['capacity']:g}" if momos.get("capacity") else f"k={momos['num_motifs']}")
+        if config.get("qat_bits"):
+            parts.append(f"q={config['qat_bits']}")
+        description = " ".join(parts)
+        return self.name if self.name == description else f"{self.name} ({description})"
+
+
+def load_run(path: str | os.PathLike) -> RunRecord:
+    """A run folder written by ``momos train``.
+
+    Raises:
+        ValueError: no readable ``results.json`` in ``path``.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        results = json.loads((path / RESULTS).read_text())
+        config, epochs = results["config"], results["epochs"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a momos run folder (cannot read {RESULTS}: {error})") from None
+    counts_path = path / MOTIF_COUNTS
+    counts = load_file(counts_path)["motif_counts"] if counts_path.is_file() else None
+    return RunRecord(path.name or str(path), path, results, counts)
+
+
+# --- numbers -------------------------------------------------------------------------------------
+
+def least_used_share(counts: torch.Tensor, fraction: float = 0.5) -> float:
+    """The share of all assignments that go to the least-used ``fraction`` of the motifs.
+
+    The paper reports about 0.10-0.13 for ``fraction=0.5`` after training; 0.5 means uniform usage.
+    """
+    ordered = counts.double().sort().values
+    return float(ordered[:int(len(ordered) * fraction)].sum() / ordered.sum())
+
+
+def usage_curve(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lorenz curve of motif usage: (share of motifs, least used first; cumulative share of assignments)."""
+    ordered = counts.double().sort().values
+    x = torch.arange(len(ordered) + 1, dtype=torch.float64) / len(ordered)
+    y = torch.cat([torch.zeros(1, dtype=torch.float64), ordered.cumsum(0) / ordered.sum()])
+    return x, y
+
+
+def epoch_value(run: RunRecord, entry: dict, name: str) -> float | None:
+    """A complexity value of an epoch: a logged metric, or the simplification factor
+    (1 without MoMos and before the first projection)."""
+    if name == SIMPLIFICATION:
+        projected = [e for e in run.epochs if e.get("projection") and e["epoch"] <= entry["epoch"]]
+        return projected[-1]["projection"].get(SIMPLIFICATION) if projected else 1.0
+    return entry.get("metrics", {}).get(name)
+
+
+def final_value(run: RunRecord, name: str) -> float | None:
+    """The value at the last epoch."""
+    return epoch_value(run, run.epochs[-1], name)
+
+
+def logged_metrics(runs: list[RunRecord]) -> list[str]:
+    """The metric names the runs asked for with ``--metrics``, in first-seen order."""
+    names: dict[str, None] = {}
+    for run in runs:
+        names.update(dict.fromkeys(run.config.get("metrics") or []))
+    return list(names)
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+def compare_rows(runs: list[RunRecord], metrics: list[str] | None = None) -> list[dict]:
+    """One row per run: method, s, capacity, k, q, accuracies, simplification factor, motif usage
+    and the final value of each of ``metrics`` (default: every metric the runs logged)."""
+    metrics = logged_metrics(runs) if metrics is None else metrics
+    rows = []
+    for run in runs:
+        config, summary = run.config, run.results["summary"]
+        momos = config.get("momos") or {}
+        last_projection = next((e["projection"] for e in reversed(run.epochs) if e.get("projection")), None)
+        row = {
+            "run": run.name, "method": config["method"], "model": config["model"],
+            "dataset": config["dataset"], "epochs": summary["epochs_done"],
+            "s": momos.get("block_size"), "capacity": momos.get("capacity"),
+            "k": last_projection["num_motifs"] if last_projection else None,
+            "q": config.get("qat_bits"),
+            "best_val_acc": summary["best_val_acc"], "final_val_acc": summary["final_val_acc"],
+            "test_acc": summary["test_acc"],
+            SIMPLIFICATION: final_value(run, SIMPLIFICATION),
+            "least_used_half_share": least_used_share(run.motif_counts) if run.motif_counts is not None else None,
+        }
+        for name in metrics:
+            row[name] = final_value(run, name)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict], fmt: str = "text") -> str:
+    """``rows`` (dicts with the same keys) as an aligned text table, Markdown or CSV."""
+    if fmt not in TABLE_FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(TABLE_FORMATS)}")
+    columns = list(rows[0]) if rows else []
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+        return out.getvalue()
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells]) + "\n"
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
+    return str(value)
+
+
+# --- the figure ----------------------------------------------------------------------------------
+
+def metric_label(name: str) -> str:
+    """An axis label with the unit of a complexity value."""
+    if name == SIMPLIFICATION:
+        return SIMPLIFICATION_LABEL
+    base = name.split("_")[0]
+    if base in ("gzip", "bz2", "lzma", "zstd"):
+        return f"{name} compression ratio, raw / compressed (higher = simpler)"
+    if base.startswith("bdm"):
+        return f"{name} (bits)" if not name.endswith("per_bit") else f"{name} (bits per bit)"
+    return {"sparsity": "sparsity (share of exact zeros)", "l2": "L2 norm of the weights",
+            "entropy": "empirical entropy (bits per weight)"}.get(name, name)
+
+
+def plot_runs(runs: list[RunRecord], path: str | os.PathLike, metric: str | None = None) -> str:
+    """Write a 2x2 figure: validation accuracy and complexity against epoch, test accuracy against
+    complexity across runs (Pareto view), and the motif usage of the MoMos runs.
+
+    ``metric``: the complexity shown (a logged metric name); default the first logged metric,
+    else the simplification factor. Returns the metric used.
+
+    Raises:
+        ValueError: ``metric`` was not logged by any run.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import write_bytes_atomic
+
+    metric = metric or next(iter(logged_metrics(runs)), SIMPLIFICATION)
+    if metric != SIMPLIFICATION and all(final_value(r, metric) is None for r in runs):
+        raise ValueError(f"no run logged metric {metric!r}; logged: {', '.join(logged_metrics(runs)) or 'none'}")
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color = {run.name: colors[i % len(colors)] for i, run in enumerate(runs)}
+    _plot_against_epoch(axes[0, 0], runs, color, lambda r, e: e["val_acc"], "validation accuracy")
+    axes[0, 0].set_title("Validation accuracy (epoch 0 = initialization)")
+    _plot_against_epoch(axes[0, 1], runs, color, lambda r, e: epoch_value(r, e, metric), metric_label(metric))
+    axes[0, 1].set_title(f"Complexity: {metric}")
+    _plot_pareto(axes[1, 0], runs, color, metric)
+    _plot_usage(axes[1, 1], runs, color)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=110)
+    plt.close(fig)
+    write_bytes_atomic(buffer.getvalue(), path)
+    return metric
+
+
+def _plot_against_epoch(ax, runs, color, value, ylabel) -> None:
+    for run in runs:
+        points = [(e["epoch"], value(run, e)) for e in run.epochs if value(run, e) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, color=color[run.name], label=run.label())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_pareto(ax, runs, color, metric) -> None:
+    for run in runs:
+        x, y = final_value(run, metric), run.results["summary"]["test_acc"]
+        if y is None:
+            y = run.results["summary"]["final_val_acc"]
+        if x is None or y is None:
+            continue
+        ax.scatter([x], [y], s=50, color=color[run.name], label=run.label(), zorder=3)
+        ax.annotate(run.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if metric == SIMPLIFICATION or metric.split("_")[0] in ("gzip", "bz2", "lzma", "zstd"):
+        ax.set_xscale("log")
+    ax.set_xlabel(metric_label(metric) + " (final)")
+    ax.set_ylabel("test accuracy (final model)")
+    ax.set_title("Accuracy against complexity across runs (up and right is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_usage(ax, runs, color) -> None:
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="uniform usage")
+    for run in runs:
+        if run.motif_counts is None:
+            continue
+        x, y = usage_curve(run.motif_counts)
+        share = least_used_share(run.motif_counts)
+        ax.plot(x.numpy(), y.numpy(), color=color[run.name],
+                label=f"{run.label()}: least-used 50% get {100 * share:.1f}%")
+    ax.axvline(0.5, color="gray", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("share of motifs, least used first")
+    ax.set_ylabel("cumulative share of block assignments")
+    ax.set_title("Motif usage of the last projection")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")

@@ -1,0 +1,575 @@
+"""Training runs with a complete record: ``momos train`` as a library.
+
+    results = train(TrainConfig(dataset="digits", model="mlp", method="momos", epochs=10), "runs/demo")
+    results = resume("runs/demo")            # continues an interrupted run, bit for bit
+
+One run, in order:
+
+1. :func:`prepare` checks everything (names, combinations, data files, output folder) and
+   builds the data, model, optimizer, scheduler and projector; nothing is written yet.
+2. Epoch 0 evaluates the untrained model and writes ``init.safetensors``.
+3. Every epoch: the optimizer steps over the shuffled training split, the Projector projects
+   the weights after the last step (``momos`` methods), the scheduler steps, the projected model
+   is validated; ``best.safetensors`` follows the best validation accuracy; ``results.json`` and
+   ``state.safetensors`` (everything needed to resume) are rewritten.
+4. The end: the final model is tested on the official test split and written to
+   ``final.safetensors``, with ``motif_counts.safetensors`` for MoMos runs.
+
+Every file is written atomically, so a run killed at any moment leaves complete files, and
+:func:`resume` restarts from the last completed epoch with the same weights, optimizer,
+scheduler, motif generator, RNG and data order as the uninterrupted run.
+
+Checkpoints hold the model's ``state_dict`` with plain parameter names; under QAT they hold the
+latent full-precision weights (the ones MoMos projects), which :func:`load_model` quantizes again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import __version__
+from .config import MoMosConfig
+from .data import DATASETS, INFOS, Dataset, ImageSplit, batches, load_dataset, num_batches
+from .io import save_safetensors_atomic, write_json_atomic
+from .models import build_model, is_known_model, optimizer_profile
+from .project import ProjectionStats, select_parameters
+from .projector import Projector
+from .qat import QATConfig, add_qat_
+from .runstate import load_state, save_state
+
+METHODS = ("baseline", "qat", "momos", "momos+qat")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")
+# The paper's optimizer settings per family: (lr, weight decay, momentum).
+PROFILES = {"sgd": (0.1, 1e-4, 0.9), "adamw": (3e-4, 1e-2, None)}
+# Epochs and batch size: a quick look at the paper's data sets; digits is tiny, so smaller batches.
+DATASET_DEFAULTS = {None: {"epochs": 10, "batch_size": 128}, "digits": {"epochs": 30, "batch_size": 32}}
+DEFAULT_QAT_BITS = 8
+DEFAULT_MOMOS = MoMosConfig(block_size=4, capacity=0.01, force_zero=True)
+EVAL_BATCH_SIZE = 1024
+
+RESULTS, STATE = "results.json", "state.safetensors"
+INIT, BEST, FINAL, MOTIF_COUNTS = "init.safetensors", "best.safetensors", "final.safetensors", \
+    "motif_counts.safetensors"
+RUN_FILES = (RESULTS, STATE, INIT, BEST, FINAL, MOTIF_COUNTS)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run. ``None`` fields take the paper's default for the model,
+    method or data set when the config is built, so a stored config is always complete.
+
+    Attributes:
+        dataset: one of ``data.DATASETS``.
+        model: ``mlp``, ``resnet20``, ``vit`` or a timm model name.
+        method: one of ``METHODS``.
+        epochs, batch_size: positive ints (default 10 and the paper's 128; 30 and 32 for the
+            1,366 training images of ``digits``).
+        optimizer: ``sgd`` or ``adamw`` (default: SGD for ResNets, AdamW otherwise).
+        lr, weight_decay, momentum: default from the optimizer (SGD 0.1 / 1e-4 / 0.9; AdamW
+            3e-4 / 1e-2); momentum is for SGD only.
+        schedule: ``cosine`` (annealed to 0 over the epochs, stepped per epoch) or ``constant``.
+        val_fraction, split_seed: the validation split held out from the training split.
+        augment: random crop with padding 4 + horizontal flip (default: on for CIFAR-10 only).
+        randaugment: RandAugment(2, 9) before the crop and flip.
+        seed: seeds the model initialization, the data order and augmentation.
+        qat_bits: q for the ``qat`` methods (default 8).
+        momos: the projection for the ``momos`` methods (default s=4, capacity 0.01,
+            force-zero, seed = ``seed``).
+        warmup_epochs, anneal_from, anneal_epochs: the Projector's schedule options.
+        metrics: complexity metrics (``momos.complexity.METRICS``) logged at every epoch.
+        data_dir, download: where data sets are read from, and whether missing ones are fetched.
+    """
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    method: str = "momos"
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None
+    schedule: str = "cosine"
+    val_fraction: float = 0.05
+    split_seed: int = 0
+    augment: bool | None = None
+    randaugment: bool = False
+    seed: int = 0
+    qat_bits: int | None = None
+    momos: MoMosConfig | None = None
+    warmup_epochs: int = 0
+    anneal_from: float | None = None
+    anneal_epochs: int = 0
+    metrics: tuple[str, ...] = field(default_factory=tuple)
+    data_dir: str | None = None
+    download: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        for name, value in DATASET_DEFAULTS.get(self.dataset, DATASET_DEFAULTS[None]).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        self._check()
+        uses_momos, uses_qat = "momos" in self.method, "qat" in self.method
+        optimizer = self.optimizer or optimizer_profile(self.model)
+        lr, weight_decay, momentum = PROFILES[optimizer]
+        defaults = {
+            "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
+            "momentum": momentum, "augment": INFOS[self.dataset].augment,
+            "qat_bits": DEFAULT_QAT_BITS if uses_qat else None,
+            "momos": replace(DEFAULT_MOMOS, seed=self.seed) if uses_momos else None,
+        }
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
+    def _check(self) -> None:
+        """Names, ranges and combinations; raises ValueError naming the problem."""
+        choices = {"method": METHODS, "schedule": SCHEDULES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("weight_decay", "momentum"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be non-negative, got {value}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("seed", "split_seed", "warmup_epochs", "anneal_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        uses_momos, uses_qat = "momos" in self.method, "qat" in self.method
+        if self.qat_bits is not None and not uses_qat:
+            raise ValueError(f"quantization bits need method qat or momos+qat, not {self.method}")
+        if self.qat_bits is not None:
+            QATConfig(bits=self.qat_bits)
+        if self.momos is not None and not uses_momos:
+            raise ValueError(f"MoMos options need method momos or momos+qat, not {self.method}")
+        if uses_momos and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        if not uses_momos and (self.warmup_epochs or self.anneal_from is not None or self.anneal_epochs):
+            raise ValueError(f"projection schedule options need method momos or momos+qat, not {self.method}")
+        if self.momentum is not None and (self.optimizer or optimizer_profile(self.model)) != "sgd":
+            raise ValueError("momentum is an SGD option; AdamW has none")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["momos"] = self.momos.to_dict() if self.momos is not None else None
+        d["metrics"] = list(self.metrics)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        if d.get("momos") is not None:
+            d["momos"] = MoMosConfig.from_dict(d["momos"])
+        return cls(**d)
+
+
+@dataclass
+class Run:
+    """A run ready to train: its config, folder, data, model and training state."""
+
+    config: TrainConfig
+    out_dir: Path
+    data: Dataset
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    projector: Projector | None
+    data_generator: torch.Generator      # shuffles and augments the training split
+    epoch: int = 0                       # epochs completed (0: not started)
+    epochs_log: list[dict] = field(default_factory=list)
+    best: dict | None = None             # {"epoch", "val_acc"} of best.safetensors
+    elapsed: float = 0.0                 # seconds spent in earlier sessions of this run
+
+
+# --- setting up --------------------------------------------------------------------------------
+
+def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, overwrite: bool = False) -> Run:
+    """Check everything and build the run; writes nothing.
+
+    Args:
+        out_dir: the run folder; ``None`` picks the next free ``runs/NNN``.
+        overwrite: replace the run files of another run in ``out_dir``.
+
+    Raises:
+        ValueError (``data.DatasetError`` included): bad names, combinations or values, missing
+            or corrupt data, unknown metrics, an ``out_dir`` that holds a run without ``overwrite``.
+    """
+    out_dir = Path(out_dir) if out_dir is not None else next_run_dir()
+    check_out_dir(out_dir, overwrite=overwrite)
+    if not is_known_model(config.model):
+        build_model(config.model, channels=1, image_size=8, num_classes=2)   # raises the precise error
+    check_metric_names(config.metrics, config.momos)
+    data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
+                        split_seed=config.split_seed, download=config.download)
+    torch.manual_seed(config.seed)
+    c, h, _ = data.info.shape
+    model = build_model(config.model, channels=c, image_size=h, num_classes=data.info.num_classes)
+    if config.qat_bits is not None:
+        add_qat_(model, QATConfig(bits=config.qat_bits))
+    projector = None
+    if config.momos is not None:
+        projector = Projector(model, config.momos, warmup_epochs=config.warmup_epochs,
+                              anneal_from=config.anneal_from, anneal_epochs=config.anneal_epochs)
+        select_parameters(model, config.momos)   # fails now, not after an epoch, when nothing is selected
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config)
+    return Run(config, out_dir, data, model, optimizer, scheduler, projector,
+               torch.Generator().manual_seed(config.seed))
+
+
+def prepare_resume(out_dir: str | os.PathLike) -> Run:
+    """The run in ``out_dir`` rebuilt at its last completed epoch; writes nothing.
+
+    Raises:
+        ValueError: ``out_dir`` holds no resumable run, or its data set is no longer readable.
+    """
+    out_dir = Path(out_dir)
+    if not (out_dir / STATE).is_file() or not (out_dir / RESULTS).is_file():
+        raise ValueError(f"{out_dir} holds no run to resume (no {STATE} and {RESULTS})")
+    try:
+        state = load_state(out_dir / STATE)
+    except Exception as error:  # noqa: BLE001 - any unreadable state means "cannot resume"
+        raise ValueError(f"cannot read {out_dir / STATE}: {error}") from None
+    config = TrainConfig.from_dict(json.loads(state["config"]))
+    if json.loads((out_dir / RESULTS).read_text())["summary"]["complete"]:
+        raise ValueError(f"the run in {out_dir} is complete ({config.epochs} epochs); nothing to resume")
+    run = prepare(config, out_dir, overwrite=True)
+    load_model_weights_(run.model, state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.projector is not None:
+        run.projector.load_state_dict(state["projector"])
+    run.data_generator.set_state(state["data_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    run.epoch = state["epoch"]
+    run.epochs_log = json.loads(state["epochs_log"])
+    run.best = json.loads(state["best"])
+    run.elapsed = state["elapsed"]
+    return run
+
+
+def next_run_dir(root: str | os.PathLike = "runs") -> Path:
+    """``root/NNN``, one more than the highest numbered folder there."""
+    root = Path(root)
+    numbers = [int(p.name) for p in root.glob("[0-9]*") if p.name.isdigit()] if root.is_dir() else []
+    return root / f"{max(numbers, default=0) + 1:03d}"
+
+
+def check_out_dir(out_dir: Path, *, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output path {out_dir} exists and is not a folder")
+    held = [name for name in (RESULTS, STATE) if (out_dir / name).exists()]
+    if held and not overwrite:
+        raise ValueError(f"{out_dir} already holds a run ({', '.join(held)}); "
+                         f"choose another folder, --resume it or pass --overwrite")
+
+
+def check_metric_names(names: tuple[str, ...], momos: MoMosConfig | None) -> None:
+    if not names:
+        return
+    try:
+        from .complexity import check_metrics
+    except ImportError as error:
+        raise ValueError(f"complexity metrics are not available: {error}") from None
+    check_metrics(names, momos)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+
+
+# --- training ----------------------------------------------------------------------------------
+
+def train(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, overwrite: bool = False,
+          quiet: bool = False) -> dict:
+    """Train one run from scratch; returns the content of ``results.json``."""
+    return fit(prepare(config, out_dir, overwrite=overwrite), quiet=quiet)
+
+
+def resume(out_dir: str | os.PathLike, *, quiet: bool = False) -> dict:
+    """Continue the run in ``out_dir`` from its last completed epoch; returns ``results.json``."""
+    return fit(prepare_resume(out_dir), quiet=quiet)
+
+
+def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -> dict:
+    """Train ``run`` from its current epoch to the end, writing the run files as it goes.
+
+    ``stop_after_epoch``: return after that epoch as if the process had been killed there.
+    """
+    start = time.perf_counter() - run.elapsed
+    config = run.config
+    if run.epoch == 0:
+        prepare_run_folder(run.out_dir)
+        run.epochs_log = [evaluate_epoch(run, 0, None, None, time.perf_counter())]
+        save_checkpoint(run, INIT, epoch=0)
+        save_progress(run, start)
+    for epoch in range(run.epoch + 1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        lr = run.optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_one_epoch(run, epoch, quiet=quiet)
+        projection = run.projector.epoch_end() if run.projector is not None else None
+        if projection is not None:
+            save_motif_counts(run, projection)
+        run.scheduler.step()
+        entry = evaluate_epoch(run, epoch, lr, (train_loss, train_acc), epoch_start, projection)
+        run.epochs_log.append(entry)
+        if run.best is None or entry["val_acc"] > run.best["val_acc"]:
+            run.best = {"epoch": epoch, "val_acc": entry["val_acc"]}
+            save_checkpoint(run, BEST, epoch=epoch)
+        run.epoch = epoch
+        save_progress(run, start)
+        if not quiet:
+            print(epoch_line(entry, config), flush=True)
+        if stop_after_epoch == epoch and epoch < config.epochs:
+            return results_of(run, start)
+    return finish(run, start, quiet=quiet)
+
+
+def train_one_epoch(run: Run, epoch: int, *, quiet: bool) -> tuple[float, float]:
+    """One pass over the shuffled training split; the mean loss and accuracy of its batches."""
+    from tqdm.auto import tqdm
+
+    config, model = run.config, run.model
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    progress = tqdm(total=num_batches(run.data.train, config.batch_size, drop_last=True),
+                    desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, disable=quiet,
+                    dynamic_ncols=True)
+    for x, y in batches(run.data.train, run.data.info, config.batch_size, generator=run.data_generator,
+                        augment=config.augment, randaugment=config.randaugment, drop_last=True):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+    progress.close()
+    return loss_sum / seen, correct / seen
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: ImageSplit, data: Dataset) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` in eval mode on ``split``."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for x, y in batches(split, data.info, EVAL_BATCH_SIZE):
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    return loss_sum / len(split), correct / len(split)
+
+
+def evaluate_epoch(run: Run, epoch: int, lr: float | None, train_stats: tuple[float, float] | None,
+                   epoch_start: float, projection=None) -> dict:
+    """The ``results.json`` entry of an epoch (epoch 0: the untrained model, no training stats)."""
+    val_loss, val_acc = evaluate(run.model, run.data.val, run.data)
+    entry = {
+        "epoch": epoch,
+        "lr": lr if lr is not None else run.optimizer.param_groups[0]["lr"],
+        "train_loss": train_stats[0] if train_stats else None,
+        "train_acc": train_stats[1] if train_stats else None,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "seconds": time.perf_counter() - epoch_start,
+        "projection": projection_record(projection, run.config) if projection is not None else None,
+    }
+    if run.config.metrics:
+        entry["metrics"] = measure_complexity(run)
+    return entry
+
+
+def projection_record(stats: ProjectionStats, config: TrainConfig) -> dict:
+    """The scalar statistics of a projection and the paper's simplification factor
+    ``n·q / (k·s·q + m·⌈log2 k⌉)`` (q: the QAT bits, else 32; unused motifs not counted)."""
+    from .complexity.description import description_length_from_stats
+
+    length = description_length_from_stats(stats, q=config.qat_bits or 32)
+    return {**stats.summary(), "simplification_factor": length.simplification_factor}
+
+
+def measure_complexity(run: Run) -> dict:
+    from .complexity import measure
+
+    return measure(run.model, metrics=list(run.config.metrics), config=run.config.momos)
+
+
+def finish(run: Run, start: float, *, quiet: bool) -> dict:
+    """Test the final model and write ``final.safetensors`` and the motif counts."""
+    final_projection = run.projector.finalize() if run.projector is not None else None
+    if final_projection is not None:
+        save_motif_counts(run, final_projection)
+    save_checkpoint(run, FINAL, epoch=run.epoch)
+    test_loss, test_acc = evaluate(run.model, run.data.test, run.data)
+    results = results_of(run, start, test=(test_loss, test_acc), final_projection=final_projection)
+    write_json_atomic(results, run.out_dir / RESULTS)
+    if not quiet:
+        print(f"test loss {test_loss:.4f} acc {test_acc:.4f}  ({results['summary']['wall_seconds']:.1f} s)"
+              f"  -> {run.out_dir}", flush=True)
+    return results
+
+
+# --- the run folder ----------------------------------------------------------------------------
+
+def prepare_run_folder(out_dir: Path) -> None:
+    """Create ``out_dir``, removing the files of a run it held (``overwrite`` was checked)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def results_of(run: Run, start: float, test: tuple[float, float] | None = None,
+               final_projection: ProjectionStats | None = None) -> dict:
+    """The content of ``results.json``: config, data, epochs and summary.
+
+    ``final_projection``: a projection made after the last epoch to guarantee an exact mosaic
+    (only when the last epoch did not project).
+    """
+    trained = run.epochs_log[1:]
+    final = trained[-1] if trained else None
+    summary = {
+        "complete": test is not None,
+        "epochs_done": run.epoch,
+        "best_epoch": run.best["epoch"] if run.best else None,
+        "best_val_acc": run.best["val_acc"] if run.best else None,
+        "final_val_acc": final["val_acc"] if final else None,
+        "final_val_loss": final["val_loss"] if final else None,
+        "test_acc": test[1] if test else None,
+        "test_loss": test[0] if test else None,
+        "final_projection": (projection_record(final_projection, run.config)
+                             if final_projection is not None else None),
+        "wall_seconds": time.perf_counter() - start,
+        "threads": torch.get_num_threads(),
+    }
+    return {
+        "config": {**run.config.to_dict(), "versions": versions()},
+        "data": {"source": run.data.source, "train": len(run.data.train), "val": len(run.data.val),
+                 "test": len(run.data.test), "shape": list(run.data.info.shape)},
+        "model": {"parameters": sum(p.numel() for p in run.model.parameters())},
+        "epochs": run.epochs_log,
+        "summary": summary,
+    }
+
+
+def versions() -> dict:
+    import torchvision
+
+    return {"momos": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}
+
+
+def save_progress(run: Run, start: float) -> None:
+    """Rewrite ``results.json`` and the resume state after a completed epoch."""
+    write_json_atomic(results_of(run, start), run.out_dir / RESULTS)
+    state = {
+        "config": json.dumps(run.config.to_dict()),
+        "epoch": run.epoch,
+        "epochs_log": json.dumps(run.epochs_log),
+        "best": json.dumps(run.best),
+        "elapsed": time.perf_counter() - start,
+        "model": plain_state_dict(run.model),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "projector": run.projector.state_dict() if run.projector is not None else None,
+        "data_rng": run.data_generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    save_state(state, run.out_dir / STATE)
+
+
+def save_motif_counts(run: Run, stats: ProjectionStats) -> None:
+    """The usage count and value of every motif of the latest projection."""
+    save_safetensors_atomic({"motif_counts": stats.motif_counts, "motifs": stats.motifs},
+                            run.out_dir / MOTIF_COUNTS)
+
+
+def save_checkpoint(run: Run, name: str, *, epoch: int) -> None:
+    metadata = {"format": "momos-checkpoint", "epoch": str(epoch), "model": run.config.model,
+                "dataset": run.config.dataset, "method": run.config.method,
+                "qat_bits": str(run.config.qat_bits or "")}
+    save_safetensors_atomic(plain_state_dict(run.model), run.out_dir / name, metadata=metadata)
+
+
+_PARAMETRIZED = re.compile(r"\.parametrizations\.(\w+)\.original$")
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with parametrized (QAT) weights under their plain names, latent values."""
+    return {_PARAMETRIZED.sub(r".\1", name): tensor for name, tensor in model.state_dict().items()}
+
+
+def load_model_weights_(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load a :func:`plain_state_dict` into ``model``, parametrized or not."""
+    names = {_PARAMETRIZED.sub(r".\1", name): name for name in model.state_dict()}
+    missing = sorted(set(names) - set(tensors))
+    unexpected = sorted(set(tensors) - set(names))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.load_state_dict({names[key]: value for key, value in tensors.items()})
+
+
+def load_model(run_dir: str | os.PathLike, checkpoint: str = "final") -> nn.Module:
+    """The model of a run with the weights of ``init``, ``best`` or ``final``, in eval mode."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_dict(json.loads((run_dir / RESULTS).read_text())["config"])
+    c, h, _ = INFOS[config.dataset].shape
+    model = build_model(config.model, channels=c, image_size=h, num_classes=INFOS[config.dataset].num_classes)
+    if config.qat_bits is not None:
+        add_qat_(model, QATConfig(bits=config.qat_bits))
+    load_model_weights_(model, load_file(run_dir / f"{checkpoint}.safetensors"))
+    return model.eval()
+
+
+def epoch_line(entry: dict, config: TrainConfig) -> str:
+    """The end-of-epoch summary line."""
+    line = (f"epoch {entry['epoch']}/{config.epochs}  lr {entry['lr']:.2e}  "
+            f"train loss {entry['train_loss']:.4f} acc {entry['train_acc']:.4f}  "
+            f"val loss {entry['val_loss']:.4f} acc {entry['val_acc']:.4f}")
+    if entry["projection"]:
+        p = entry["projection"]
+        line += f"  k {p['num_motifs']} used {p['motifs_used']}"
+    metrics = entry.get("metrics", {})
+    for name in config.metrics:
+        if name in metrics:
+            line += f"  {name} {metrics[name]:.4g}"
+    return line + f"  {entry['seconds']:.1f} s"
