@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -105,6 +106,10 @@ def checkpoint_report(args) -> dict:
     from momos.complexity import DEFAULT_METRICS, CompressorWindowWarning, measure
 
     source, config = load_source(Path(args.path), args)
+    # Excluded parameters are frozen, so that --exclude applies with or without a block size.
+    for name, parameter in source.named_parameters():
+        if any(re.search(pattern, name) for pattern in args.exclude):
+            parameter.requires_grad_(False)
     metrics = args.metrics or ",".join(DEFAULT_METRICS + (("mosaic",) if config else ()))
     if config is None and "mosaic" in metrics.split(","):
         raise UsageError("metric mosaic needs a block size: give --block-size (a MoMos run has its own)")

@@ -6,7 +6,7 @@ exact description length of a mosaic.
     measure(model, ["mosaic"], config)          # description lengths and simplification factors
 """
 
-from .bdm import BDM_ALPHABETS, bdm, bdm_per_bit, quantize_levels
+from .block_decomposition import BDM_ALPHABETS, bdm, bdm_per_bit, quantize_levels
 from .compressors import (COMPRESSORS, FAST_COMPRESSORS, FAST_SETTINGS, WINDOW_BYTES,
                           compressed_sizes, window_warning)
 from .description import (CodebookUsage, DescriptionLength, description_length,

@@ -285,7 +285,7 @@ def _entropy_index_bits(book: CodebookUsage) -> float | None:
         return None
     if book.num_motifs == 1:
         return 0.0
-    counts = book.motif_counts.double()
+    counts = book.motif_counts.double().sort().values  # sorted: the same sum in any motif order
     p = counts[counts > 0] / book.num_blocks
     entropy = float(-(p * torch.log2(p)).sum())
     return book.num_blocks * entropy + book.num_motifs * math.ceil(math.log2(book.num_blocks + 1))

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import MoMosConfig
 from ..project import select_parameters
-from .bdm import bdm, bdm_per_bit, quantize_levels
+from .block_decomposition import bdm, bdm_per_bit, quantize_levels
 from .compressors import COMPRESSORS, compressor_table, window_warning
 from .description import CodebookUsage, description_length_of_codebooks, default_bits, mosaic_codebooks
 
@@ -130,7 +130,8 @@ def measured_tensors(model_or_tensor, config: MoMosConfig | None = None) -> list
         if next(model_or_tensor.parameters(), None) is None:
             raise ValueError("nothing to measure: the model has no parameters")
         try:
-            named = select_parameters(model_or_tensor, config or _TRAINABLE)
+            named = [(f"parameter {name!r}", p)
+                     for name, p in select_parameters(model_or_tensor, config or _TRAINABLE)]
         except ValueError as error:
             raise ValueError(f"nothing to measure: {error}") from None
     elif isinstance(model_or_tensor, torch.Tensor):
@@ -208,7 +209,13 @@ def _split_compressor_metric(name: str) -> tuple[str, str]:
 
 
 def _warn_window(compressor: str, payload: str, codebooks: list[CodebookUsage]) -> None:
-    """Warn when the largest motif table, in ``payload``'s bytes, exceeds the compressor's window."""
+    """Warn when the largest motif table, in ``payload``'s bytes, exceeds the compressor's window.
+
+    Only weights that repeat blocks (at most half as many distinct blocks as blocks, as in
+    any mosaic) have such a structure; freshly initialized weights do not.
+    """
+    if any(2 * book.num_motifs > book.num_blocks for book in codebooks):
+        return
     s = codebooks[0].motifs.shape[1]
     if payload == "float32":
         table_bytes = max(book.num_motifs for book in codebooks) * s * 4
