@@ -14,7 +14,9 @@ of such a tree.
 
 from __future__ import annotations
 
+import functools
 import gzip
+import io
 import math
 import os
 import tarfile
@@ -180,7 +182,9 @@ def _randaugment(images: torch.Tensor) -> torch.Tensor:
 
 # --- digits -------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
 def _load_digits() -> tuple[ImageSplit, ImageSplit, str]:
+    # Cached: scikit-learn parses its bundled file on every call, and the tensors are never modified.
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -309,8 +313,6 @@ def _files_in_tarball(path: Path):
 
 def _read_image_tree(files, source: Path) -> tuple[ImageSplit, ImageSplit]:
     """Decode ``<prefix>/train|test/<class>/<name>`` images; ordered by split, class, file name."""
-    from torchvision.io import ImageReadMode, decode_image
-
     items = {"train": [], "test": []}
     for name, data in files:
         parts = Path(name).parts
@@ -325,16 +327,25 @@ def _read_image_tree(files, source: Path) -> tuple[ImageSplit, ImageSplit]:
         if not entries:
             raise DatasetError(f"{source}: no images in {split}/<class>/")
         entries.sort(key=lambda e: (e[0], e[1]))
-        try:
-            images = [decode_image(torch.frombuffer(bytearray(d), dtype=torch.uint8), mode=ImageReadMode.RGB)
-                      for _, _, d in entries]
-        except RuntimeError as error:
-            raise DatasetError(f"{source}: cannot decode an image in {split}/: {error}") from None
-        shapes = {tuple(i.shape) for i in images}
-        if shapes != {(3, 32, 32)}:
+        images = [_decode_rgb(data, f"{split}/{CIFAR10_CLASSES[label]}/{name}", source)
+                  for label, name, data in entries]
+        shapes = {i.shape for i in images}
+        if shapes != {(32, 32, 3)}:
             raise DatasetError(f"{source}: CIFAR-10 images must be 32x32 RGB, found shapes {sorted(shapes)}")
-        result.append(ImageSplit(torch.stack(images), torch.tensor([e[0] for e in entries])))
+        result.append(ImageSplit(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+                                 torch.tensor([e[0] for e in entries])))
     return result[0], result[1]
+
+
+def _decode_rgb(data: bytes, name: str, source: Path) -> np.ndarray:
+    """(H, W, 3) uint8."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as error:
+        raise DatasetError(f"{source}: cannot decode {name}: {error}") from None
 
 
 def _download(name: str, data_dir: Path) -> None:

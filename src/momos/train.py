@@ -333,6 +333,7 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
     """
     start = time.perf_counter() - run.elapsed
     config = run.config
+    remove_temporaries(run.out_dir)
     if run.epoch == 0:
         prepare_run_folder(run.out_dir)
         run.epochs_log = [evaluate_epoch(run, 0, None, None, time.perf_counter())]
@@ -454,6 +455,13 @@ def prepare_run_folder(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
+
+
+def remove_temporaries(out_dir: Path) -> None:
+    """Delete the temporary files of atomic writes that a killed run left behind."""
+    for name in RUN_FILES:
+        for leftover in out_dir.glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
 
 def results_of(run: Run, start: float, test: tuple[float, float] | None = None,

@@ -1,0 +1,263 @@
+"""End-to-end runs of ``momos train`` on digits with the MLP, resume, run files and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import momos
+from momos.blocks import to_blocks
+from momos.cli import main
+from momos.train import RUN_FILES, TrainConfig, fit, load_model, prepare, resume, train
+
+METHODS = ("baseline", "qat", "momos", "momos+qat")
+EPOCH_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "projection"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One 2-epoch CLI run per method, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("runs")
+    for method in METHODS:
+        assert main(["train", "--method", method, "--epochs", "2", "--out", str(root / method), "--quiet"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A 3-epoch MoMos+QAT run with augmentation, the reference of the resume tests."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train(resume_config(), out, quiet=True)
+    return out
+
+
+def resume_config():
+    return TrainConfig(method="momos+qat", epochs=3, augment=True, seed=3)
+
+
+def results(path):
+    return json.loads((Path(path) / "results.json").read_text())
+
+
+def assert_same_files(a, b, names=("final.safetensors", "best.safetensors", "motif_counts.safetensors")):
+    for name in names:
+        left, right = load_file(Path(a) / name), load_file(Path(b) / name)
+        assert left.keys() == right.keys(), name
+        for key in left:
+            assert torch.equal(left[key], right[key]), f"{name}: {key}"
+
+
+def without_seconds(entries):
+    return [{k: v for k, v in e.items() if k != "seconds"} |
+            {"projection": e["projection"] and {k: v for k, v in e["projection"].items() if k != "seconds"}}
+            for e in entries]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_results_json_records_the_run(runs, method):
+    record = results(runs / method)
+    config = record["config"]
+    assert config["method"] == method and config["dataset"] == "digits" and config["model"] == "mlp"
+    assert config["epochs"] == 2 and config["seed"] == 0 and config["versions"]["torch"] == torch.__version__
+    assert TrainConfig.from_dict(config).to_dict() == {k: v for k, v in config.items() if k != "versions"}
+    epochs = record["epochs"]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2]
+    assert all(EPOCH_KEYS <= e.keys() for e in epochs)
+    assert epochs[0]["train_loss"] is None and epochs[0]["projection"] is None
+    assert all(0 <= e["val_acc"] <= 1 and e["val_loss"] > 0 for e in epochs)
+    assert epochs[2]["lr"] < epochs[1]["lr"]                       # cosine schedule
+    projects = "momos" in method
+    assert all((e["projection"] is not None) == projects for e in epochs[1:])
+    summary = record["summary"]
+    assert summary["complete"] and summary["epochs_done"] == 2 and 0 < summary["test_acc"] <= 1
+    assert summary["final_val_acc"] == epochs[-1]["val_acc"]
+    assert summary["best_val_acc"] == max(e["val_acc"] for e in epochs[1:])
+    assert record["data"]["train"] + record["data"]["val"] == 1438 and record["data"]["test"] == 359
+    files = {p.name for p in (runs / method).iterdir()}
+    expected = set(RUN_FILES) - (set() if projects else {"motif_counts.safetensors"})
+    assert files == expected
+
+
+def test_methods_learn(runs):
+    for method in METHODS:
+        epochs = results(runs / method)["epochs"]
+        assert epochs[-1]["val_acc"] > 0.5 > epochs[0]["val_acc"], method
+
+
+@pytest.mark.parametrize("method", ["momos", "momos+qat"])
+def test_final_checkpoint_is_an_exact_mosaic_with_k_motifs(runs, method):
+    run_dir = runs / method
+    cfg = momos.MoMosConfig.from_dict(results(run_dir)["config"]["momos"])
+    model = load_model(run_dir)                       # latent weights under QAT: the projected ones
+    params = [p.detach() for _, p in momos.select_parameters(model, cfg)]
+    blocks, layout = to_blocks(params, cfg.block_size)
+    saved = load_file(run_dir / "motif_counts.safetensors")
+    motifs, counts = saved["motifs"], saved["motif_counts"]
+    assert len(motifs) == cfg.motifs_for(layout.num_blocks) == results(run_dir)["epochs"][-1]["projection"]["num_motifs"]
+    assert int(counts.sum()) == layout.num_blocks
+    assert momos.is_mosaic(model, cfg, motifs)
+    assert torch.equal(motifs[0], torch.zeros(cfg.block_size))     # force-zero
+
+
+def test_qat_model_forward_is_quantized(runs):
+    from momos.qat import has_qat
+
+    model = load_model(runs / "qat")
+    assert has_qat(model)
+    weight = model[1].weight                                          # the parametrized, quantized view
+    assert len(torch.unique(weight)) <= 2 ** 8 - 1
+
+
+def test_checkpoints_differ_and_load_without_pickle(runs):
+    init = load_file(runs / "momos" / "init.safetensors")
+    final = load_file(runs / "momos" / "final.safetensors")
+    assert init.keys() == final.keys()
+    assert not torch.equal(init["1.weight"], final["1.weight"])
+
+
+def test_compare_and_plot_on_the_runs(runs, tmp_path, capsys):
+    dirs = [str(runs / m) for m in METHODS]
+    assert main(["compare", *dirs, "--out", str(tmp_path / "table.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert all(m in printed for m in METHODS)
+    rows = (tmp_path / "table.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("run,method,model,dataset")
+    assert main(["plot", *dirs, "--out", str(tmp_path / "fig.png")]) == 0
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_is_bit_exact(uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    fit(prepare(resume_config(), out), quiet=True, stop_after_epoch=1)
+    assert not results(out)["summary"]["complete"] and not (out / "final.safetensors").exists()
+    resume(out, quiet=True)
+    assert_same_files(uninterrupted, out)
+    assert without_seconds(results(out)["epochs"]) == without_seconds(results(uninterrupted)["epochs"])
+
+
+def test_killed_run_leaves_complete_files_and_resumes_bit_exact(uninterrupted, tmp_path):
+    """SIGKILL right after the first epoch's state appears: every file is whole, resume matches."""
+    out = tmp_path / "run"
+    cfg = resume_config()
+    command = [sys.executable, "-c", "import sys; from momos.cli import main; sys.exit(main(sys.argv[1:]))", "train", "--method", cfg.method, "--epochs", "3",
+               "--augment", "--seed", "3", "--out", str(out), "--quiet",
+               "--threads", str(torch.get_num_threads())]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "state.safetensors").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    for path in out.iterdir():
+        if path.name.endswith(".json"):
+            json.loads(path.read_text())
+        elif path.suffix == ".safetensors":
+            load_file(path)
+    if results(out)["summary"]["complete"]:
+        pytest.skip("the run finished before it could be killed")
+    resume(out, quiet=True)
+    assert not list(out.glob(".*.tmp"))
+    assert_same_files(uninterrupted, out)
+
+
+def test_default_command_trains_momos_on_digits_into_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--quiet"]) == 0
+    record = results(tmp_path / "runs" / "001")
+    config = record["config"]
+    assert (config["dataset"], config["model"], config["method"]) == ("digits", "mlp", "momos")
+    assert config["momos"]["block_size"] == 4 and config["momos"]["capacity"] == 0.01
+    assert config["optimizer"] == "adamw" and config["lr"] == 3e-4 and config["schedule"] == "cosine"
+    assert record["summary"]["test_acc"] > 0.85
+    assert main(["train", "--quiet", "--epochs", "1", "--method", "baseline"]) == 0
+    assert (tmp_path / "runs" / "002" / "final.safetensors").exists()
+
+
+def test_metrics_are_logged_every_epoch(tmp_path):
+    pytest.importorskip("momos.complexity")
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--metrics", "gzip,sparsity", "--out", str(out), "--quiet"]) == 0
+    epochs = results(out)["epochs"]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    for entry in epochs:
+        assert entry["metrics"]["gzip"] > 0 and 0 <= entry["metrics"]["sparsity"] <= 1
+    assert epochs[1]["metrics"]["gzip"] > epochs[0]["metrics"]["gzip"]   # a mosaic compresses better
+
+
+BAD_INPUT = [
+    (["--method", "sgd"], "unknown method"),
+    (["--dataset", "imagenet"], "unknown dataset"),
+    (["--model", "no_such_model"], "unknown model"),
+    (["--method", "baseline", "--q", "4"], "quantization bits need"),
+    (["--method", "qat", "--capacity", "0.1"], "is a MoMos option"),
+    (["--method", "baseline", "--num-motifs", "8"], "is a MoMos option"),
+    (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--batch-size", "-1"], "batch_size must be a positive integer"),
+    (["--epochs", "two"], "invalid int value"),
+    (["--capacity", "2"], "capacity must be in (0, 1]"),
+    (["--optimizer", "adamw", "--momentum", "0.9"], "momentum is an SGD option"),
+    (["--val-fraction", "1"], "val_fraction must be in (0, 1)"),
+    (["--exclude", "."], "no parameters selected"),
+    (["--metrics", "gzip,nonsense"], "nonsense"),
+    (["--dataset", "mnist", "--data-dir", "/nonexistent/data", "--no-download"], "/nonexistent/data/mnist"),
+    (["--threads", "0"], "--threads must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) if "two" in argv else _returns(2) as code:
+        code.value = main(["train", *argv, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+class _returns:
+    """Context manager that checks the value stored in it, like pytest.raises checks exceptions."""
+
+    def __init__(self, expected):
+        self.expected = expected
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        assert exc[0] is None and self.value == self.expected
+
+
+def test_refuses_to_overwrite_a_run_unless_asked(runs, tmp_path, capsys):
+    out = tmp_path / "copy"
+    out.mkdir()
+    for name in ("results.json", "state.safetensors"):
+        (out / name).write_bytes((runs / "baseline" / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["train", "--epochs", "1", "--out", str(out), "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main(["train", "--epochs", "1", "--method", "baseline", "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert results(out)["config"]["epochs"] == 1
+
+
+def test_resume_refuses_options_and_finished_runs(runs, tmp_path, capsys):
+    assert main(["train", "--resume", str(runs / "momos"), "--epochs", "5"]) == 2
+    assert "--epochs" in capsys.readouterr().err
+    assert main(["train", "--resume", str(runs / "momos")]) == 2
+    assert "complete" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "no run to resume" in capsys.readouterr().err
+
+
+def test_progress_and_epoch_lines(tmp_path, capsys):
+    assert main(["train", "--epochs", "1", "--method", "baseline", "--out", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    assert "epoch 1/1" in captured.out and "val loss" in captured.out and "test loss" in captured.out
+    assert "epoch 1/1" in captured.err                                  # tqdm's bar
