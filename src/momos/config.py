@@ -8,6 +8,7 @@ from typing import Literal
 
 SCOPES = ("global", "per_tensor")
 MOTIF_METHODS = ("sample", "kmeans", "persistent")
+ASSIGNMENTS = ("exact", "approximate")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,13 @@ class MoMosConfig:
         max_distance_bytes: the most memory the nearest-motif search may hold for
             block-to-motif distances at once.
         seed: seeds the generator that draws motifs.
+        assignment: ``"exact"`` (every block to its nearest motif) or ``"approximate"``
+            (an inverted file over the motifs: each block searches the motifs of the
+            ``nprobe`` nearest k-means cells; for huge codebooks).
+        nprobe: cells searched per block by the approximate assignment; more is slower and
+            closer to exact (as many as there are cells, about ``sqrt(k)``, is exact).
+        max_projection_seconds: warn (``UserWarning``) before a projection that is expected
+            to take longer than this on this machine; ``None``: never.
     """
 
     block_size: int = 4
@@ -58,6 +66,9 @@ class MoMosConfig:
     motif_bits: int | None = None
     max_distance_bytes: int = 4 * 2**20
     seed: int = 0
+    assignment: Literal["exact", "approximate"] = "exact"
+    nprobe: int = 8
+    max_projection_seconds: float | None = 60.0
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience but stored as tuples so the config stays hashable.
@@ -98,6 +109,15 @@ class MoMosConfig:
             _check_int("motif_bits", self.motif_bits, minimum=2)
         _check_int("max_distance_bytes", self.max_distance_bytes, minimum=1)
         _check_int("seed", self.seed, minimum=0)
+        if self.assignment not in ASSIGNMENTS:
+            raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
+        _check_int("nprobe", self.nprobe, minimum=1)
+        if self.max_projection_seconds is not None:
+            limit = self.max_projection_seconds
+            if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+                raise TypeError(f"max_projection_seconds must be a number or None, got {type(limit).__name__}")
+            if not limit > 0:
+                raise ValueError(f"max_projection_seconds must be > 0, got {limit}")
 
     def motifs_for(self, num_blocks: int) -> int:
         """``k`` for a codebook shared by ``num_blocks`` blocks."""

@@ -9,12 +9,15 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
+from . import cost
+from .approximate import nearest_motif_approximate
 from .assign import nearest_motif_ignoring_padding
-from .blocks import BlockLayout, from_blocks, to_blocks
+from .blocks import BlockLayout, from_blocks, layout_of, to_blocks
 from .config import MoMosConfig
 from .motifs import refine_motifs_kmeans, sample_motifs
 from .quantization import fake_quantize
@@ -143,6 +146,17 @@ def is_mosaic(model: nn.Module, config: MoMosConfig,
     return stats.changed_weights == 0
 
 
+def estimate_cost(model: nn.Module, config: MoMosConfig) -> cost.CostEstimate:
+    """What one projection of ``model`` will cost: pairs, memory, expected seconds.
+
+    The first call in a process measures this machine's search rate (milliseconds).
+    """
+    params = select_parameters(model, config)
+    layout = layout_of([p for _, p in params], config.block_size, config.tile_shape)
+    sizes = _codebook_sizes(layout, _codebook_groups(layout, config), config)
+    return cost.estimate(sizes, config, device=params[0][1].device)
+
+
 def _plan(model, config, *, generator=None, motifs=None, init_motifs=None, importance=None):
     """The projection, computed but not written: (stats, new tensor values, parameters)."""
     start = time.perf_counter()
@@ -159,6 +173,7 @@ def _plan(model, config, *, generator=None, motifs=None, init_motifs=None, impor
     blocks, layout = to_blocks(tensors, config.block_size, dtype=dtype, tile_shape=config.tile_shape)
 
     groups = _codebook_groups(layout, config)
+    cost.warn_if_slow(_codebook_sizes(layout, groups, config), config, device=blocks.device)
     given = _given_motifs(motifs, groups, config, blocks)
     init = _given_motifs(init_motifs, groups, config, blocks) if config.motifs == "persistent" else None
     valid = layout.valid_mask(blocks.device)
@@ -167,6 +182,8 @@ def _plan(model, config, *, generator=None, motifs=None, init_motifs=None, impor
     if generator is None:
         generator = torch.Generator().manual_seed(config.seed)
 
+    search = None if config.assignment == "exact" else partial(
+        nearest_motif_approximate, nprobe=config.nprobe, max_distance_bytes=config.max_distance_bytes)
     codebooks, all_motifs, all_assignments = [], [], []
     motif_start = 0
     names = [name for name, _ in params]
@@ -181,7 +198,8 @@ def _plan(model, config, *, generator=None, motifs=None, init_motifs=None, impor
                 valid_mask=valid[b0:b1], importance=None if weights is None else weights[b0:b1])
         padded = [(columns, rows[(rows >= b0) & (rows < b1)] - b0) for columns, rows in patterns]
         assignments = nearest_motif_ignoring_padding(
-            group_blocks, group_motifs, padded, max_distance_bytes=config.max_distance_bytes)
+            group_blocks, group_motifs, padded, max_distance_bytes=config.max_distance_bytes,
+            search=search)
         all_motifs.append(group_motifs)
         all_assignments.append(assignments + motif_start)
         codebooks.append(Codebook(tuple(names[first:last]), b0, b1,
@@ -248,6 +266,15 @@ def _codebook_groups(layout: BlockLayout, config: MoMosConfig) -> list[tuple[int
     if config.scope == "global":
         return [(0, count)]
     return [(i, i + 1) for i in range(count) if layout.block_counts[i] > 0]
+
+
+def _codebook_sizes(layout: BlockLayout, groups, config: MoMosConfig) -> list[tuple[int, int]]:
+    """``(num_blocks, num_motifs)`` of each codebook."""
+    sizes = []
+    for first, last in groups:
+        m = layout.block_offsets[last] - layout.block_offsets[first]
+        sizes.append((m, config.motifs_for(m)))
+    return sizes
 
 
 def _given_motifs(motifs, groups, config, blocks) -> list[torch.Tensor] | None:
