@@ -1,0 +1,93 @@
+"""``momos export``: write a run's (or a checkpoint's) mosaic as a compact ``.momos`` file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from momos.cli.project import add_projection_arguments
+
+DESCRIPTION = """\
+momos export RUN_DIR -o model.momos          the final checkpoint of a `momos train` run, cut into
+                                             blocks as the run's own MoMos configuration says
+momos export CHECKPOINT.safetensors -o ...   any safetensors state dict; give --block-size and
+                                             --capacity/--num-motifs (every floating tensor is a
+                                             candidate: --exclude running_ for BatchNorm statistics)
+
+The selected parameters must already be an exact mosaic (a trained MoMos model is); --project
+projects them first. The projection options override a run's own configuration."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="write a MoMos run or checkpoint as a compact .momos file",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="run folder or .safetensors checkpoint")
+    parser.add_argument("-o", "--out", required=True, help="output .momos file")
+    parser.add_argument("--checkpoint", choices=("init", "best", "final"), default="final",
+                        help="which checkpoint of a run folder (default final)")
+    parser.add_argument("--project", action="store_true",
+                        help="project the parameters onto a mosaic before saving")
+    parser.add_argument("--motif-storage", choices=("auto", "float16", "bfloat16", "float32", "float64"),
+                        default="auto", help="auto: the smallest lossless form (default); a dtype casts")
+    parser.add_argument("--index-coding", choices=("auto", "packed", "rans"), default="auto",
+                        help="auto: the smaller of bit-packed and entropy-coded, per codebook (default)")
+    projection = parser.add_argument_group("mosaic (default for a run: its own MoMos configuration)")
+    add_projection_arguments(projection)
+    # None means "not given", so that a run's own configuration applies.
+    parser.set_defaults(handler=run, block_size=None)
+
+
+def run(args) -> int:
+    from momos.cli import UsageError
+    from momos.cli.inspect import print_summary
+    from momos.fileformat import save
+
+    model, config, metadata = load_model_and_config(Path(args.path), args)
+    if config is None:
+        raise UsageError("no MoMos configuration: give --block-size and --capacity or --num-motifs")
+    try:
+        info = save(model, args.out, config, project=args.project, motif_storage=args.motif_storage,
+                    index_coding=args.index_coding, metadata=metadata)
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {args.out}")
+    print_summary(info)
+    return 0
+
+
+def load_model_and_config(path: Path, args):
+    """``(module, MoMosConfig or None, metadata)`` for a run folder, a run's checkpoint or a state dict."""
+    from momos.cli.complexity import load_source
+    from momos.cli.project import config_from_args
+    from momos.qat import FakeQuantize, remove_qat_
+
+    if path.is_file() and not _is_run_checkpoint(path):
+        config = config_from_args(args) if args.block_size else None
+        return _state_dict_module(path), config, {"source": path.name}
+    model, config = load_source(path, args)
+    metadata = {"source": path.resolve().name}
+    bits = {m.bits for m in model.modules() if isinstance(m, FakeQuantize)}
+    if bits:
+        # The mosaic is on the latent weights; the file keeps them under their plain names.
+        remove_qat_(model, keep_quantized=False)
+        metadata["qat_bits"] = str(max(bits))
+    return model, config, metadata
+
+
+def _is_run_checkpoint(path: Path) -> bool:
+    return path.stem in ("init", "best", "final") and (path.parent / "results.json").is_file()
+
+
+def _state_dict_module(path: Path):
+    """Every tensor of a safetensors file (floating ones as parameters), names kept."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from momos.cli import UsageError
+    from momos.fileformat import module_of_state_dict
+
+    try:
+        return module_of_state_dict(load_file(path))
+    except (OSError, SafetensorError) as error:
+        raise UsageError(f"cannot read {path} as safetensors: {error}") from None

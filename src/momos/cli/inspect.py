@@ -1,0 +1,74 @@
+"""``momos inspect``: what a ``.momos`` file holds, where its bytes go, and how it compares with
+generic compressors applied to the same weights."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "inspect", help="describe a .momos file and compare it with gzip/bz2/lzma/zstd",
+        description="Read a .momos file (checking it completely) and print its format version, "
+                    "block size, motifs, bits per weight, size breakdown, and its size against "
+                    "float32 and against gzip -9, bz2 -9, lzma -9 and zstd at its maximum level "
+                    "applied to the float32 bytes of the same weights.")
+    parser.add_argument("file", help=".momos file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--fast", action="store_true",
+                        help="faster compressor settings (gzip 6, lzma preset 0, zstd 15)")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from momos.cli import UsageError
+    from momos.fileformat import FormatError, read
+
+    try:
+        state, info = read(args.file)
+    except FormatError as error:
+        raise UsageError(str(error)) from None
+    raw, compressed = generic_sizes(state, fast=args.fast)
+    if args.json:
+        print(json.dumps({"file": args.file, **info.to_dict(), "float32_bytes": raw,
+                          "compressed_bytes": compressed}, indent=2))
+    else:
+        print(f"file             {args.file}")
+        print_summary(info)
+        print_comparison(info.file_bytes, raw, compressed)
+    return 0
+
+
+def generic_sizes(state, *, fast: bool = False) -> tuple[int, dict[str, int]]:
+    """The float32 bytes of every floating tensor of ``state`` (in order), and their size under
+    each generic compressor of :mod:`momos.complexity`."""
+    import numpy as np
+    import torch
+
+    from momos.complexity import compressed_sizes, payload_bytes
+
+    floats = [t.detach().reshape(-1).to(torch.float32).numpy() for t in state.values() if t.is_floating_point()]
+    payload = payload_bytes(np.concatenate(floats) if floats else np.zeros(0, np.float32), "float32")
+    return len(payload), compressed_sizes(payload, fast=fast)
+
+
+def print_summary(info) -> None:
+    codebooks = info.codebooks
+    k = f"k = {info.num_motifs} motifs" + (f" in {len(codebooks)} codebooks" if len(codebooks) > 1 else "")
+    tile = f" (tiles {info.tile_shape[0]}x{info.tile_shape[1]})" if info.tile_shape else ""
+    codings = sorted({c.coding for c in codebooks})
+    print(f"format           momos version {info.version}")
+    print(f"mosaic           s = {info.block_size}{tile}, scope {info.scope}, {k} ({info.motif_storage}), "
+          f"{info.num_blocks:,} blocks, indices {'/'.join(codings)}")
+    print(f"weights          {info.mosaic_weights:,} in the mosaic, {info.num_values:,} values in "
+          f"{info.num_tensors} tensors")
+    print(f"bits per weight  {info.bits_per_weight:.3f} (whole file), "
+          f"{info.mosaic_bits_per_weight:.3f} (motifs + indices per mosaic weight)")
+    print(f"size (bytes)     header {info.header_bytes:,} | motifs {info.motif_bytes:,} | indices "
+          f"{info.index_bytes:,} | other {info.other_bytes:,} | total {info.file_bytes:,}")
+
+
+def print_comparison(file_bytes: int, raw: int, compressed: dict[str, int]) -> None:
+    print(f"vs float32       {raw:,} bytes: the file is {file_bytes / raw:.4f} of it ({raw / file_bytes:.1f}x smaller)")
+    for name, size in compressed.items():
+        print(f"vs {name:<13} {size:,} bytes: the file is {file_bytes / size:.4f} of it")

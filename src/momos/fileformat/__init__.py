@@ -1,0 +1,145 @@
+"""The ``.momos`` file: a mosaic stored as what it is, motif tables plus one index per block.
+
+    momos.save(model, "model.momos", cfg)            # refuses a model that is not a mosaic
+    momos.save(model, "model.momos", cfg, project=True)   # projects a copy first
+    state = momos.load("model.momos")                # a state dict, bit-exact
+    momos.load("model.momos", model)                 # or straight into a model
+
+The file is a standard safetensors file (no pickle; loading never runs code). Its layout is
+described in :mod:`.codec`, :mod:`.container`, :mod:`.tables` and :mod:`.streams`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import MoMosConfig
+from ..io import write_bytes_atomic
+from ..project import project_, select_parameters
+from .codec import DEFAULT_MAX_WEIGHTS, CodebookInfo, FileInfo, decode, encode
+from .decompose import NotAMosaicError
+from .errors import FormatError
+
+DEFAULT_MAX_BYTES = 1 << 34
+
+__all__ = ["CodebookInfo", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_WEIGHTS", "FileInfo", "FormatError",
+           "load", "module_of_state_dict", "read", "save"]
+
+
+def save(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, config: MoMosConfig, *,
+         project: bool = False, motif_storage: str = "auto", index_coding: str = "auto",
+         metadata: dict[str, str] | None = None) -> FileInfo:
+    """Write ``model`` as a ``.momos`` file (atomically).
+
+    Args:
+        model: a module, or a state dict (its floating tensors are the candidate parameters).
+        config: the mosaic's block size, tile shape, scope, selection and ``k``; the
+            parameters it selects must be an exact mosaic: each codebook may hold at most
+            ``config.motifs_for(num_blocks)`` distinct blocks (a block holding padding only
+            has to match on its real values).
+        project: project a copy of the model with ``config`` first (the model is not changed).
+        motif_storage: ``"auto"`` (the smallest lossless form: a q-bit grid when the motifs
+            lie on one, else float16/bfloat16/float32/float64), or a float dtype name to cast
+            the motifs to (lossy when they do not fit; the file then holds the cast model).
+        index_coding: ``"auto"`` (per codebook, the smaller of the two), ``"packed"``
+            (``ceil(log2 k)`` bits per block) or ``"rans"`` (entropy-coded).
+        metadata: strings stored in the header (e.g. provenance).
+
+    Returns:
+        The description of the written file.
+
+    Raises:
+        ValueError: the selected parameters are not a mosaic (the message names the worst
+            tensor), or bad options. TypeError: unsupported dtypes. Nothing is written then.
+    """
+    module = module_of_state_dict(model) if isinstance(model, Mapping) else model
+    if project:
+        module = copy.deepcopy(module)
+        project_(module, config)
+    names = [name for name, _ in select_parameters(module, config)]
+    state = module.state_dict()
+    if isinstance(model, Mapping):
+        state = {name: state[name] for name in model}
+    try:
+        data, info = encode(state, names, config, motif_storage=motif_storage, index_coding=index_coding,
+                            metadata=metadata)
+    except NotAMosaicError as error:
+        raise ValueError(f"parameter {names[error.tensor]!r} is not a mosaic under this configuration: "
+                         f"{error}; project the model first (momos.project_, or save(..., project=True)) "
+                         "or save with the configuration it was trained with") from None
+    write_bytes_atomic(data, path)
+    return info
+
+
+def read(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
+         max_weights: int = DEFAULT_MAX_WEIGHTS) -> tuple[dict[str, torch.Tensor], FileInfo]:
+    """The state dict stored in a ``.momos`` file and the file's description.
+
+    Args:
+        max_bytes: refuse larger files without reading them.
+        max_weights: refuse files that would decode to more mosaic values than this (a tiny
+            file can legitimately describe a huge all-zero model; this bounds the memory).
+
+    Raises:
+        FormatError: the file is missing, empty, truncated, corrupt, of another format or
+            version, inconsistent, or too large.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise FormatError(f"{path} is {size} bytes, more than max_bytes={max_bytes}")
+        data = path.read_bytes()
+    except OSError as error:
+        raise FormatError(f"cannot read {path}: {error}") from None
+    if len(data) > max_bytes:
+        raise FormatError(f"{path} is larger than max_bytes={max_bytes}")
+    return decode(data, max_weights=max_weights)
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None, **limits):
+    """The state dict of a ``.momos`` file, bit-exact to what was saved; with ``model``, load
+    it into the model (``strict``: same names and shapes) and return the model.
+
+    Raises:
+        FormatError: a bad file (see :func:`read`).
+        ValueError: the file does not fit ``model`` (the model is not changed).
+    """
+    state, _ = read(path, **limits)
+    if model is None:
+        return state
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [name for name in expected if name in state and expected[name].shape != state[name].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"the file does not fit the model: missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}, different shapes {wrong[:5]}")
+    model.load_state_dict(state)
+    return model
+
+
+def module_of_state_dict(state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A module whose ``state_dict()`` is a copy of ``state``, with the same names, order aside:
+    floating tensors become parameters, the others buffers."""
+    root = nn.Module()
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
+        *path, leaf = name.split(".")
+        owner = root
+        for part in path:
+            if part not in owner._modules:
+                owner.add_module(part, nn.Module())
+            owner = owner._modules[part]
+        value = tensor.detach().clone()
+        if value.is_floating_point():
+            owner.register_parameter(leaf, nn.Parameter(value))
+        else:
+            owner.register_buffer(leaf, value)
+    return root

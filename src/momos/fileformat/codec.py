@@ -1,0 +1,341 @@
+"""A state dict plus the names of its mosaic tensors <-> the bytes of a ``.momos`` file.
+
+Header (JSON, inside the container's checksummed metadata)::
+
+    {"block_size": s, "tile_shape": null | [r, c], "scope": "global" | "per_tensor",
+     "padding": "zero",
+     "tensors": [{"name", "shape", "dtype", "mosaic": bool}, ...],      # state-dict order
+     "codebooks": [{"tensors": [first, last], "motifs": k, "bytes": [start, end],
+                    "indices": <see streams.py>}, ...],                  # over the mosaic tensors
+     "motif_storage": <see tables.py>,
+     "config": <MoMosConfig.to_dict()> | null, "metadata": {str: str}}
+
+Tensors: the motif table (``motifs``, or ``motif_levels`` + ``motif_scales``), ``indices``
+(every codebook's stream, back to back; ``bytes`` locates each) and, for the tensors that are
+not mosaics, ``plain/<dtype>``: their values as they are, flattened and concatenated in
+header order, one tensor per dtype (one entry each would cost more header than a small
+tensor holds).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..blocks import BlockLayout
+from ..config import SCOPES, MoMosConfig
+from .container import DTYPE_NAMES, DTYPES, VERSION, read_container, write_container
+from .decompose import Mosaic, block_dtype, decompose, rebuild
+from .errors import FormatError
+from .streams import decode_stream, encode_stream
+from .tables import decode_tables, encode_tables
+
+PLAIN_PREFIX = "plain/"
+MOTIF_ENTRIES = ("motifs", "motif_levels", "motif_scales")
+MAX_BLOCK_SIZE = 1 << 16
+DEFAULT_MAX_WEIGHTS = 1 << 28
+FLOAT_DTYPES = tuple(name for name, dtype in DTYPES.items() if dtype.is_floating_point)
+
+
+@dataclass(frozen=True)
+class CodebookInfo:
+    tensors: tuple[str, ...]
+    num_motifs: int
+    num_blocks: int
+    coding: str
+    index_bytes: int
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What a ``.momos`` file holds and where its bytes go."""
+
+    version: int
+    block_size: int
+    tile_shape: tuple[int, int] | None
+    scope: str
+    num_tensors: int
+    num_values: int           # every value of every tensor in the file
+    mosaic_weights: int       # values described by motifs
+    num_blocks: int
+    num_motifs: int           # stored (= used) motifs, all codebooks
+    motif_storage: str        # "float32", "float16", ..., or "8-bit grid"
+    codebooks: tuple[CodebookInfo, ...]
+    file_bytes: int
+    motif_bytes: int
+    index_bytes: int
+    other_bytes: int          # the plain tensors
+    config: dict | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def header_bytes(self) -> int:
+        """Everything that is not tensor data: the JSON header, names, shapes, checksum."""
+        return self.file_bytes - self.motif_bytes - self.index_bytes - self.other_bytes
+
+    @property
+    def bits_per_weight(self) -> float:
+        """File bits per value stored in it."""
+        return 8 * self.file_bytes / max(1, self.num_values)
+
+    @property
+    def mosaic_bits_per_weight(self) -> float:
+        """Motif and index bits per mosaic weight: the mosaic's own cost, without headers."""
+        return 8 * (self.motif_bytes + self.index_bytes) / max(1, self.mosaic_weights)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(header_bytes=self.header_bytes, bits_per_weight=self.bits_per_weight,
+                 mosaic_bits_per_weight=self.mosaic_bits_per_weight)
+        return d
+
+
+def encode(state: dict[str, torch.Tensor], mosaic_names: list[str], config: MoMosConfig, *,
+           motif_storage: str = "auto", index_coding: str = "auto",
+           metadata: dict[str, str] | None = None) -> tuple[bytes, FileInfo]:
+    """The file's bytes for ``state``, whose ``mosaic_names`` tensors form a mosaic under ``config``.
+
+    Raises:
+        NotAMosaicError (a ValueError): a codebook needs more than ``config``'s k motifs.
+        TypeError / ValueError: unsupported dtypes, unknown names or options.
+    """
+    _check_state(state, mosaic_names, metadata)
+    mosaic = decompose([state[name] for name in mosaic_names], config)
+    motif_tensors, storage = encode_tables(list(mosaic.motifs), motif_storage)
+    streams, codebooks, position = [], [], 0
+    for (first, last), table, index in zip(mosaic.groups, mosaic.motifs, mosaic.indices):
+        data, desc = encode_stream(index.numpy(), len(table), index_coding)
+        streams.append(data)
+        codebooks.append({"tensors": [first, last], "motifs": len(table),
+                          "bytes": [position, position + len(data)], "indices": desc})
+        position += len(data)
+    chosen = set(mosaic_names)
+    header = {
+        "block_size": config.block_size,
+        "tile_shape": list(config.tile_shape) if config.tile_shape else None,
+        "scope": config.scope,
+        "padding": "zero",
+        "tensors": [{"name": name, "shape": list(t.shape), "dtype": DTYPE_NAMES[t.dtype],
+                     "mosaic": name in chosen} for name, t in state.items()],
+        "codebooks": codebooks,
+        "motif_storage": storage,
+        "config": config.to_dict(),
+        "metadata": dict(metadata or {}),
+    }
+    joined = b"".join(streams)
+    tensors = {**motif_tensors, "indices": torch.frombuffer(bytearray(joined), dtype=torch.uint8)
+               if joined else torch.zeros(0, dtype=torch.uint8)}
+    tensors.update(_join_plain([(name, t) for name, t in state.items() if name not in chosen]))
+    data = write_container(tensors, header)
+    return data, _info(header, tensors, mosaic.layout, len(data))
+
+
+def decode(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> tuple[dict[str, torch.Tensor], FileInfo]:
+    """The state dict a file holds, and its description.
+
+    Raises:
+        FormatError: the file is damaged, lies, or would decode to more than ``max_weights``
+            values (counting block padding).
+    """
+    header, tensors = read_container(data)
+    _expect_keys(header, {"block_size", "tile_shape", "scope", "padding", "tensors", "codebooks",
+                          "motif_storage", "config", "metadata"}, "header")
+    block_size = _int(header["block_size"], "block_size", 1, MAX_BLOCK_SIZE)
+    tile_shape = _tile_shape(header["tile_shape"], block_size)
+    if header["scope"] not in SCOPES or header["padding"] != "zero":
+        raise FormatError(f"unknown scope {header['scope']!r} or padding {header['padding']!r}")
+    if header["config"] is not None and not isinstance(header["config"], dict):
+        raise FormatError("the header's config must be an object or null")
+    if not isinstance(header["metadata"], dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in header["metadata"].items()):
+        raise FormatError("the header's metadata must map strings to strings")
+    entries = _tensor_entries(header["tensors"])
+    mosaic_entries = [e for e in entries if e["mosaic"]]
+    layout = BlockLayout(tuple(torch.Size(e["shape"]) for e in mosaic_entries), block_size, tile_shape)
+    if layout.num_blocks * block_size > max_weights:
+        raise FormatError(f"the file would decode to {layout.num_blocks * block_size} mosaic values, more "
+                          f"than max_weights={max_weights}")
+    _expect_keys(tensors, _expected_tensors(header, entries), "file's tensors")
+    state = _split_plain([e for e in entries if not e["mosaic"]], tensors)
+    mosaic = _decode_mosaic(header, tensors, layout, [DTYPES[e["dtype"]] for e in mosaic_entries])
+    if mosaic is not None:
+        for e, value in zip(mosaic_entries, rebuild(mosaic)):
+            state[e["name"]] = value
+    state = {e["name"]: state[e["name"]] for e in entries}
+    return state, _info(header, tensors, layout, len(data))
+
+
+def _decode_mosaic(header, tensors, layout: BlockLayout, dtypes) -> Mosaic | None:
+    codebooks = header["codebooks"]
+    if not isinstance(codebooks, list):
+        raise FormatError("the header's codebooks must be a list")
+    if not layout.shapes:
+        if codebooks:
+            raise FormatError("codebooks given for a file without mosaic tensors")
+        return None
+    groups, ks, spans, descs = [], [], [], []
+    covered, position = 0, 0
+    indices_bytes = tensors["indices"]
+    if indices_bytes.dtype != torch.uint8 or indices_bytes.dim() != 1:
+        raise FormatError("the indices must be a 1-D uint8 tensor")
+    for c in codebooks:
+        if not isinstance(c, dict):
+            raise FormatError("malformed codebook entry")
+        _expect_keys(c, {"tensors", "motifs", "bytes", "indices"}, "codebook")
+        first, last = _int_pair(c["tensors"], "codebook tensors", len(layout.shapes))
+        start, end = _int_pair(c["bytes"], "codebook bytes", len(indices_bytes))
+        if first < covered or last <= first or start != position:
+            raise FormatError("codebooks must cover the mosaic tensors in order, their streams back to back")
+        if any(layout.block_counts[i] for i in range(covered, first)):
+            raise FormatError(f"tensor {first - 1} has blocks but no codebook")
+        blocks = layout.block_offsets[last] - layout.block_offsets[first]
+        k = _int(c["motifs"], "number of motifs", 1, max(1, blocks))
+        if blocks == 0:
+            raise FormatError("a codebook covers no blocks")
+        groups.append((first, last))
+        ks.append(k)
+        spans.append((start, end))
+        descs.append(c["indices"])
+        covered, position = last, end
+    if any(layout.block_counts[covered:]) or position != len(indices_bytes):
+        raise FormatError("the codebooks leave blocks or index bytes unaccounted for")
+    tables = decode_tables(header["motif_storage"], tensors, ks, layout.block_size)
+    raw = indices_bytes.numpy().tobytes()
+    indices = []
+    for (first, last), k, (start, end), desc in zip(groups, ks, spans, descs):
+        count = layout.block_offsets[last] - layout.block_offsets[first]
+        indices.append(torch.from_numpy(decode_stream(raw[start:end], desc, k, count)))
+    dtype = block_dtype(dtypes)
+    tables = [t.to(dtype) for t in tables]
+    return Mosaic(layout, tuple(dtypes), tuple(groups), tuple(tables), tuple(indices))
+
+
+def _check_state(state, mosaic_names, metadata) -> None:
+    for name, t in state.items():
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+            raise TypeError(f"the state dict must map names to tensors, got {name!r}: {type(t).__name__}")
+        if t.dtype not in DTYPE_NAMES:
+            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which the format does not store")
+    missing = [name for name in mosaic_names if name not in state]
+    if missing:
+        raise ValueError(f"mosaic tensors {missing} are not in the state dict")
+    if not mosaic_names:
+        raise ValueError("no tensor is selected as a mosaic")
+    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError("metadata must map strings to strings")
+
+
+def _tensor_entries(value) -> list[dict]:
+    if not isinstance(value, list):
+        raise FormatError("the header's tensors must be a list")
+    names = set()
+    for e in value:
+        if not isinstance(e, dict):
+            raise FormatError("malformed tensor entry")
+        _expect_keys(e, {"name", "shape", "dtype", "mosaic"}, "tensor entry")
+        if not isinstance(e["name"], str) or e["name"] in names:
+            raise FormatError(f"tensor names must be unique strings, got {e['name']!r}")
+        names.add(e["name"])
+        allowed = FLOAT_DTYPES if e["mosaic"] else tuple(DTYPES)
+        if not isinstance(e["mosaic"], bool) or not isinstance(e["dtype"], str) or e["dtype"] not in allowed:
+            raise FormatError(f"tensor {e['name']!r}: bad dtype {e['dtype']!r} or mosaic flag")
+        if not isinstance(e["shape"], list) or len(e["shape"]) > 16:
+            raise FormatError(f"tensor {e['name']!r}: malformed shape")
+        for size in e["shape"]:
+            _int(size, f"a dimension of {e['name']!r}", 0, 1 << 62)
+        if math.prod(e["shape"]) >= 1 << 62:
+            raise FormatError(f"tensor {e['name']!r}: shape {e['shape']} is absurdly large")
+    return value
+
+
+def _join_plain(named: list[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``plain/<dtype>``: the tensors of each dtype flattened and concatenated, in order."""
+    by_dtype: dict[str, list[torch.Tensor]] = {}
+    for _, t in named:
+        by_dtype.setdefault(DTYPE_NAMES[t.dtype], []).append(t.detach().cpu().reshape(-1))
+    return {PLAIN_PREFIX + dtype: torch.cat(parts) for dtype, parts in by_dtype.items()}
+
+
+def _split_plain(entries: list[dict], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`_join_plain`, checked against the header's shapes and dtypes."""
+    sizes: dict[str, int] = {}
+    for e in entries:
+        sizes[e["dtype"]] = sizes.get(e["dtype"], 0) + math.prod(e["shape"])
+    for dtype, size in sizes.items():
+        t = tensors[PLAIN_PREFIX + dtype]
+        if DTYPE_NAMES[t.dtype] != dtype or tuple(t.shape) != (size,):
+            raise FormatError(f"{PLAIN_PREFIX + dtype} must hold {size} {dtype} values, "
+                              f"holds {DTYPE_NAMES[t.dtype]}{list(t.shape)}")
+    state, position = {}, dict.fromkeys(sizes, 0)
+    for e in entries:
+        start, n = position[e["dtype"]], math.prod(e["shape"])
+        state[e["name"]] = tensors[PLAIN_PREFIX + e["dtype"]][start:start + n].reshape(e["shape"]).clone()
+        position[e["dtype"]] = start + n
+    return state
+
+
+def _expected_tensors(header, entries) -> set[str]:
+    names = {PLAIN_PREFIX + e["dtype"] for e in entries if not e["mosaic"]}
+    if any(e["mosaic"] for e in entries):
+        storage = header["motif_storage"]
+        names |= {"indices"} | ({"motifs"} if isinstance(storage, dict) and "dtype" in storage
+                                else {"motif_levels", "motif_scales"})
+    return names
+
+
+def _expect_keys(d, keys: set[str], what: str) -> None:
+    if set(d) != keys:
+        raise FormatError(f"the {what} holds {sorted(map(str, d))}, expected {sorted(keys)}")
+
+
+def _int(value, what: str, minimum: int, maximum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        raise FormatError(f"{what} must be an int in [{minimum}, {maximum}], got {value!r}")
+    return value
+
+
+def _int_pair(value, what: str, maximum: int) -> tuple[int, int]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise FormatError(f"{what} must be a pair of ints")
+    first, last = (_int(v, what, 0, maximum) for v in value)
+    if first > last:
+        raise FormatError(f"{what} {value} is not a range")
+    return first, last
+
+
+def _tile_shape(value, block_size: int) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise FormatError(f"tile_shape must be null or [rows, cols], got {value!r}")
+    rows, cols = (_int(v, "a tile_shape entry", 1, block_size) for v in value)
+    if rows * cols != block_size:
+        raise FormatError(f"tile_shape {value} does not hold block_size={block_size} values")
+    return rows, cols
+
+
+def _info(header: dict, tensors: dict[str, torch.Tensor], layout: BlockLayout, file_bytes: int) -> FileInfo:
+    nbytes = {name: t.numel() * t.element_size() for name, t in tensors.items()}
+    storage = header["motif_storage"]
+    mosaic_names = [e["name"] for e in header["tensors"] if e["mosaic"]]
+    codebooks = tuple(
+        CodebookInfo(tuple(mosaic_names[c["tensors"][0]:c["tensors"][1]]), c["motifs"],
+                     layout.block_offsets[c["tensors"][1]] - layout.block_offsets[c["tensors"][0]],
+                     c["indices"]["coding"], c["bytes"][1] - c["bytes"][0])
+        for c in header["codebooks"])
+    return FileInfo(
+        version=VERSION, block_size=header["block_size"],
+        tile_shape=tuple(header["tile_shape"]) if header["tile_shape"] else None,
+        scope=header["scope"], num_tensors=len(header["tensors"]),
+        num_values=sum(math.prod(e["shape"]) for e in header["tensors"]),
+        mosaic_weights=layout.num_weights, num_blocks=layout.num_blocks,
+        num_motifs=sum(c.num_motifs for c in codebooks),
+        motif_storage=storage["dtype"] if "dtype" in storage else f"{storage['bits']}-bit grid",
+        codebooks=codebooks, file_bytes=file_bytes,
+        motif_bytes=sum(nbytes.get(name, 0) for name in MOTIF_ENTRIES),
+        index_bytes=nbytes.get("indices", 0),
+        other_bytes=sum(n for name, n in nbytes.items() if name.startswith(PLAIN_PREFIX)),
+        config=header["config"], metadata=dict(header["metadata"]))

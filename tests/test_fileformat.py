@@ -1,0 +1,581 @@
+import copy
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import momos
+from momos.cli import main
+from momos.fileformat import FormatError, load, read, save
+from momos.fileformat import rans
+from momos.fileformat.bitpack import bits_for, pack_bits, packed_size, unpack_bits
+from momos.fileformat.container import read_container, write_container
+from momos.fileformat.decompose import decompose
+from momos.fileformat.tables import same_bits
+from momos.models import build_model
+
+
+class Zoo(nn.Module):
+    """Every layer kind a mosaic meets: conv (4-D), linear, norms, biases, a 0-d parameter,
+    buffers of several dtypes, and sizes that are not multiples of the block size."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3)
+        self.bn = nn.BatchNorm2d(5)
+        self.fc = nn.Linear(5 * 4 * 4, 7)
+        self.norm = nn.LayerNorm(7)
+        self.head = nn.Linear(7, 3, bias=False)
+        self.temperature = nn.Parameter(torch.tensor(1.5))
+        self.register_buffer("steps", torch.tensor([3, 1, 4], dtype=torch.int32))
+
+    def forward(self, x):
+        x = self.bn(self.conv(x)).flatten(1)
+        return self.head(self.norm(self.fc(x))) * self.temperature
+
+
+def zoo(seed=0):
+    torch.manual_seed(seed)
+    model = Zoo()
+    with torch.no_grad():  # BatchNorm statistics that are not just zeros and ones
+        model.bn.running_mean.normal_()
+        model.bn.running_var.uniform_(0.5, 2)
+    return model
+
+
+def projected(model, cfg):
+    model = copy.deepcopy(model)
+    momos.project_(model, cfg)
+    return model
+
+
+def assert_same_state(got, expected, *, ordered=True):
+    assert list(got) == list(expected) if ordered else sorted(got) == sorted(expected)
+    for name, tensor in expected.items():
+        assert same_bits(got[name], tensor.detach()), name
+
+
+def save_bytes(model, cfg, tmp_path, **options):
+    path = tmp_path / "model.momos"
+    save(model, path, cfg, **options)
+    return path.read_bytes()
+
+
+def resign(data, edit):
+    """A file whose header or tensors were changed by ``edit(header, tensors)`` and whose
+    checksum was recomputed: only the loader's consistency checks can catch it."""
+    header, tensors = read_container(data)
+    edit(header, tensors)
+    return write_container(tensors, header)
+
+
+# ----------------------------------------------------------------------------- round trips
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+@pytest.mark.parametrize("force_zero", [True, False])
+@pytest.mark.parametrize("block_size,capacity", [(1, 0.2), (2, 0.05), (4, 0.1), (8, 0.3)])
+def test_round_trip_is_bit_exact(tmp_path, scope, force_zero, block_size, capacity):
+    cfg = momos.MoMosConfig(block_size=block_size, capacity=capacity, force_zero=force_zero, scope=scope)
+    model = projected(zoo(), cfg)
+    save(model, tmp_path / "m.momos", cfg)
+    assert_same_state(load(tmp_path / "m.momos"), model.state_dict())
+
+
+@pytest.mark.parametrize("cfg", [
+    momos.MoMosConfig(block_size=4, capacity=0.1, tile_shape=(2, 2)),
+    momos.MoMosConfig(block_size=9, capacity=0.2, tile_shape=(3, 3), scope="per_tensor"),
+    momos.MoMosConfig(block_size=4, capacity=0.1, motif_bits=6),
+    momos.MoMosConfig(block_size=2, capacity=0.1, motif_bits=3, scope="per_tensor"),
+    momos.MoMosConfig(block_size=4, capacity=0.1, exclude=("bn", "norm")),
+    momos.MoMosConfig(block_size=4, num_motifs=1),
+    momos.MoMosConfig(block_size=4, capacity=0.1, motifs="kmeans"),
+])
+def test_round_trip_of_other_configurations(tmp_path, cfg):
+    model = projected(zoo(), cfg)
+    info = save(model, tmp_path / "m.momos", cfg)
+    assert_same_state(load(tmp_path / "m.momos"), model.state_dict())
+    if cfg.motif_bits:
+        assert info.motif_storage == f"{cfg.motif_bits}-bit grid"
+
+
+@pytest.mark.parametrize("name,channels,size,block_size,capacity,scope", [
+    ("mlp", 1, 28, 2, 0.05, "global"),
+    ("resnet20", 3, 32, 4, 0.01, "global"),
+    ("resnet20", 3, 32, 8, 0.001, "per_tensor"),
+    ("vit", 3, 32, 4, 0.01, "global"),
+    ("vit", 3, 32, 2, 0.001, "per_tensor"),
+])
+def test_round_trip_of_the_paper_models(tmp_path, name, channels, size, block_size, capacity, scope):
+    torch.manual_seed(0)
+    model = build_model(name, channels=channels, image_size=size, num_classes=10)
+    cfg = momos.MoMosConfig(block_size=block_size, capacity=capacity, scope=scope)
+    model = projected(model, cfg)
+    save(model, tmp_path / "m.momos", cfg)
+    fresh = build_model(name, channels=channels, image_size=size, num_classes=10)
+    assert load(tmp_path / "m.momos", fresh) is fresh
+    assert_same_state(fresh.state_dict(), model.state_dict())
+    x = torch.randn(2, channels, size, size)
+    assert torch.equal(fresh.eval()(x), model.eval()(x))
+
+
+def test_stores_exactly_the_motifs_in_use(tmp_path):
+    cfg = momos.MoMosConfig(block_size=4, num_motifs=40)
+    model = zoo()
+    with torch.no_grad():  # blocks of zeros nearest to motif 0, the forced zero motif: unused
+        model.fc.weight.add_(10)
+    stats = momos.project_(model, cfg)
+    info = save(model, tmp_path / "m.momos", cfg)
+    assert info.num_motifs == int((stats.motif_counts > 0).sum()) < 40
+
+
+def test_values_are_kept_bit_for_bit(tmp_path):
+    """Signed zeros, NaN, and parameters in float16, bfloat16 and float64."""
+    model = nn.Module()
+    model.a = nn.Parameter(torch.tensor([0.0, -0.0, 1.0, 0.0, -0.0, 1.0, float("nan"), 2.0]))
+    model.h = nn.Parameter(torch.tensor([0.5, -0.0, 0.5, -0.0, 0.25], dtype=torch.float16))
+    model.b = nn.Parameter(torch.tensor([0.5, -0.0, 0.5], dtype=torch.bfloat16))
+    model.d = nn.Parameter(torch.tensor([1 / 3, 0.0, 1 / 3, 0.0], dtype=torch.float64))
+    model.empty = nn.Parameter(torch.zeros(0, 3))
+    cfg = momos.MoMosConfig(block_size=2, num_motifs=7)
+    save(model, tmp_path / "m.momos", cfg)
+    assert_same_state(load(tmp_path / "m.momos"), model.state_dict())
+
+
+def test_state_dict_input_and_plain_tensors(tmp_path):
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1, exclude=("bn", "norm"))
+    model = projected(zoo(), cfg)
+    state = model.state_dict()
+    info = save(state, tmp_path / "m.momos", cfg)
+    assert_same_state(load(tmp_path / "m.momos"), state)
+    plain = sum(t.numel() * t.element_size() for n, t in state.items() if "bn" in n or "norm" in n or n == "steps")
+    assert info.other_bytes == plain
+
+
+@pytest.mark.parametrize("coding", ["packed", "rans"])
+def test_index_codings(tmp_path, coding):
+    cfg = momos.MoMosConfig(block_size=2, capacity=0.05)
+    model = projected(zoo(), cfg)
+    info = save(model, tmp_path / "m.momos", cfg, index_coding=coding)
+    assert {c.coding for c in info.codebooks} == {coding}
+    assert_same_state(load(tmp_path / "m.momos"), model.state_dict())
+
+
+def test_automatic_coding_takes_the_smaller(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("mlp", channels=1, image_size=8, num_classes=10)
+    cfg = momos.MoMosConfig(block_size=2, capacity=0.02)
+    model = projected(model, cfg)
+    sizes = {c: save(model, tmp_path / f"{c}.momos", cfg, index_coding=c).file_bytes
+             for c in ("auto", "packed", "rans")}
+    assert sizes["auto"] == min(sizes.values())
+
+
+def test_float16_motifs_when_lossless_or_asked(tmp_path):
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1)
+    model = zoo()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    model = projected(model, cfg)
+    assert save(model, tmp_path / "a.momos", cfg).motif_storage == "float16"
+    model = projected(zoo(), cfg)
+    assert save(model, tmp_path / "b.momos", cfg).motif_storage == "float32"
+    info = save(model, tmp_path / "c.momos", cfg, motif_storage="float16")
+    assert info.motif_storage == "float16"
+    state = load(tmp_path / "c.momos")
+    for name, p in momos.select_parameters(model, cfg):
+        assert torch.equal(state[name], p.detach().half().float())
+
+
+# ----------------------------------------------------------------------------- save refuses
+
+def test_save_refuses_a_model_that_is_not_a_mosaic(tmp_path):
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1)
+    model = projected(zoo(), cfg)
+    with torch.no_grad():
+        model.fc.weight.add_(torch.randn_like(model.fc.weight))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"'fc\.weight' is not a mosaic"):
+        save(model, tmp_path / "m.momos", cfg)
+    assert not (tmp_path / "m.momos").exists()
+    assert_same_state(model.state_dict(), before)
+
+
+def test_save_projects_a_copy_when_asked(tmp_path):
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1)
+    model = zoo()
+    before = copy.deepcopy(model.state_dict())
+    save(model, tmp_path / "m.momos", cfg, project=True)
+    assert_same_state(model.state_dict(), before)
+    assert_same_state(load(tmp_path / "m.momos"), projected(model, cfg).state_dict())
+
+
+@pytest.mark.parametrize("options", [{"motif_storage": "int4"}, {"index_coding": "huffman"},
+                                     {"metadata": {"a": 1}}])
+def test_save_rejects_bad_options(tmp_path, options):
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1)
+    with pytest.raises((TypeError, ValueError)):
+        save(projected(zoo(), cfg), tmp_path / "m.momos", cfg, **options)
+    assert not (tmp_path / "m.momos").exists()
+
+
+def test_load_into_a_model_that_does_not_fit(tmp_path):
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1)
+    save(projected(zoo(), cfg), tmp_path / "m.momos", cfg)
+    other = nn.Linear(3, 3)
+    before = copy.deepcopy(other.state_dict())
+    with pytest.raises(ValueError, match="does not fit"):
+        load(tmp_path / "m.momos", other)
+    assert_same_state(other.state_dict(), before)
+
+
+def test_decomposition_names_the_tensor_that_needs_motifs():
+    cfg = momos.MoMosConfig(block_size=2, num_motifs=3)
+    tensors = [torch.zeros(10), torch.arange(10.0), torch.ones(4)]
+    with pytest.raises(ValueError) as caught:
+        decompose(tensors, cfg)
+    assert caught.value.tensor == 1
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 32), st.lists(st.integers(0, 2**32 - 1), max_size=300))
+def test_bit_packing_round_trips(bits, raw):
+    values = np.array([v % (1 << bits) for v in raw], dtype=np.uint64)
+    data = pack_bits(values, bits)
+    assert len(data) == packed_size(len(values), bits)
+    assert np.array_equal(unpack_bits(data, len(values), bits), values)
+
+
+def test_bits_for():
+    assert [bits_for(k) for k in (1, 2, 3, 4, 5, 256, 257)] == [0, 1, 2, 2, 3, 8, 9]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 300), st.integers(0, 5000), st.integers(0, 2**31))
+def test_rans_round_trips(k, n, seed):
+    rng = np.random.default_rng(seed)
+    symbols = rng.choice(k, size=n, p=rng.dirichlet(np.full(k, 0.3)))
+    freqs = rans.quantize_frequencies(np.maximum(np.bincount(symbols, minlength=k), 1))
+    assert freqs.sum() == rans.TOTAL and (freqs >= 1).all()
+    states, words = rans.encode(symbols, freqs)
+    assert np.array_equal(rans.decode(states, words, freqs, n), symbols)
+
+
+def test_rans_is_close_to_the_entropy():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.full(50, 0.5))
+    symbols = rng.choice(50, size=200_000, p=p)
+    counts = np.bincount(symbols, minlength=50)
+    freqs = rans.quantize_frequencies(np.maximum(counts, 1))
+    states, words = rans.encode(symbols, freqs)
+    q = counts / counts.sum()
+    entropy_bits = -(counts * np.log2(np.where(q > 0, q, 1))).sum()
+    assert 16 * len(words) + 32 * len(states) < 1.01 * entropy_bits
+
+
+# ----------------------------------------------------------------------------- bad files
+
+@pytest.fixture(scope="module")
+def valid_file(tmp_path_factory):
+    """A small valid file with every kind of content: rANS and packed codebooks, plain tensors."""
+    cfg = momos.MoMosConfig(block_size=2, capacity=0.3, scope="per_tensor", exclude=("bn",))
+    model = zoo()
+    with torch.no_grad():  # mostly zero blocks: a skewed usage that entropy coding wins
+        model.fc.weight[:, :64] = 0
+    model = projected(model, cfg)
+    path = tmp_path_factory.mktemp("valid") / "m.momos"
+    info = save(model, path, cfg)
+    assert {c.coding for c in info.codebooks} == {"packed", "rans"}
+    return path.read_bytes(), model.state_dict()
+
+
+def load_bytes(data, tmp_path, **limits):
+    path = tmp_path / "f.momos"
+    path.write_bytes(data)
+    return load(path, **limits)
+
+
+def test_format_error_is_a_value_error():
+    assert issubclass(momos.FormatError, ValueError)
+
+
+@pytest.mark.parametrize("data", [b"", b"\0" * 7, b"\xff" * 8, b"\x02\0\0\0\0\0\0\0{}", b"not a file at all"])
+def test_garbage_is_a_format_error(tmp_path, data):
+    with pytest.raises(FormatError):
+        load_bytes(data, tmp_path)
+
+
+def test_missing_file_is_a_format_error(tmp_path):
+    with pytest.raises(FormatError, match="cannot read"):
+        load(tmp_path / "absent.momos")
+
+
+def test_every_truncation_is_a_format_error(tmp_path, valid_file):
+    data, _ = valid_file
+    for end in sorted(set(range(0, len(data), max(1, len(data) // 150))) | {len(data) - 1}):
+        with pytest.raises(FormatError):
+            load_bytes(data[:end], tmp_path)
+
+
+def test_a_plain_safetensors_file_is_not_a_momos_file(tmp_path):
+    from safetensors.torch import save as save_safetensors
+    with pytest.raises(FormatError, match="not a .momos file"):
+        load_bytes(save_safetensors({"w": torch.zeros(3)}), tmp_path)
+
+
+def test_enormous_files_are_refused_before_reading(tmp_path, valid_file):
+    data, _ = valid_file
+    with pytest.raises(FormatError, match="max_bytes"):
+        load_bytes(data, tmp_path, max_bytes=len(data) - 1)
+    with pytest.raises(FormatError, match="max_weights"):
+        load_bytes(data, tmp_path, max_weights=100)
+
+
+def _first_mosaic(header):
+    return next(e for e in header["tensors"] if e["mosaic"] and e["shape"])
+
+
+def _first_rans(header):
+    return next(c for c in header["codebooks"] if c["indices"]["coding"] == "rans")
+
+
+LIES = {
+    "shape": lambda h, t: _first_mosaic(h)["shape"].__setitem__(0, _first_mosaic(h)["shape"][0] + 1),
+    "huge shape": lambda h, t: _first_mosaic(h).__setitem__("shape", [2**40, 2**20]),
+    "negative shape": lambda h, t: _first_mosaic(h).__setitem__("shape", [-5]),
+    "dtype": lambda h, t: _first_mosaic(h).__setitem__("dtype", "I32"),
+    "plain dtype": lambda h, t: next(e for e in h["tensors"] if not e["mosaic"]).__setitem__("dtype", "F16"),
+    "plain shape": lambda h, t: next(e for e in h["tensors"] if not e["mosaic"])["shape"].append(2),
+    "block size": lambda h, t: h.__setitem__("block_size", 3),
+    "zero block size": lambda h, t: h.__setitem__("block_size", 0),
+    "tile shape": lambda h, t: h.__setitem__("tile_shape", [1, 1]),
+    "byte offsets": lambda h, t: h["codebooks"][0]["bytes"].__setitem__(1, h["codebooks"][0]["bytes"][1] + 1),
+    "codebook range": lambda h, t: h["codebooks"][0]["tensors"].__setitem__(1, 99),
+    "number of motifs": lambda h, t: h["codebooks"][0].__setitem__("motifs", h["codebooks"][0]["motifs"] + 1),
+    "index bits": lambda h, t: next(c for c in h["codebooks"] if c["indices"]["coding"] == "packed")[
+        "indices"].__setitem__("bits", 7),
+    "coding": lambda h, t: h["codebooks"][0]["indices"].__setitem__("coding", "zip"),
+    "frequency bits": lambda h, t: _first_rans(h)["indices"].__setitem__("frequency_bits", 3),
+    "motif storage": lambda h, t: h.__setitem__("motif_storage", {"dtype": "float16"}),
+    "missing key": lambda h, t: h.pop("codebooks"),
+    "extra key": lambda h, t: h.__setitem__("surprise", 1),
+    "not an object": lambda h, t: h.clear(),
+    "duplicate names": lambda h, t: h["tensors"][1].__setitem__("name", h["tensors"][0]["name"]),
+    "scope": lambda h, t: h.__setitem__("scope", ["global"]),
+    "metadata": lambda h, t: h.__setitem__("metadata", {"a": 1}),
+    "missing tensor": lambda h, t: t.pop("indices"),
+    "extra tensor": lambda h, t: t.__setitem__("extra", torch.zeros(2)),
+    "motif table shape": lambda h, t: t.__setitem__("motifs", t["motifs"][:-1]),
+    "motif table dtype": lambda h, t: t.__setitem__("motifs", t["motifs"].double()),
+    "plain values": lambda h, t: t.__setitem__("plain/F32", t["plain/F32"][1:]),
+    "indices dtype": lambda h, t: t.__setitem__("indices", t["indices"].to(torch.int16)),
+    "stream bytes": lambda h, t: t["indices"].__setitem__(h["codebooks"][-1]["bytes"][0],
+                                                           t["indices"][h["codebooks"][-1]["bytes"][0]] ^ 1),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(LIES))
+def test_a_lying_header_is_a_format_error(tmp_path, valid_file, lie):
+    data, _ = valid_file
+    with pytest.raises(FormatError):
+        load_bytes(resign(data, LIES[lie]), tmp_path)
+
+
+def test_indices_out_of_range_are_a_format_error(tmp_path):
+    cfg = momos.MoMosConfig(block_size=2, num_motifs=3)
+    model = projected(zoo(), cfg)
+    data = save_bytes(model, cfg, tmp_path, index_coding="packed")
+
+    def out_of_range(header, tensors):
+        assert header["codebooks"][0]["indices"] == {"coding": "packed", "bits": 2}
+        tensors["indices"][0] = 0xFF  # index 3 of 3 motifs
+
+    with pytest.raises(FormatError, match="out of range"):
+        load_bytes(resign(data, out_of_range), tmp_path)
+
+
+def test_wrong_version_and_checksum(tmp_path, valid_file):
+    data, _ = valid_file
+    start = data.index(b'"version":"1"')
+    with pytest.raises(FormatError, match="version"):
+        load_bytes(data[:start] + b'"version":"7"' + data[start + 13:], tmp_path)
+    start = data.index(b'"sha256":"') + 10
+    flipped = bytes([data[start] ^ 1])
+    with pytest.raises(FormatError, match="checksum"):
+        load_bytes(data[:start] + flipped + data[start + 1:], tmp_path)
+
+
+def test_every_flipped_payload_byte_is_caught(tmp_path, valid_file):
+    data, _ = valid_file
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    rng = random.Random(0)
+    for position in rng.sample(range(header_end, len(data)), 60):
+        mutated = bytearray(data)
+        mutated[position] ^= 1 << rng.randrange(8)
+        with pytest.raises(FormatError):
+            load_bytes(bytes(mutated), tmp_path)
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """One random corruption: flips, overwrites, insertions, deletions, truncation."""
+    data = bytearray(data)
+    kind = rng.randrange(5)
+    position = rng.randrange(len(data))
+    if kind == 0:
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif kind == 1:
+        data[position:position + rng.randint(1, 16)] = rng.randbytes(rng.randint(1, 16))
+    elif kind == 2:
+        data[position:position] = rng.randbytes(rng.randint(1, 8))
+    elif kind == 3:
+        del data[position:position + rng.randint(1, 8)]
+    else:
+        data = data[:position]
+    if rng.random() < 0.2:  # the 8-byte length field gets special attention
+        data[:8] = rng.choice([b"\xff" * 8, (len(data) * 1000).to_bytes(8, "little"), rng.randbytes(8)])
+    return bytes(data)
+
+
+def json_paths(value, path=()):
+    """Every position in a JSON-like value, containers included."""
+    yield path
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from json_paths(child, path + (key,))
+
+
+def mutate_json(header: dict, rng: random.Random) -> None:
+    """Change one position of ``header``, chosen uniformly: nudge or blow up an int, swap the
+    type, or delete a key."""
+    *parent_path, key = rng.choice(list(json_paths(header))[1:])
+    parent = header
+    for step in parent_path:
+        parent = parent[step]
+    old = parent[key]
+    if isinstance(parent, dict) and rng.random() < 0.1:
+        del parent[key]
+        return
+    choices = [-1, None, "F32", "rans", [], {}, [1, 2], 0, True, 1.5, 2**62]
+    if isinstance(old, int) and not isinstance(old, bool):
+        choices += [old + 1, old - 1, old * 2, old + 2**31] * 3
+    parent[key] = rng.choice(choices)
+
+
+def check_outcome(data, tmp_path, expected, *, resigned):
+    """Every outcome is a correct load or a FormatError; a re-signed file that loads must at
+    least agree with its own header."""
+    try:
+        state = load_bytes(data, tmp_path, max_weights=1 << 22)
+    except FormatError:
+        return "error"
+    if resigned:
+        header, _ = read_container(data)
+        assert [e["name"] for e in header["tensors"]] == list(state)
+        for e in header["tensors"]:
+            assert list(state[e["name"]].shape) == e["shape"]
+    else:
+        assert_same_state(state, expected)
+    return "load"
+
+
+def fuzz(valid_file, tmp_path, cases, seed):
+    data, expected = valid_file
+    rng = random.Random(seed)
+    header, tensors = read_container(data)
+    outcomes = []
+    for case in range(cases):
+        if case % 3 == 2:
+            h, t = json.loads(json.dumps(header)), {k: v.clone() for k, v in tensors.items()}
+            for _ in range(rng.randint(1, 3)):
+                mutate_json(h, rng)
+            if rng.random() < 0.3:
+                name = rng.choice(sorted(t))
+                raw = bytearray(t[name].contiguous().view(torch.uint8).numpy().tobytes())
+                if raw:
+                    raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
+                    t[name] = torch.frombuffer(raw, dtype=torch.uint8).view(t[name].dtype).reshape(t[name].shape)
+            outcomes.append(check_outcome(write_container(t, h), tmp_path, expected, resigned=True))
+        else:
+            outcomes.append(check_outcome(mutate(data, rng), tmp_path, expected, resigned=False))
+    return outcomes
+
+
+def test_fuzz_the_loader(tmp_path, valid_file):
+    outcomes = fuzz(valid_file, tmp_path, cases=500, seed=0)
+    assert outcomes.count("error") > 350
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_fuzz_the_loader_long(tmp_path, valid_file, seed):
+    fuzz(valid_file, tmp_path, cases=2000, seed=100 + seed)
+
+
+@pytest.mark.slow
+def test_fuzz_a_global_packed_file(tmp_path):
+    cfg = momos.MoMosConfig(block_size=3, num_motifs=5, force_zero=False, motif_bits=4)
+    model = projected(zoo(), cfg)
+    data = save_bytes(model, cfg, tmp_path, index_coding="packed")
+    fuzz((data, model.state_dict()), tmp_path, cases=3000, seed=7)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def test_export_and_inspect_a_checkpoint(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1, exclude=("bn", "norm"))
+    model = projected(zoo(), cfg)
+    save_file(model.state_dict(), tmp_path / "ckpt.safetensors")
+    out = tmp_path / "m.momos"
+    assert main(["export", str(tmp_path / "ckpt.safetensors"), "-o", str(out), "--block-size", "4",
+                 "--capacity", "0.1", "--exclude", "bn", "--exclude", "norm", "--exclude", "steps"]) == 0
+    # safetensors files keep their own tensor order
+    assert_same_state(load(out), model.state_dict(), ordered=False)
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--json", "--fast"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["version"] == 1 and report["block_size"] == 4
+    assert report["float32_bytes"] == 4 * sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    assert set(report["compressed_bytes"]) == {"gzip", "bz2", "lzma", "zstd"}
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    for word in ("version 1", "bits per weight", "motifs", "indices", "vs float32", "vs lzma"):
+        assert word in text
+
+
+def test_export_a_training_run(tmp_path):
+    from momos.train import TrainConfig, load_model, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(epochs=1), run, quiet=True)
+    assert main(["export", str(run), "-o", str(tmp_path / "m.momos")]) == 0
+    model = load_model(run)
+    assert_same_state(load(tmp_path / "m.momos"), model.state_dict())
+
+
+def test_export_refuses_bad_input(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    save_file(zoo().state_dict(), tmp_path / "ckpt.safetensors")
+    out = tmp_path / "m.momos"
+    assert main(["export", str(tmp_path / "ckpt.safetensors"), "-o", str(out), "--block-size", "4"]) == 2
+    assert "is not a mosaic" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "ckpt.safetensors"), "-o", str(out)]) == 2
+    assert main(["export", str(tmp_path / "absent"), "-o", str(out), "--block-size", "4"]) == 2
+    assert not out.exists()
+    capsys.readouterr()
+    (tmp_path / "bad.momos").write_bytes(b"\0" * 100)
+    assert main(["inspect", str(tmp_path / "bad.momos")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error" in err
