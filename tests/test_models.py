@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from momos.models import MODELS, build_model, is_known_model, optimizer_profile
+from momos.models import MODELS, build_model, check_model_name, optimizer_profile
 from momos.qat import QATConfig, quantized_modules
 
 
@@ -48,7 +48,9 @@ def test_qat_leaves_normalization_layers_in_full_precision(name):
 
 def test_timm_models_by_name():
     pytest.importorskip("timm")
-    assert is_known_model("test_vit") and not is_known_model("no_such_model")
+    check_model_name("test_vit")
+    with pytest.raises(ValueError, match="neither built in"):
+        check_model_name("no_such_model")
     torch.manual_seed(0)
     model = build_model("test_vit", channels=1, image_size=28, num_classes=10)   # native 160 px: resized
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)

@@ -38,15 +38,27 @@ def build_model(name: str, *, channels: int, image_size: int, num_classes: int) 
     return timm_model(name, channels=channels, image_size=image_size, num_classes=num_classes)
 
 
-def is_known_model(name: str) -> bool:
-    """Built in, or a timm model name when timm is installed."""
+def check_model_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is built in or a timm model (with timm installed)."""
     if name in MODELS:
-        return True
+        return
     try:
         import timm
     except ImportError:
+        raise ValueError(f"unknown model {name!r}: built-in models are {', '.join(MODELS)}; "
+                         f"other names need timm (pip install 'momos[timm]')") from None
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {name!r}: neither built in ({', '.join(MODELS)}) "
+                         f"nor a timm model (see timm.list_models())")
+
+
+def is_known_model(name: str) -> bool:
+    """Built in, or a timm model name when timm is installed."""
+    try:
+        check_model_name(name)
+    except ValueError:
         return False
-    return timm.is_model(name)
+    return True
 
 
 def optimizer_profile(name: str) -> str:
@@ -184,14 +196,9 @@ class Resized(nn.Module):
 
 
 def timm_model(name: str, *, channels: int, image_size: int, num_classes: int) -> nn.Module:
-    try:
-        import timm
-    except ImportError:
-        raise ValueError(f"unknown model {name!r}: built-in models are {', '.join(MODELS)}; "
-                         f"other names need timm (pip install 'momos[timm]')") from None
-    if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}: neither built in ({', '.join(MODELS)}) "
-                         f"nor a timm model (see timm.list_models())")
+    check_model_name(name)
+    import timm
+
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=channels)
     native = tuple(model.pretrained_cfg.get("input_size", (channels, image_size, image_size))[1:])
     return model if native == (image_size, image_size) else Resized(model, native)

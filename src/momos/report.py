@@ -240,7 +240,12 @@ def _plot_pareto(ax, runs, color, metric) -> None:
         ax.scatter([x], [y], s=50, color=color[run.name], label=run.label(), zorder=3)
         ax.annotate(run.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     if metric == SIMPLIFICATION or metric.split("_")[0] in ("gzip", "bz2", "lzma", "zstd"):
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        # Label the 2s and 5s between powers of ten, not every minor tick.
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
     ax.set_xlabel(metric_label(metric) + " (final)")
     ax.set_ylabel("test accuracy (final model)")
     ax.set_title("Accuracy against complexity across runs (up and right is better)")

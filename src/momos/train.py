@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from . import __version__
 from .config import MoMosConfig
 from .data import DATASETS, INFOS, Dataset, ImageSplit, batches, load_dataset, num_batches
 from .io import save_safetensors_atomic, write_json_atomic
-from .models import build_model, is_known_model, optimizer_profile
+from .models import build_model, check_model_name, optimizer_profile
 from .project import ProjectionStats, select_parameters
 from .projector import Projector
 from .qat import QATConfig, add_qat_
@@ -205,6 +206,7 @@ class Run:
     epochs_log: list[dict] = field(default_factory=list)
     best: dict | None = None             # {"epoch", "val_acc"} of best.safetensors
     elapsed: float = 0.0                 # seconds spent in earlier sessions of this run
+    warned: set[str] = field(default_factory=set)   # warnings already shown
 
 
 # --- setting up --------------------------------------------------------------------------------
@@ -222,8 +224,7 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
     """
     out_dir = Path(out_dir) if out_dir is not None else next_run_dir()
     check_out_dir(out_dir, overwrite=overwrite)
-    if not is_known_model(config.model):
-        build_model(config.model, channels=1, image_size=8, num_classes=2)   # raises the precise error
+    check_model_name(config.model)
     check_metric_names(config.metrics, config.momos)
     data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
                         split_seed=config.split_seed, download=config.download)
@@ -428,9 +429,18 @@ def projection_record(stats: ProjectionStats, config: TrainConfig) -> dict:
 
 
 def measure_complexity(run: Run) -> dict:
+    """The asked metrics; a warning is shown once per run, not at every epoch."""
     from .complexity import measure
 
-    return measure(run.model, metrics=list(run.config.metrics), config=run.config.momos)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = measure(run.model, metrics=list(run.config.metrics), config=run.config.momos)
+    for warning in caught:
+        key = f"{warning.category.__name__}:{str(warning.message).split(':')[0]}"
+        if key not in run.warned:
+            run.warned.add(key)
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return values
 
 
 def finish(run: Run, start: float, *, quiet: bool) -> dict:
