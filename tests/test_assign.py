@@ -237,3 +237,11 @@ def test_approximate_needs_fewer_pairs_for_big_codebooks():
     approx = momos.MoMosConfig(capacity=0.01, assignment="approximate", nprobe=8)
     m = 25_000_000
     assert cost.search_pairs(m, 250_000, approx) * 50 < cost.search_pairs(m, 250_000, exact)
+
+
+@needs_numba
+def test_approximate_is_the_same_on_every_backend(monkeypatch):
+    blocks, motifs = random_case(3000, 300, 4, seed=8)
+    kernel = nearest_motif_approximate(blocks, motifs, nprobe=2)
+    monkeypatch.setattr(kernels, "numba", None)
+    assert torch.equal(kernel, nearest_motif_approximate(blocks, motifs, nprobe=2))

@@ -22,7 +22,7 @@ from . import kernels
 from .assign import DEFAULT_MAX_DISTANCE_BYTES, nearest_motif, squared_distances
 from .motifs import refine_motifs_kmeans, sample_motifs
 
-# Blocks handled at once; bounds the memory of the (block, probed cell) pairs (~40 bytes each).
+# Blocks handled at once; bounds the memory of the (block, probed cell) pairs (~60 bytes each).
 _CHUNK_ROWS = 2**18
 DEFAULT_KMEANS_ITERATIONS = 10
 
@@ -105,41 +105,47 @@ def nearest_motif_approximate(blocks: torch.Tensor, motifs: torch.Tensor, *, npr
 
 def _search_chunk(blocks, motifs, ivf: InvertedFile, nprobe: int, max_distance_bytes: int):
     """Search ``blocks`` ``(n, s)`` in their ``nprobe`` nearest cells; ``(n,)`` int64."""
-    n = len(blocks)
     probes = _nearest_cells(blocks, ivf.centroids, nprobe, max_distance_bytes)
-    cell, row = probes.flatten(), torch.arange(n, device=blocks.device).repeat_interleave(nprobe)
+    if kernels.available(blocks.device) and blocks.shape[1] <= kernels.MAX_BLOCK_SIZE:
+        position, distance = kernels.nearest_in_cells(blocks, motifs[ivf.motif_order], ivf.cell_starts,
+                                                      probes)
+        candidate = ivf.motif_order[position]
+    else:
+        candidate = _nearest_in_cells_torch(blocks, motifs, ivf, probes, max_distance_bytes)
+        distance = squared_distances(blocks[:, None], motifs[candidate])
+    # each block: its nearest candidate, ties to the lowest motif index
+    best = distance.min(dim=1, keepdim=True).values
+    return torch.where(distance == best, candidate, len(motifs)).min(dim=1).values
+
+
+def _nearest_in_cells_torch(blocks, motifs, ivf: InvertedFile, probes, max_distance_bytes):
+    """``(n, nprobe)``: each probed cell's nearest motif, one exact search per cell."""
+    n, nprobe = probes.shape
+    cell = probes.flatten()
     order = torch.sort(cell, stable=True).indices
-    cell, row = cell[order], row[order]
     pair_starts = torch.zeros(ivf.num_cells + 1, dtype=torch.long)
     pair_starts[1:] = torch.bincount(cell, minlength=ivf.num_cells).cumsum(0).cpu()
     motif_starts = ivf.cell_starts.cpu()
-
-    # each (block, probed cell) pair: the cell's nearest motif, exactly
-    candidate = torch.empty_like(row)
+    candidate = torch.empty_like(cell)
     for c in range(ivf.num_cells):
-        p0, p1 = int(pair_starts[c]), int(pair_starts[c + 1])
-        if p0 == p1:
-            continue
-        members = ivf.motif_order[int(motif_starts[c]):int(motif_starts[c + 1])]
-        local = nearest_motif(blocks[row[p0:p1]], motifs[members], max_distance_bytes=max_distance_bytes)
-        candidate[p0:p1] = members[local]
-
-    # each block: its nearest candidate, ties to the lowest motif index
-    distance = squared_distances(blocks[row], motifs[candidate])
-    best = torch.full((n,), math.inf, dtype=torch.float64, device=blocks.device)
-    best.scatter_reduce_(0, row, distance, reduce="amin")
-    winner = distance == best[row]
-    chosen = torch.full((n,), len(motifs), dtype=torch.long, device=blocks.device)
-    chosen.scatter_reduce_(0, row[winner], candidate[winner], reduce="amin")
-    return chosen
+        pairs = order[int(pair_starts[c]):int(pair_starts[c + 1])]
+        if len(pairs):
+            members = ivf.motif_order[int(motif_starts[c]):int(motif_starts[c + 1])]
+            local = nearest_motif(blocks[pairs // nprobe], motifs[members],
+                                  max_distance_bytes=max_distance_bytes)
+            candidate[pairs] = members[local]
+    return candidate.view(n, nprobe)
 
 
 def _nearest_cells(blocks, centroids, count: int, max_distance_bytes: int) -> torch.Tensor:
-    """``(n, count)`` int64: the ``count`` cells whose centroids are nearest to each block."""
+    """``(n, count)`` int64: the ``count`` cells whose centroids are nearest to each block.
+
+    Nearest first by the float64 distance, equal distances in cell order, on every backend.
+    """
     if kernels.available(blocks.device) and blocks.shape[1] <= kernels.MAX_BLOCK_SIZE:
         return kernels.nearest_few(blocks, centroids, count)
-    rows = max(1, max_distance_bytes // (4 * len(centroids)))
-    sq = (centroids.float() ** 2).sum(1)
+    # the distances and one coordinate's differences, both float64
+    rows = max(1, max_distance_bytes // (16 * len(centroids)))
     return torch.cat([
-        torch.addmm(sq, tile.float(), centroids.float().t(), alpha=-2).topk(count, dim=1, largest=False).indices
+        torch.sort(squared_distances(tile[:, None], centroids[None]), dim=1, stable=True).indices[:, :count]
         for tile in blocks.split(rows)])

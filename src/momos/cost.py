@@ -22,8 +22,8 @@ from .config import MoMosConfig
 # A projection of fewer than limit x this many pairs stays under the limit even on a slow
 # machine, so small models skip the calibration.
 _SLOWEST_PAIRS_PER_SECOND = 1e7
-_CALIBRATION_BLOCKS = 2**15
-_CALIBRATION_MOTIFS = 2**10
+_CALIBRATION_BLOCKS = 2**16
+_CALIBRATION_MOTIFS = 2**11
 _rates: dict[tuple[str, int], float] = {}
 
 

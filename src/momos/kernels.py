@@ -1,9 +1,10 @@
-"""A compiled nearest-motif kernel (numba), used on CPU when numba is installed (``momos[fast]``).
+"""Compiled nearest-motif kernels (numba), used on CPU when numba is installed (``momos[fast]``).
 
-The kernel fuses the distance computation with the running minimum: a tile of
+Each kernel fuses the distance computation with the running minimum: a tile of
 ``TILE_ROWS`` blocks is copied into a transposed float64 scratch array, then every motif
 is compared with the whole tile at once, so the innermost loop runs across blocks and
-vectorizes, and nothing larger than the tile is ever held. Distances are the float64 sums
+vectorizes, and nothing larger than the tile is ever held. ``nearest_motif`` searches all
+motifs; ``nearest_few`` and ``nearest_in_cells`` serve the approximate inverted file. Distances are the float64 sums
 ``sum_c (b_c - z_c)^2`` added left to right (no reassociation, no fused multiply-add), the
 exact definition that every backend of :mod:`momos.assign` reproduces, and a motif
 replaces the current best only when strictly nearer, so ties keep the lowest index.
@@ -45,13 +46,9 @@ def nearest_motif(blocks: torch.Tensor, motifs: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(m,)`` int64.
     """
-    dtype = torch.float64 if blocks.dtype == torch.float64 else torch.float32
-    b = blocks.detach().to(dtype).contiguous().numpy()
-    z = motifs.detach().to(dtype).contiguous().numpy()
+    b, z = _arrays(blocks, motifs)
     out = np.empty(b.shape[0], dtype=np.int64)
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    # A tuple of length s makes the block size a compile-time constant of the kernel.
-    _nearest_kernel(b, z, out, (0,) * b.shape[1])
+    _nearest_kernel(b, z, out, _width(b))
     return torch.from_numpy(out)
 
 
@@ -65,44 +62,123 @@ def nearest_few(blocks: torch.Tensor, points: torch.Tensor, count: int) -> torch
     Returns:
         ``(m, count)`` int64, nearest first; equal distances keep the lower index first.
     """
-    dtype = torch.float64 if blocks.dtype == torch.float64 else torch.float32
-    b = blocks.detach().to(dtype).contiguous().numpy()
-    z = points.detach().to(dtype).contiguous().numpy()
+    b, z = _arrays(blocks, points)
     out = np.empty((b.shape[0], count), dtype=np.int64)
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    _nearest_few_kernel(b, z, out, (0,) * b.shape[1])
+    _nearest_few_kernel(b, z, out, _width(b))
     return torch.from_numpy(out)
 
 
+def nearest_in_cells(blocks: torch.Tensor, cell_motifs: torch.Tensor, cell_starts: torch.Tensor,
+                     probes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every (block, probed cell) pair, the cell's nearest motif and its distance.
+
+    Args:
+        blocks: ``(n, s)`` floating point on CPU, ``1 <= s <= MAX_BLOCK_SIZE``.
+        cell_motifs: ``(k, s)`` motifs grouped by cell.
+        cell_starts: ``(cells + 1,)`` int64 offsets of each cell's run in ``cell_motifs``;
+            every cell holds at least one motif.
+        probes: ``(n, nprobe)`` int64 cells to search for each block.
+
+    Returns:
+        ``(n, nprobe)`` int64 positions in ``cell_motifs`` (ties to the lowest position) and
+        ``(n, nprobe)`` float64 distances, by the rule of the module docstring.
+    """
+    b, z = _arrays(blocks, cell_motifs)
+    cells = len(cell_starts) - 1
+    n, nprobe = probes.shape
+    pair_cells = probes.numpy().ravel()
+    order, pair_starts = _bucket_kernel(pair_cells, cells)
+    # work items: runs of at most TILE_ROWS pairs that search the same cell
+    tiles = -(-np.diff(pair_starts) // TILE_ROWS)
+    item_cell = np.repeat(np.arange(cells), tiles)
+    first_item = np.cumsum(tiles) - tiles
+    item_start = pair_starts[item_cell] + TILE_ROWS * (np.arange(len(item_cell)) - first_item[item_cell])
+    item_end = np.minimum(item_start + TILE_ROWS, pair_starts[item_cell + 1])
+    best_position = np.empty(n * nprobe, dtype=np.int64)
+    best_distance = np.empty(n * nprobe)
+    _cells_kernel(b, z, cell_starts.numpy(), order, nprobe, item_cell, item_start, item_end,
+                  best_position, best_distance, _width(b))
+    return (torch.from_numpy(best_position).view(n, nprobe),
+            torch.from_numpy(best_distance).view(n, nprobe))
+
+
+def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
+    """Contiguous float32 (or float64) numpy views for the kernels; sets their thread count."""
+    dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    return [t.detach().to(dtype).contiguous().numpy() for t in tensors]
+
+
+def _width(blocks: np.ndarray) -> tuple[int, ...]:
+    """A tuple of length s: passing it makes the block size a compile-time constant of a kernel."""
+    return (0,) * blocks.shape[1]
+
+
 if numba is not None:
+    @numba.njit(fastmath=False, cache=True)
+    def _load(blocks, rows, width):  # pragma: no cover - compiled
+        """Blocks ``rows`` as a zero-filled ``(s, TILE_ROWS)`` float64 tile."""
+        s = len(width)
+        tile = np.zeros((s, TILE_ROWS))
+        for i in range(len(rows)):
+            for c in range(s):
+                tile[c, i] = blocks[rows[i], c]
+        return tile
+
+    @numba.njit(fastmath=False, cache=True)
+    def _scan(tile, motifs, j0, j1, width):  # pragma: no cover - compiled
+        """Nearest of motifs ``j0..j1-1`` for each tile column: ``(distances, indices)``."""
+        s = len(width)
+        best = np.full(TILE_ROWS, np.inf)
+        best_index = np.zeros(TILE_ROWS, dtype=np.int64)
+        z = np.empty(s)
+        for j in range(j0, j1):
+            for c in range(s):
+                z[c] = motifs[j, c]
+            for i in range(TILE_ROWS):
+                d = 0.0
+                for c in range(s):
+                    e = tile[c, i] - z[c]
+                    d += e * e
+                if d < best[i]:
+                    best[i] = d
+                    best_index[i] = j
+        return best, best_index
+
     @numba.njit(parallel=True, fastmath=False, cache=True)
     def _nearest_kernel(blocks, motifs, out, width):  # pragma: no cover - compiled
-        s = len(width)
         m = blocks.shape[0]
-        k = motifs.shape[0]
         for t in numba.prange((m + TILE_ROWS - 1) // TILE_ROWS):
-            r0 = t * TILE_ROWS
-            n = min(TILE_ROWS, m - r0)
-            tile = np.zeros((s, TILE_ROWS))
-            for i in range(n):
-                for c in range(s):
-                    tile[c, i] = blocks[r0 + i, c]
-            best = np.full(TILE_ROWS, np.inf)
-            best_index = np.zeros(TILE_ROWS, dtype=np.int64)
-            z = np.empty(s)
-            for j in range(k):
-                for c in range(s):
-                    z[c] = motifs[j, c]
-                for i in range(TILE_ROWS):
-                    d = 0.0
-                    for c in range(s):
-                        e = tile[c, i] - z[c]
-                        d += e * e
-                    if d < best[i]:
-                        best[i] = d
-                        best_index[i] = j
-            for i in range(n):
-                out[r0 + i] = best_index[i]
+            rows = np.arange(t * TILE_ROWS, min(m, (t + 1) * TILE_ROWS))
+            _, best_index = _scan(_load(blocks, rows, width), motifs, 0, motifs.shape[0], width)
+            out[rows] = best_index[:len(rows)]
+
+    @numba.njit(parallel=True, fastmath=False, cache=True)
+    def _cells_kernel(blocks, motifs, cell_starts, order, nprobe, item_cell, item_start, item_end,
+                      best_position, best_distance, width):  # pragma: no cover - compiled
+        for w in numba.prange(len(item_cell)):
+            pairs = order[item_start[w]:item_end[w]]
+            cell = item_cell[w]
+            best, best_index = _scan(_load(blocks, pairs // nprobe, width), motifs,
+                                     cell_starts[cell], cell_starts[cell + 1], width)
+            best_position[pairs] = best_index[:len(pairs)]
+            best_distance[pairs] = best[:len(pairs)]
+
+    @numba.njit(fastmath=False, cache=True)
+    def _bucket_kernel(keys, num_keys):  # pragma: no cover - compiled
+        """Counting sort: positions of ``keys`` grouped by key (stable) and each key's start."""
+        starts = np.zeros(num_keys + 1, dtype=np.int64)
+        for key in keys:
+            starts[key + 1] += 1
+        for key in range(num_keys):
+            starts[key + 1] += starts[key]
+        fill = starts[:-1].copy()
+        order = np.empty(len(keys), dtype=np.int64)
+        for position in range(len(keys)):
+            key = keys[position]
+            order[fill[key]] = position
+            fill[key] += 1
+        return order, starts
 
     @numba.njit(parallel=True, fastmath=False, cache=True)
     def _nearest_few_kernel(blocks, points, out, width):  # pragma: no cover - compiled
@@ -111,12 +187,8 @@ if numba is not None:
         p = points.shape[0]
         count = out.shape[1]
         for t in numba.prange((m + TILE_ROWS - 1) // TILE_ROWS):
-            r0 = t * TILE_ROWS
-            n = min(TILE_ROWS, m - r0)
-            tile = np.zeros((s, TILE_ROWS))
-            for i in range(n):
-                for c in range(s):
-                    tile[c, i] = blocks[r0 + i, c]
+            rows = np.arange(t * TILE_ROWS, min(m, (t + 1) * TILE_ROWS))
+            tile = _load(blocks, rows, width)
             # all distances of the tile first (vectorized across blocks), then a small
             # insertion sort per block over them
             dist = np.empty((p, TILE_ROWS))
@@ -129,7 +201,7 @@ if numba is not None:
                     dist[j, i] = d
             kept = np.empty(count)
             kept_index = np.empty(count, dtype=np.int64)
-            for i in range(n):
+            for i in range(len(rows)):
                 size = 0
                 for j in range(p):
                     d = dist[j, i]
@@ -143,5 +215,4 @@ if numba is not None:
                     kept[pos] = d
                     kept_index[pos] = j
                     size = min(size + 1, count)
-                for q in range(count):
-                    out[r0 + i, q] = kept_index[q]
+                out[rows[i]] = kept_index
