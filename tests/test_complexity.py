@@ -139,6 +139,19 @@ def test_description_length_by_hand():
     assert d["entropy_coded_bits_per_weight"] == pytest.approx(length.entropy_coded_bits / 10)
 
 
+def test_description_length_rejects_impossible_numbers():
+    with pytest.raises(ValueError, match="k <= m"):
+        description_length(10, 3, 4, 4)
+    with pytest.raises(ValueError, match="cannot fill"):
+        description_length(100, 3, 2, 4)
+    with pytest.raises(ValueError, match="q must be"):
+        description_length(10, 3, 2, 4, 0)
+    with pytest.raises(ValueError, match="summing to 3"):
+        description_length(10, 3, 2, 4, motif_counts=torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match=r"shape \(2, 4\)"):
+        description_length(10, 3, 2, 4, motifs=torch.zeros(2, 3))
+
+
 def test_measured_mosaic_matches_the_hand_count_including_the_padded_block():
     w = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0])  # last block: [1, 1, pad, pad]
     result = measure(w, ["mosaic"], momos.MoMosConfig(block_size=4, num_motifs=2))

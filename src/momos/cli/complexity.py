@@ -37,7 +37,7 @@ def register(subparsers) -> None:
                         help="which checkpoint of a run folder (default final)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--fast", action="store_true",
-                        help="faster compressor settings (gzip 6, lzma preset 0, zstd 15): a few "
+                        help="faster compressor settings (gzip 6, lzma preset 1, zstd 15): a few "
                              "percent lower ratios, not comparable with the paper's")
     parser.add_argument("--bdm-tail", choices=("recursive", "ignore"), default="recursive",
                         help="BDM on a length that is not a multiple of 12: look the leftover up in "

@@ -132,10 +132,8 @@ def description_length(num_weights: int, num_blocks: int, num_motifs: int, block
         ValueError: non-positive sizes, ``k > m``, ``n > m·s`` or ``n < m`` (every block holds
             at least one weight), or counts / motifs that do not match ``k``, ``s`` and ``m``.
     """
-    for name, value in (("num_weights", num_weights), ("num_blocks", num_blocks),
-                        ("num_motifs", num_motifs), ("block_size", block_size), ("q", q)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name, value in (("num_blocks", num_blocks), ("num_motifs", num_motifs)):
+        _check_positive(name, value)
     if not num_blocks <= num_weights <= num_blocks * block_size:
         raise ValueError(f"{num_weights} weights cannot fill {num_blocks} blocks of {block_size} "
                          f"(needs m <= n <= m·s)")
@@ -146,6 +144,8 @@ def description_length(num_weights: int, num_blocks: int, num_motifs: int, block
 def description_length_of_codebooks(num_weights: int, block_size: int, q: int,
                                     codebooks: list[CodebookUsage]) -> DescriptionLength:
     """The description length of a mosaic with several codebooks: every term summed."""
+    for name, value in (("num_weights", num_weights), ("block_size", block_size), ("q", q)):
+        _check_positive(name, value)
     if not codebooks:
         raise ValueError("a mosaic needs at least one codebook")
     for book in codebooks:
@@ -264,6 +264,11 @@ def _distinct_blocks(blocks: torch.Tensor, patterns: list[tuple[torch.Tensor, to
         motifs = torch.cat([motifs, new])
         counts = torch.cat([counts, value_counts[~found]])
     return CodebookUsage(len(blocks), len(motifs), counts, motifs)
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _check_codebook(book: CodebookUsage, block_size: int) -> None:
