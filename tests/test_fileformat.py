@@ -123,6 +123,19 @@ def test_round_trip_of_the_paper_models(tmp_path, name, channels, size, block_si
     assert torch.equal(fresh.eval()(x), model.eval()(x))
 
 
+@pytest.mark.parametrize("motif_bits,storage", [(None, "float32, byte planes entropy-coded"),
+                                                (8, "8-bit grid, entropy-coded"), (12, "12-bit grid")])
+def test_motif_table_forms(tmp_path, motif_bits, storage):
+    torch.manual_seed(0)
+    cfg = momos.MoMosConfig(block_size=2, capacity=0.05, motif_bits=motif_bits)
+    model = projected(build_model("mlp", channels=1, image_size=8, num_classes=10), cfg)
+    info = save(model, tmp_path / "m.momos", cfg)
+    assert info.motif_storage == storage
+    assert_same_state(load(tmp_path / "m.momos"), model.state_dict())
+    raw = info.num_motifs * 2 * (4 if motif_bits is None else motif_bits / 8)
+    assert info.motif_bytes <= raw + (4 if motif_bits else -1)  # + the grid's scale
+
+
 def test_stores_exactly_the_motifs_in_use(tmp_path):
     cfg = momos.MoMosConfig(block_size=4, num_motifs=40)
     model = zoo()
@@ -293,6 +306,7 @@ def valid_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("valid") / "m.momos"
     info = save(model, path, cfg)
     assert {c.coding for c in info.codebooks} == {"packed", "rans"}
+    assert info.motif_storage == "float32, byte planes entropy-coded"
     return path.read_bytes(), model.state_dict()
 
 
@@ -522,11 +536,16 @@ def test_fuzz_the_loader_long(tmp_path, valid_file, seed):
 
 
 @pytest.mark.slow
-def test_fuzz_a_global_packed_file(tmp_path):
-    cfg = momos.MoMosConfig(block_size=3, num_motifs=5, force_zero=False, motif_bits=4)
-    model = projected(zoo(), cfg)
-    data = save_bytes(model, cfg, tmp_path, index_coding="packed")
-    fuzz((data, model.state_dict()), tmp_path, cases=3000, seed=7)
+@pytest.mark.parametrize("cfg,storage", [
+    (momos.MoMosConfig(block_size=3, num_motifs=5, force_zero=False, motif_bits=4), "4-bit grid"),
+    (momos.MoMosConfig(block_size=2, capacity=0.05, motif_bits=8, tile_shape=(1, 2)), "8-bit grid, entropy-coded"),
+])
+def test_fuzz_files_with_quantized_motifs(tmp_path, cfg, storage):
+    torch.manual_seed(0)
+    model = projected(zoo() if cfg.num_motifs else build_model("mlp", channels=1, image_size=8, num_classes=10), cfg)
+    path = tmp_path / "m.momos"
+    assert save(model, path, cfg).motif_storage == storage
+    fuzz((path.read_bytes(), model.state_dict()), tmp_path, cases=2000, seed=7)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -30,7 +30,7 @@ from ..config import SCOPES, MoMosConfig
 from .container import DTYPE_NAMES, DTYPES, VERSION, read_container, write_container
 from .decompose import Mosaic, block_dtype, decompose, rebuild
 from .errors import FormatError
-from .streams import decode_stream, encode_stream
+from .streams import decode_stream, encode_stream, span_end
 from .tables import decode_tables, encode_tables
 
 PLAIN_PREFIX = "plain/"
@@ -186,9 +186,9 @@ def _decode_mosaic(header, tensors, layout: BlockLayout, dtypes) -> Mosaic | Non
             raise FormatError("malformed codebook entry")
         _expect_keys(c, {"tensors", "motifs", "bytes", "indices"}, "codebook")
         first, last = _int_pair(c["tensors"], "codebook tensors", len(layout.shapes))
-        start, end = _int_pair(c["bytes"], "codebook bytes", len(indices_bytes))
-        if first < covered or last <= first or start != position:
-            raise FormatError("codebooks must cover the mosaic tensors in order, their streams back to back")
+        end = span_end(c["bytes"], position, len(indices_bytes), "codebook")
+        if first < covered or last <= first:
+            raise FormatError("codebooks must cover the mosaic tensors in order")
         if any(layout.block_counts[i] for i in range(covered, first)):
             raise FormatError(f"tensor {first - 1} has blocks but no codebook")
         blocks = layout.block_offsets[last] - layout.block_offsets[first]
@@ -197,7 +197,7 @@ def _decode_mosaic(header, tensors, layout: BlockLayout, dtypes) -> Mosaic | Non
             raise FormatError("a codebook covers no blocks")
         groups.append((first, last))
         ks.append(k)
-        spans.append((start, end))
+        spans.append((position, end))
         descs.append(c["indices"])
         covered, position = last, end
     if any(layout.block_counts[covered:]) or position != len(indices_bytes):
@@ -317,6 +317,15 @@ def _tile_shape(value, block_size: int) -> tuple[int, int] | None:
     return rows, cols
 
 
+def _storage_name(storage: dict) -> str:
+    """E.g. ``"float32"``, ``"float32, byte planes entropy-coded"``, ``"8-bit grid"``."""
+    if "bits" in storage:
+        coded = storage["levels"]["coding"] == "rans"
+        return f"{storage['bits']}-bit grid" + (", entropy-coded" if coded else "")
+    coded = "planes" in storage and any(p["stream"]["coding"] == "rans" for p in storage["planes"])
+    return storage["dtype"] + (", byte planes entropy-coded" if coded else "")
+
+
 def _info(header: dict, tensors: dict[str, torch.Tensor], layout: BlockLayout, file_bytes: int) -> FileInfo:
     nbytes = {name: t.numel() * t.element_size() for name, t in tensors.items()}
     storage = header["motif_storage"]
@@ -333,7 +342,7 @@ def _info(header: dict, tensors: dict[str, torch.Tensor], layout: BlockLayout, f
         num_values=sum(math.prod(e["shape"]) for e in header["tensors"]),
         mosaic_weights=layout.num_weights, num_blocks=layout.num_blocks,
         num_motifs=sum(c.num_motifs for c in codebooks),
-        motif_storage=storage["dtype"] if "dtype" in storage else f"{storage['bits']}-bit grid",
+        motif_storage=_storage_name(storage),
         codebooks=codebooks, file_bytes=file_bytes,
         motif_bytes=sum(nbytes.get(name, 0) for name in MOTIF_ENTRIES),
         index_bytes=nbytes.get("indices", 0),

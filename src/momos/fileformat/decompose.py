@@ -141,10 +141,15 @@ def _codebook(bits: np.ndarray, valid: np.ndarray, limit: int) -> tuple[np.ndarr
         columns, rows = patterns[p], padded_rows[which == p]
         found = _match_on_columns(bits[rows][:, columns], table[:, columns])
         indices[rows[found >= 0]] = found[found >= 0]
-        for row in rows[found < 0]:
-            indices[row] = len(table) + partial.place(bits[row], columns)
+        unmatched = rows[found < 0]
+        _, first, inverse = np.unique(_rows_as_keys(bits[unmatched][:, columns]), return_index=True,
+                                      return_inverse=True)
+        placed = np.empty(len(first), dtype=np.int64)
+        for i, row in enumerate(unmatched[first]):
+            placed[i] = len(table) + partial.place(bits[row], columns)
             if len(table) + len(partial) > limit:
                 raise _TooManyMotifs(len(table) + len(partial), np.array([row]))
+        indices[unmatched] = placed[inverse.reshape(-1)]
     return np.concatenate([table, partial.values()]), indices
 
 

@@ -2,7 +2,7 @@
 
 The format is fully specified here (nothing depends on a library's internals):
 
-- Frequencies: every symbol ``i < k`` has an integer frequency ``f_i >= 1`` with
+- Frequencies: every symbol ``i < k`` has an integer frequency ``f_i >= 0`` with
   ``sum f_i = 2**PRECISION``; the file stores them. Symbol ``i`` owns the slots
   ``[c_i, c_i + f_i)`` with ``c_i = f_0 + ... + f_{i-1}``.
 - State: 32 bits, kept in ``[LOW, LOW << 16)``, renormalized 16 bits at a time.
@@ -28,7 +28,6 @@ PRECISION = 16
 TOTAL = 1 << PRECISION
 LOW = 1 << 16
 WORD_BITS = 16
-MAX_SYMBOLS = 1 << 15
 MAX_LANES = 4096
 
 
@@ -39,19 +38,21 @@ def lanes_for(count: int) -> int:
 
 
 def quantize_frequencies(counts: np.ndarray) -> np.ndarray:
-    """Integer frequencies ``>= 1`` summing to ``TOTAL``, close to ``counts`` in proportion.
+    """Integer frequencies summing to ``TOTAL``, close to ``counts`` in proportion: ``>= 1``
+    where a count is positive, 0 where it is 0.
 
     Args:
-        counts: ``(k,)`` positive symbol counts, ``k <= MAX_SYMBOLS``.
+        counts: ``(k,)`` non-negative symbol counts, at most ``TOTAL`` of them positive.
 
     Returns:
         ``(k,)`` int64.
     """
     counts = np.asarray(counts, dtype=np.int64)
-    if len(counts) == 0 or len(counts) > MAX_SYMBOLS or (counts < 1).any():
-        raise ValueError(f"need 1 to {MAX_SYMBOLS} positive counts, got {len(counts)}")
+    present = counts > 0
+    if (counts < 0).any() or not 1 <= int(present.sum()) <= TOTAL:
+        raise ValueError(f"need 1 to {TOTAL} positive counts and no negative ones")
     exact = counts * (TOTAL / counts.sum())
-    freqs = np.maximum(1, np.floor(exact).astype(np.int64))
+    freqs = np.where(present, np.maximum(1, np.floor(exact).astype(np.int64)), 0)
     missing = TOTAL - int(freqs.sum())
     if missing > 0:
         # Hand the missing slots to the symbols that rounding shortchanged most.
@@ -59,7 +60,7 @@ def quantize_frequencies(counts: np.ndarray) -> np.ndarray:
     if missing < 0:
         # Raising rare symbols to 1 overshot: take the excess from the most frequent ones.
         order = np.argsort(-freqs, kind="stable")
-        spare = freqs[order] - 1
+        spare = np.maximum(freqs[order] - 1, 0)
         taken_before = np.cumsum(spare) - spare
         freqs[order] -= np.clip(-missing - taken_before, 0, spare)
     return freqs
@@ -70,7 +71,7 @@ def encode(symbols: np.ndarray, freqs: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
     Args:
         symbols: ``(n,)`` integers in ``[0, k)``.
-        freqs: ``(k,)`` from :func:`quantize_frequencies`; every coded symbol needs ``f >= 1``.
+        freqs: ``(k,)`` from :func:`quantize_frequencies`; every symbol in ``symbols`` needs ``f >= 1``.
 
     Returns:
         ``(lanes_for(n),)`` uint32 final states and ``(num_words,)`` uint16 words.
@@ -104,8 +105,8 @@ def decode(states: np.ndarray, words: np.ndarray, freqs: np.ndarray, count: int)
     """
     freqs = np.asarray(freqs, dtype=np.int64)
     lanes = lanes_for(count)
-    if len(freqs) == 0 or (freqs < 1).any() or int(freqs.sum()) != TOTAL:
-        raise FormatError(f"symbol frequencies must be >= 1 and sum to {TOTAL}")
+    if len(freqs) == 0 or (freqs < 0).any() or int(freqs.sum()) != TOTAL:
+        raise FormatError(f"symbol frequencies must be >= 0 and sum to {TOTAL}")
     if len(states) != lanes:
         raise FormatError(f"{count} symbols are coded in {lanes} lanes, the stream has {len(states)} states")
     state = np.asarray(states, dtype=np.int64).copy()

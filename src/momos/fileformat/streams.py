@@ -1,9 +1,14 @@
-"""Storing each codebook's motif indices: bit-packed or rANS-coded, whichever is smaller.
+"""Storing a stream of symbols from an alphabet of ``k``: bit-packed or rANS-coded, whichever
+is smaller. Motif indices are such a stream (``k`` motifs), and so are the bytes of a motif
+table and the levels of a quantized one.
 
-``{"coding": "packed", "bits": b}``: ``ceil(log2 k)`` bits per index (:mod:`.bitpack`).
-``{"coding": "rans", "frequency_bits": f}``: the ``k`` frequencies minus one, packed at
-``f`` bits, then the ``W = rans.lanes_for(m)`` final states (uint32 little-endian), then the
-16-bit words (little-endian) of :mod:`.rans`.
+``{"coding": "packed", "bits": b}``: ``b = ceil(log2 k)`` bits per symbol (:mod:`.bitpack`).
+
+``{"coding": "rans", "frequency_bits": f, "sparse": bool}``: the frequency table, then the
+``W = rans.lanes_for(n)`` final states (uint32 little-endian), then the 16-bit words
+(little-endian) of :mod:`.rans`. The frequency table is ``f - 1`` for every symbol packed at
+``f`` bits, or, when ``sparse``, a ``k``-bit presence map (bit ``i`` set when symbol ``i``
+occurs) followed by ``f - 1`` of the present symbols only.
 """
 
 from __future__ import annotations
@@ -15,67 +20,85 @@ from .bitpack import bits_for, pack_bits, packed_size, unpack_bits
 from .errors import FormatError
 
 CODINGS = ("auto", "packed", "rans")
+MAX_RANS_ALPHABET = 1 << 16
 
 
-def encode_stream(indices: np.ndarray, k: int, coding: str = "auto") -> tuple[bytes, dict]:
-    """Bytes and header entry for ``indices`` ``(m,)`` in ``[0, k)``."""
+def encode_stream(symbols: np.ndarray, k: int, coding: str = "auto") -> tuple[bytes, dict]:
+    """Bytes and header entry for ``symbols`` ``(n,)`` in ``[0, k)``."""
     if coding not in CODINGS:
-        raise ValueError(f"index coding must be one of {CODINGS}, got {coding!r}")
+        raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
     candidates = []
     if coding in ("auto", "packed"):
         bits = bits_for(k)
-        candidates.append((pack_bits(indices, bits), {"coding": "packed", "bits": bits}))
-    if coding == "rans" or (coding == "auto" and 1 < k <= rans.MAX_SYMBOLS and len(indices)):
-        if k > rans.MAX_SYMBOLS:
-            raise ValueError(f"rANS coding supports at most {rans.MAX_SYMBOLS} motifs per codebook, got {k}")
-        candidates.append(_rans_stream(indices, k))
+        candidates.append((pack_bits(symbols, bits), {"coding": "packed", "bits": bits}))
+    if coding == "rans" or (coding == "auto" and 1 < k <= MAX_RANS_ALPHABET and len(symbols)):
+        if k > MAX_RANS_ALPHABET:
+            raise ValueError(f"rANS coding supports alphabets of at most {MAX_RANS_ALPHABET} symbols, got {k}")
+        candidates.append(_rans_stream(symbols, k))
     return min(candidates, key=lambda c: len(c[0]))
 
 
-def _rans_stream(indices: np.ndarray, k: int) -> tuple[bytes, dict]:
-    counts = np.maximum(np.bincount(indices, minlength=k), 1)
-    freqs = rans.quantize_frequencies(counts)
-    states, words = rans.encode(indices, freqs)
+def _rans_stream(symbols: np.ndarray, k: int) -> tuple[bytes, dict]:
+    freqs = rans.quantize_frequencies(np.bincount(symbols, minlength=k) if len(symbols) else np.ones(k))
+    states, words = rans.encode(symbols, freqs)
+    present = freqs > 0
     frequency_bits = bits_for(int(freqs.max()))
-    data = (pack_bits(freqs - 1, frequency_bits) + states.astype("<u4").tobytes()
-            + words.astype("<u2").tobytes())
-    return data, {"coding": "rans", "frequency_bits": frequency_bits}
+    dense = pack_bits(freqs - 1, frequency_bits) if present.all() else None
+    sparse = pack_bits(present, 1) + pack_bits(freqs[present] - 1, frequency_bits)
+    table = dense if dense is not None and len(dense) <= len(sparse) else sparse
+    data = table + states.astype("<u4").tobytes() + words.astype("<u2").tobytes()
+    return data, {"coding": "rans", "frequency_bits": frequency_bits, "sparse": table is sparse}
 
 
 def decode_stream(data: bytes, desc, k: int, count: int) -> np.ndarray:
-    """``(count,)`` int64 indices in ``[0, k)``.
+    """``(count,)`` int64 symbols in ``[0, k)``.
 
     Raises:
-        FormatError: a malformed description, a stream of the wrong length, an index out of
+        FormatError: a malformed description, a stream of the wrong length, a symbol out of
             range, or an entropy-coded stream that does not decode cleanly.
     """
     if not isinstance(desc, dict):
-        raise FormatError("malformed index coding in the header")
+        raise FormatError("malformed stream coding in the header")
     if desc.get("coding") == "packed" and set(desc) == {"coding", "bits"}:
-        bits = _small_int(desc["bits"], 32, "index bits")
-        if bits != bits_for(k):
-            raise FormatError(f"{k} motifs need {bits_for(k)}-bit indices, the header says {bits}")
-        indices = unpack_bits(data, count, bits)
-        if count and int(indices.max()) >= k:
-            raise FormatError(f"a motif index is out of range (>= {k})")
-        return indices.astype(np.int64)
-    if desc.get("coding") == "rans" and set(desc) == {"coding", "frequency_bits"}:
-        lanes = rans.lanes_for(count)
-        frequency_bits = _small_int(desc["frequency_bits"], rans.PRECISION, "frequency bits")
-        if k > rans.MAX_SYMBOLS:
-            raise FormatError(f"an entropy-coded codebook has at most {rans.MAX_SYMBOLS} motifs, got {k}")
-        table_bytes = packed_size(k, frequency_bits)
-        words_bytes = len(data) - table_bytes - 4 * lanes
-        if words_bytes < 0 or words_bytes % 2:
-            raise FormatError("the entropy-coded index stream has an impossible length")
-        freqs = unpack_bits(data[:table_bytes], k, frequency_bits).astype(np.int64) + 1
-        states = np.frombuffer(data, dtype="<u4", count=lanes, offset=table_bytes)
-        words = np.frombuffer(data, dtype="<u2", offset=table_bytes + 4 * lanes)
-        return rans.decode(states, words, freqs, count)
-    raise FormatError(f"unknown index coding {desc!r}")
+        if desc["bits"] != bits_for(k):
+            raise FormatError(f"an alphabet of {k} needs {bits_for(k)}-bit symbols, the header says {desc['bits']!r}")
+        symbols = unpack_bits(data, count, bits_for(k))
+        if count and int(symbols.max()) >= k:
+            raise FormatError(f"a stored index or level is out of range (>= {k})")
+        return symbols.astype(np.int64)
+    if desc.get("coding") == "rans" and set(desc) == {"coding", "frequency_bits", "sparse"}:
+        return _decode_rans(data, desc, k, count)
+    raise FormatError(f"unknown stream coding {desc!r}")
 
 
-def _small_int(value, maximum: int, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
-        raise FormatError(f"{what} must be an int in [0, {maximum}], got {value!r}")
-    return value
+def _decode_rans(data: bytes, desc: dict, k: int, count: int) -> np.ndarray:
+    frequency_bits, sparse = desc["frequency_bits"], desc["sparse"]
+    if not isinstance(frequency_bits, int) or isinstance(frequency_bits, bool) \
+            or not 0 <= frequency_bits <= rans.PRECISION or not isinstance(sparse, bool):
+        raise FormatError(f"malformed rANS description {desc!r}")
+    if k > MAX_RANS_ALPHABET:
+        raise FormatError(f"an entropy-coded alphabet has at most {MAX_RANS_ALPHABET} symbols, got {k}")
+    position = 0
+    present = np.ones(k, dtype=bool)
+    if sparse:
+        position = packed_size(k, 1)
+        present = unpack_bits(data[:position], k, 1).astype(bool)
+    used = int(present.sum())
+    table_end = position + packed_size(used, frequency_bits)
+    lanes = rans.lanes_for(count)
+    words_bytes = len(data) - table_end - 4 * lanes
+    if words_bytes < 0 or words_bytes % 2:
+        raise FormatError("the entropy-coded stream has an impossible length")
+    freqs = np.zeros(k, dtype=np.int64)
+    freqs[present] = unpack_bits(data[position:table_end], used, frequency_bits).astype(np.int64) + 1
+    states = np.frombuffer(data, dtype="<u4", count=lanes, offset=table_end)
+    words = np.frombuffer(data, dtype="<u2", offset=table_end + 4 * lanes)
+    return rans.decode(states, words, freqs, count)
+
+
+def span_end(span, start: int, limit: int, what: str) -> int:
+    """The end of ``span`` = ``[start, end]`` with ``start <= end <= limit``: streams lie back to back."""
+    if not isinstance(span, list) or len(span) != 2 or span[0] != start or not isinstance(span[1], int) \
+            or isinstance(span[1], bool) or not start <= span[1] <= limit:
+        raise FormatError(f"{what} bytes {span!r} do not continue at byte {start} within {limit} bytes")
+    return span[1]

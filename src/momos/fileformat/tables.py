@@ -1,10 +1,15 @@
 """Storing motif tables: as floats, or as the q-bit integers of a symmetric grid plus a scale.
 
-The stored form is chosen per file, over all codebooks: ``{"dtype": "float16"}`` (any of
-:data:`MOTIF_DTYPES`) stores the ``(K, s)`` stacked tables as one tensor ``motifs``;
-``{"bits": q}`` stores ``level + 2^(q-1) - 1`` of every motif value bit-packed in
-``motif_levels`` and one float32 scale per codebook in ``motif_scales``; a value is
-``float32(level) * scale`` (see :mod:`momos.quantization`).
+The stored form is chosen per file, over all codebooks (``K`` motifs of ``s`` values stacked):
+
+- ``{"dtype": "float32"}`` (any of :data:`MOTIF_DTYPES`): the ``(K, s)`` tensor ``motifs``.
+- ``{"dtype": "float32", "planes": [{"bytes": [a, b], "stream": ...}, ...]}``: the same values
+  cut into byte planes (plane ``j``: byte ``j`` of every little-endian value, in order), each
+  plane a stream of :mod:`.streams` over 256 symbols at ``motifs[a:b]`` (uint8). The sign and
+  exponent byte of weights takes few values, so it codes to a few bits.
+- ``{"bits": q, "levels": ...}``: ``level + 2^(q-1) - 1`` of every value, a stream over
+  ``2^q - 1`` symbols in ``motif_levels`` (uint8), and one float32 scale per codebook in
+  ``motif_scales``; a value is ``float32(level) * scale`` (see :mod:`momos.quantization`).
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import numpy as np
 import torch
 
 from ..quantization import quantize_symmetric
-from .bitpack import pack_bits, packed_size, unpack_bits
+from .bitpack import bits_for
 from .errors import FormatError
+from .streams import decode_stream, encode_stream, span_end
 
 MOTIF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
                 "float64": torch.float64}
@@ -40,21 +46,38 @@ def encode_tables(tables: list[torch.Tensor], storage: str = "auto") -> tuple[di
         raise ValueError(f"motif storage must be one of {STORAGE_CHOICES}, got {storage!r}")
     stacked = torch.cat(tables)
     if storage != "auto":
-        return {"motifs": stacked.to(MOTIF_DTYPES[storage])}, {"dtype": storage}
-    for name, dtype in MOTIF_DTYPES.items():
-        if same_bits(stacked.to(dtype).to(stacked.dtype), stacked):
-            best = ({"motifs": stacked.to(dtype)}, {"dtype": name})
-            break
-    grid = _smallest_grid(tables)
-    if grid is not None:
-        bits, levels, scales = grid
-        if packed_size(levels.numel(), bits) + 4 * len(scales) < best[0]["motifs"].numel() * best[0]["motifs"].element_size():
-            limit = 2 ** (bits - 1) - 1
-            packed = pack_bits((levels.reshape(-1) + limit).numpy(), bits)
-            best = ({"motif_levels": torch.frombuffer(bytearray(packed), dtype=torch.uint8) if packed
-                     else torch.zeros(0, dtype=torch.uint8),
-                     "motif_scales": scales}, {"bits": bits})
-    return best
+        candidates = _float_forms(stacked.to(MOTIF_DTYPES[storage]), storage)
+    else:
+        name = next(name for name, dtype in MOTIF_DTYPES.items()
+                    if same_bits(stacked.to(dtype).to(stacked.dtype), stacked))
+        candidates = _float_forms(stacked.to(MOTIF_DTYPES[name]), name)
+        grid = _smallest_grid(tables)
+        if grid is not None:
+            candidates.append(_grid_form(*grid))
+    return min(candidates, key=lambda c: sum(t.numel() * t.element_size() for t in c[0].values()))
+
+
+def _float_forms(values: torch.Tensor, name: str) -> list[tuple[dict, dict]]:
+    """The raw tensor, and its byte planes coded as streams when that is smaller."""
+    planes = values.contiguous().view(torch.uint8).reshape(values.numel(), values.element_size()).numpy()
+    streams, descs, position = [], [], 0
+    for j in range(planes.shape[1]):
+        data, desc = encode_stream(planes[:, j], 256)
+        descs.append({"bytes": [position, position + len(data)], "stream": desc})
+        streams.append(data)
+        position += len(data)
+    return [({"motifs": values}, {"dtype": name}),
+            ({"motifs": _as_tensor(b"".join(streams))}, {"dtype": name, "planes": descs})]
+
+
+def _grid_form(bits: int, levels: torch.Tensor, scales: torch.Tensor) -> tuple[dict, dict]:
+    limit = 2 ** (bits - 1) - 1
+    data, desc = encode_stream((levels.reshape(-1) + limit).numpy(), 2 * limit + 1)
+    return {"motif_levels": _as_tensor(data), "motif_scales": scales}, {"bits": bits, "levels": desc}
+
+
+def _as_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
 
 
 def _smallest_grid(tables: list[torch.Tensor]) -> tuple[int, torch.Tensor, torch.Tensor] | None:
@@ -63,7 +86,9 @@ def _smallest_grid(tables: list[torch.Tensor]) -> tuple[int, torch.Tensor, torch
     as_float32 = [t.to(torch.float32) for t in tables]
     if not all(same_bits(t32.to(t.dtype), t) for t32, t in zip(as_float32, tables)):
         return None
-    for bits in range(2, MAX_GRID_BITS + 1):
+    # A q-bit grid has 2^q - 1 values: fewer bits cannot hold the distinct values of a table.
+    distinct = max(int(torch.unique(t).numel()) for t in as_float32)
+    for bits in range(max(2, bits_for(distinct + 1)), MAX_GRID_BITS + 1):
         levels, scales = [], []
         for table in as_float32:
             level, scale = quantize_symmetric(table, bits)
@@ -87,30 +112,55 @@ def decode_tables(storage, tensors: dict[str, torch.Tensor], ks: list[int], bloc
     Raises:
         FormatError: the header entry or the tensors do not match each other or ``ks``.
     """
-    total = sum(ks)
-    if not isinstance(storage, dict) or len(storage) != 1:
+    count = sum(ks) * block_size
+    if not isinstance(storage, dict):
         raise FormatError("malformed motif storage in the header")
-    if "dtype" in storage:
+    if set(storage) in ({"dtype"}, {"dtype", "planes"}):
         dtype = MOTIF_DTYPES.get(storage["dtype"]) if isinstance(storage["dtype"], str) else None
         if dtype is None:
             raise FormatError(f"unknown motif dtype {storage['dtype']!r}")
-        stacked = tensors.get("motifs")
-        if stacked is None or stacked.dtype != dtype or tuple(stacked.shape) != (total, block_size):
-            raise FormatError(f"the motif table must be a {storage['dtype']} tensor of shape ({total}, {block_size})")
-        return list(stacked.split(ks))
-    bits = storage.get("bits")
+        values = _planes(storage["planes"], tensors, dtype, count) if "planes" in storage else tensors.get("motifs")
+        if values is None or values.dtype != dtype or values.numel() != count:
+            raise FormatError(f"the motif table must hold {count} {storage['dtype']} values")
+        return list(values.reshape(-1, block_size).split(ks))
+    if set(storage) == {"bits", "levels"}:
+        return _grid_tables(storage, tensors, ks, block_size)
+    raise FormatError(f"unknown motif storage {sorted(map(str, storage))}")
+
+
+def _planes(descs, tensors, dtype: torch.dtype, count: int) -> torch.Tensor:
+    blob = _blob(tensors, "motifs")
+    if not isinstance(descs, list) or len(descs) != dtype.itemsize:
+        raise FormatError(f"a {dtype} motif table needs {dtype.itemsize} byte planes")
+    planes, position = np.empty((count, dtype.itemsize), dtype=np.uint8), 0
+    for j, desc in enumerate(descs):
+        if not isinstance(desc, dict) or set(desc) != {"bytes", "stream"}:
+            raise FormatError("malformed byte plane entry")
+        end = span_end(desc["bytes"], position, len(blob), "byte plane")
+        planes[:, j] = decode_stream(blob[position:end], desc["stream"], 256, count)
+        position = end
+    if position != len(blob):
+        raise FormatError("the motif table has bytes that belong to no plane")
+    return torch.from_numpy(planes).reshape(-1).view(dtype)
+
+
+def _grid_tables(storage, tensors, ks: list[int], block_size: int) -> list[torch.Tensor]:
+    bits = storage["bits"]
     if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= MAX_GRID_BITS:
         raise FormatError(f"motif grid bits must be an int in [2, {MAX_GRID_BITS}], got {bits!r}")
-    packed, scales = tensors.get("motif_levels"), tensors.get("motif_scales")
-    if packed is None or packed.dtype != torch.uint8 or packed.dim() != 1:
-        raise FormatError("the motif levels must be a 1-D uint8 tensor")
+    scales = tensors.get("motif_scales")
     if scales is None or scales.dtype != torch.float32 or tuple(scales.shape) != (len(ks),):
         raise FormatError(f"the motif scales must be a float32 tensor of shape ({len(ks)},)")
     if not torch.isfinite(scales).all() or (scales < 0).any():
         raise FormatError("a motif scale is negative, NaN or infinite")
-    stored = unpack_bits(packed.numpy().tobytes(), total * block_size, bits)
     limit = 2 ** (bits - 1) - 1
-    if (stored > 2 * limit).any():
-        raise FormatError(f"a motif level is outside the {bits}-bit grid")
-    levels = torch.from_numpy(stored.astype(np.int64) - limit).reshape(total, block_size)
+    stored = decode_stream(_blob(tensors, "motif_levels"), storage["levels"], 2 * limit + 1, sum(ks) * block_size)
+    levels = torch.from_numpy(stored - limit).reshape(-1, block_size)
     return [_grid_values(level, scale) for level, scale in zip(levels.split(ks), scales)]
+
+
+def _blob(tensors, name: str) -> bytes:
+    blob = tensors.get(name)
+    if blob is None or blob.dtype != torch.uint8 or blob.dim() != 1:
+        raise FormatError(f"{name} must be a 1-D uint8 tensor")
+    return blob.numpy().tobytes()
