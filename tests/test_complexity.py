@@ -71,6 +71,7 @@ def test_bdm_of_a_constant_string_is_lower_than_of_a_random_one():
     assert constant["bdm"] < weights["bdm"] and constant["bdm4"] < weights["bdm4"]
     assert weights["bdm_per_bit"] == pytest.approx(weights["bdm"] / 1200)
     assert weights["bdm4_per_bit"] == pytest.approx(weights["bdm4"] / 2400)
+    assert constant["bdm_normalized"] == 0 and 0.5 < weights["bdm_normalized"] <= 1
 
 
 def test_sparsity_l2_and_entropy():
@@ -378,4 +379,5 @@ def test_bdm_on_every_alphabet():
     w = torch.randn(5000, generator=torch.Generator().manual_seed(0))
     result = measure(w, ["bdm", "bdm4", "bdm5", "bdm6", "bdm9"])
     for name in ("bdm", "bdm4", "bdm5", "bdm6", "bdm9"):
-        assert result[name] > 0 and 0 < result[f"{name}_per_bit"] < 2
+        assert result[name] > 0 and result[f"{name}_per_bit"] > 0
+        assert 0 <= result[f"{name}_normalized"] <= 1

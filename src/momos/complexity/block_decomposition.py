@@ -61,13 +61,16 @@ def _bdm_engine(alphabet: int, tail: str):
     return pybdm.BDM(ndim=1, nsymbols=alphabet, warn_if_missing_ctm=False, **partition)
 
 
-def bdm(symbols: np.ndarray, alphabet: int = 2, *, tail: str = "recursive") -> float:
+def bdm(symbols: np.ndarray, alphabet: int = 2, *, tail: str = "recursive",
+        normalized: bool = False) -> float:
     """BDM complexity in bits of a 1-D string of symbols ``0 .. alphabet-1``.
 
     Args:
         symbols: ``(n,)`` integer array.
         alphabet: 2, 4, 5, 6 or 9.
         tail: ``"recursive"`` (count the last ``n mod 12`` symbols) or ``"ignore"`` (drop them).
+        normalized: pybdm's normalized BDM instead: ``(BDM - min) / (max - min)`` over all
+            strings of the same length and alphabet, in [0, 1] (0 for a constant string).
 
     Raises:
         ValueError: unsupported alphabet or tail, symbols out of range, an empty string or
@@ -87,7 +90,8 @@ def bdm(symbols: np.ndarray, alphabet: int = 2, *, tail: str = "recursive") -> f
         raise ValueError(f"symbols must lie in [0, {alphabet - 1}], "
                          f"got [{symbols.min()}, {symbols.max()}]")
     try:
-        value = _bdm_engine(alphabet, tail).bdm(symbols)
+        engine = _bdm_engine(alphabet, tail)
+        value = engine.nbdm(symbols) if normalized else engine.bdm(symbols)
     except Exception as error:  # pybdm raises assorted types; never return nothing silently
         raise ValueError(f"pybdm failed on {symbols.size} symbols (alphabet {alphabet}): "
                          f"{type(error).__name__}: {error}") from error
@@ -95,7 +99,13 @@ def bdm(symbols: np.ndarray, alphabet: int = 2, *, tail: str = "recursive") -> f
 
 
 def bdm_per_bit(value: float, length: int, alphabet: int) -> float:
-    """BDM divided by the string's raw size in bits (``length * log2(alphabet)``)."""
+    """BDM divided by the string's raw size in bits (``length * log2(alphabet)``).
+
+    It compares strings of similar length only: BDM charges each distinct 12-symbol block
+    once plus ``log2`` of its count, so for a long random string it grows far more slowly
+    than the length (binary: about 2.6 bits per bit at 5000 symbols, 0.15 at a million).
+    The normalized BDM compares across lengths.
+    """
     return value / (length * math.log2(alphabet))
 
 

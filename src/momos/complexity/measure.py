@@ -59,7 +59,8 @@ def measure(model_or_tensor: nn.Module | torch.Tensor | Sequence[torch.Tensor],
 
     Returns:
         ``num_weights`` and, per metric: compressors ``NAME`` (ratio raw/compressed),
-        ``NAME_raw_bytes``, ``NAME_compressed_bytes``; ``bdm*`` (bits) and ``bdm*_per_bit``;
+        ``NAME_raw_bytes``, ``NAME_compressed_bytes``; ``bdm*`` (bits), ``bdm*_per_bit`` and
+        ``bdm*_normalized``;
         ``sparsity``, ``l2``, ``entropy``; ``mosaic_*`` (see ``DescriptionLength.as_dict``).
 
     Warns:
@@ -89,6 +90,7 @@ def measure(model_or_tensor: nn.Module | torch.Tensor | Sequence[torch.Tensor],
             value = bdm_of_weights(weights, alphabet, tail=bdm_tail)
             results[name] = value
             results[f"{name}_per_bit"] = bdm_per_bit(value, weights.size, alphabet)
+            results[f"{name}_normalized"] = bdm_of_weights(weights, alphabet, tail=bdm_tail, normalized=True)
         elif name == "mosaic":
             length = description_length_of_codebooks(
                 int(weights.size), config.block_size, default_bits(config) if q is None else q, codebooks)
@@ -177,11 +179,12 @@ def compression(weights: np.ndarray, compressor: str, payload: str = "float32", 
             f"{prefix}_compressed_bytes": compressed}
 
 
-def bdm_of_weights(weights: np.ndarray, alphabet: int = 2, *, tail: str = "recursive") -> float:
-    """BDM in bits of the binarized weights ``w > 0`` (alphabet 2) or of the weights in
-    ``alphabet`` equal-width levels (4, 5, 6, 9; see ``bdm.quantize_levels``)."""
+def bdm_of_weights(weights: np.ndarray, alphabet: int = 2, *, tail: str = "recursive",
+                   normalized: bool = False) -> float:
+    """BDM in bits (or normalized) of the binarized weights ``w > 0`` (alphabet 2) or of the
+    weights in ``alphabet`` equal-width levels (4, 5, 6, 9; see ``quantize_levels``)."""
     symbols = (weights > 0).astype(np.int64) if alphabet == 2 else quantize_levels(weights, alphabet)
-    return bdm(symbols, alphabet, tail=tail)
+    return bdm(symbols, alphabet, tail=tail, normalized=normalized)
 
 
 def sparsity(weights: np.ndarray) -> float:
