@@ -26,7 +26,7 @@ from .codec import DEFAULT_MAX_WEIGHTS, CodebookInfo, FileInfo, decode, encode
 from .decompose import NotAMosaicError
 from .errors import FormatError
 
-DEFAULT_MAX_BYTES = 1 << 34
+DEFAULT_MAX_BYTES = 1 << 32
 
 __all__ = ["CodebookInfo", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_WEIGHTS", "FileInfo", "FormatError",
            "load", "module_of_state_dict", "read", "save"]
