@@ -103,15 +103,16 @@ def read(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
     return decode(data, max_weights=max_weights)
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None, **limits):
+def load(path: str | os.PathLike, model: nn.Module | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
+         max_weights: int = DEFAULT_MAX_WEIGHTS):
     """The state dict of a ``.momos`` file, bit-exact to what was saved; with ``model``, load
     it into the model (``strict``: same names and shapes) and return the model.
 
     Raises:
-        FormatError: a bad file (see :func:`read`).
+        FormatError: a bad file (see :func:`read`, which also explains the limits).
         ValueError: the file does not fit ``model`` (the model is not changed).
     """
-    state, _ = read(path, **limits)
+    state, _ = read(path, max_bytes=max_bytes, max_weights=max_weights)
     if model is None:
         return state
     expected = model.state_dict()
