@@ -11,7 +11,7 @@ from torch import nn
 
 import momos
 from momos.cli import main
-from momos.fileformat import FormatError, load, read, save
+from momos.fileformat import FormatError, load, save
 from momos.fileformat import rans
 from momos.fileformat.bitpack import bits_for, pack_bits, packed_size, unpack_bits
 from momos.fileformat.container import read_container, write_container

@@ -1,6 +1,6 @@
 """A state dict plus the names of its mosaic tensors <-> the bytes of a ``.momos`` file.
 
-Header (JSON, inside the container's checksummed metadata)::
+Header (JSON, in the container's ``header`` tensor)::
 
     {"block_size": s, "tile_shape": null | [r, c], "scope": "global" | "per_tensor",
      "padding": "zero",
@@ -22,12 +22,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 
 from ..blocks import BlockLayout
 from ..config import SCOPES, MoMosConfig
-from .container import DTYPE_NAMES, DTYPES, VERSION, read_container, write_container
+from .container import DTYPE_NAMES, DTYPES, VERSION, as_uint8_tensor, read_container, write_container
 from .decompose import Mosaic, block_dtype, decompose, rebuild
 from .errors import FormatError
 from .streams import decode_stream, encode_stream, span_end
@@ -125,9 +124,7 @@ def encode(state: dict[str, torch.Tensor], mosaic_names: list[str], config: MoMo
         "config": config.to_dict(),
         "metadata": dict(metadata or {}),
     }
-    joined = b"".join(streams)
-    tensors = {**motif_tensors, "indices": torch.frombuffer(bytearray(joined), dtype=torch.uint8)
-               if joined else torch.zeros(0, dtype=torch.uint8)}
+    tensors = {**motif_tensors, "indices": as_uint8_tensor(b"".join(streams))}
     tensors.update(_join_plain([(name, t) for name, t in state.items() if name not in chosen]))
     data = write_container(tensors, header)
     return data, _info(header, tensors, mosaic.layout, len(data))
@@ -169,48 +166,50 @@ def decode(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> tuple[dict
 
 
 def _decode_mosaic(header, tensors, layout: BlockLayout, dtypes) -> Mosaic | None:
-    codebooks = header["codebooks"]
-    if not isinstance(codebooks, list):
+    if not isinstance(header["codebooks"], list):
         raise FormatError("the header's codebooks must be a list")
     if not layout.shapes:
-        if codebooks:
+        if header["codebooks"]:
             raise FormatError("codebooks given for a file without mosaic tensors")
         return None
-    groups, ks, spans, descs = [], [], [], []
-    covered, position = 0, 0
-    indices_bytes = tensors["indices"]
-    if indices_bytes.dtype != torch.uint8 or indices_bytes.dim() != 1:
+    index_bytes = tensors["indices"]
+    if index_bytes.dtype != torch.uint8 or index_bytes.dim() != 1:
         raise FormatError("the indices must be a 1-D uint8 tensor")
-    for c in codebooks:
+    codebooks = _codebooks(header["codebooks"], layout, len(index_bytes))
+    tables = decode_tables(header["motif_storage"], tensors, [k for _, k, _, _ in codebooks], layout.block_size)
+    raw = index_bytes.numpy().tobytes()
+    indices = []
+    for (first, last), k, (start, end), desc in codebooks:
+        count = layout.block_offsets[last] - layout.block_offsets[first]
+        indices.append(torch.from_numpy(decode_stream(raw[start:end], desc, k, count)))
+    dtype = block_dtype(dtypes)
+    return Mosaic(layout, tuple(dtypes), tuple(group for group, _, _, _ in codebooks),
+                  tuple(t.to(dtype) for t in tables), tuple(indices))
+
+
+def _codebooks(entries: list, layout: BlockLayout, index_bytes: int) -> list[tuple]:
+    """``((first, last), k, (start, end), coding)`` per codebook, checked to cover every block
+    of the mosaic tensors in order and every index byte."""
+    checked, covered, position = [], 0, 0
+    for c in entries:
         if not isinstance(c, dict):
             raise FormatError("malformed codebook entry")
         _expect_keys(c, {"tensors", "motifs", "bytes", "indices"}, "codebook")
         first, last = _int_pair(c["tensors"], "codebook tensors", len(layout.shapes))
-        end = span_end(c["bytes"], position, len(indices_bytes), "codebook")
+        end = span_end(c["bytes"], position, index_bytes, "codebook")
         if first < covered or last <= first:
             raise FormatError("codebooks must cover the mosaic tensors in order")
-        if any(layout.block_counts[i] for i in range(covered, first)):
+        if any(layout.block_counts[covered:first]):
             raise FormatError(f"tensor {first - 1} has blocks but no codebook")
         blocks = layout.block_offsets[last] - layout.block_offsets[first]
-        k = _int(c["motifs"], "number of motifs", 1, max(1, blocks))
         if blocks == 0:
             raise FormatError("a codebook covers no blocks")
-        groups.append((first, last))
-        ks.append(k)
-        spans.append((position, end))
-        descs.append(c["indices"])
+        k = _int(c["motifs"], "number of motifs", 1, blocks)
+        checked.append(((first, last), k, (position, end), c["indices"]))
         covered, position = last, end
-    if any(layout.block_counts[covered:]) or position != len(indices_bytes):
+    if any(layout.block_counts[covered:]) or position != index_bytes:
         raise FormatError("the codebooks leave blocks or index bytes unaccounted for")
-    tables = decode_tables(header["motif_storage"], tensors, ks, layout.block_size)
-    raw = indices_bytes.numpy().tobytes()
-    indices = []
-    for (first, last), k, (start, end), desc in zip(groups, ks, spans, descs):
-        count = layout.block_offsets[last] - layout.block_offsets[first]
-        indices.append(torch.from_numpy(decode_stream(raw[start:end], desc, k, count)))
-    dtype = block_dtype(dtypes)
-    tables = [t.to(dtype) for t in tables]
-    return Mosaic(layout, tuple(dtypes), tuple(groups), tuple(tables), tuple(indices))
+    return checked
 
 
 def _check_state(state, mosaic_names, metadata) -> None:

@@ -43,9 +43,14 @@ def write_container(tensors: dict[str, torch.Tensor], header: dict) -> bytes:
     from safetensors.torch import save
 
     packed = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
-    tensors = {**tensors, HEADER: torch.frombuffer(bytearray(packed), dtype=torch.uint8)}
+    tensors = {**tensors, HEADER: as_uint8_tensor(packed)}
     metadata = {"format": MAGIC, "version": str(VERSION), "sha256": _digest(tensors)}
     return save({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, metadata=metadata)
+
+
+def as_uint8_tensor(data: bytes) -> torch.Tensor:
+    """``data`` as a 1-D uint8 tensor (a copy)."""
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
 
 
 def read_container(data: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -140,9 +145,7 @@ def _is_int_list(value) -> bool:
 
 
 def _tensor(raw: memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-    if len(raw) == 0:
-        return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
+    return as_uint8_tensor(raw).view(dtype).reshape(shape)
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:

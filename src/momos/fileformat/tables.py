@@ -19,6 +19,7 @@ import torch
 
 from ..quantization import quantize_symmetric
 from .bitpack import bits_for
+from .container import as_uint8_tensor
 from .errors import FormatError
 from .streams import decode_stream, encode_stream, span_end
 
@@ -67,17 +68,13 @@ def _float_forms(values: torch.Tensor, name: str) -> list[tuple[dict, dict]]:
         streams.append(data)
         position += len(data)
     return [({"motifs": values}, {"dtype": name}),
-            ({"motifs": _as_tensor(b"".join(streams))}, {"dtype": name, "planes": descs})]
+            ({"motifs": as_uint8_tensor(b"".join(streams))}, {"dtype": name, "planes": descs})]
 
 
 def _grid_form(bits: int, levels: torch.Tensor, scales: torch.Tensor) -> tuple[dict, dict]:
     limit = 2 ** (bits - 1) - 1
     data, desc = encode_stream((levels.reshape(-1) + limit).numpy(), 2 * limit + 1)
-    return {"motif_levels": _as_tensor(data), "motif_scales": scales}, {"bits": bits, "levels": desc}
-
-
-def _as_tensor(data: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+    return {"motif_levels": as_uint8_tensor(data), "motif_scales": scales}, {"bits": bits, "levels": desc}
 
 
 def _smallest_grid(tables: list[torch.Tensor]) -> tuple[int, torch.Tensor, torch.Tensor] | None:
