@@ -22,8 +22,9 @@ from . import kernels
 from .assign import DEFAULT_MAX_DISTANCE_BYTES, nearest_motif, squared_distances
 from .motifs import refine_motifs_kmeans, sample_motifs
 
-# Blocks handled at once; bounds the memory of the (block, probed cell) pairs (~60 bytes each).
+# Blocks handled at once; bounds the memory of the (block, probed cell) pairs.
 _CHUNK_ROWS = 2**18
+_BYTES_PER_PAIR = 64
 DEFAULT_KMEANS_ITERATIONS = 10
 
 
@@ -44,6 +45,11 @@ class InvertedFile:
     @property
     def num_cells(self) -> int:
         return len(self.centroids)
+
+
+def working_bytes(nprobe: int) -> int:
+    """About the most memory the search holds at once, beyond its inputs and output."""
+    return _CHUNK_ROWS * nprobe * _BYTES_PER_PAIR
 
 
 def default_num_cells(num_motifs: int) -> int:

@@ -6,16 +6,18 @@ the lowest index. Every backend returns exactly these assignments:
 
 - on CPU with numba installed, a compiled kernel computes that sum directly
   (:mod:`momos.kernels`);
-- otherwise (no numba, CUDA, very wide blocks) PyTorch ranks the motifs tile by tile in the
-  blocks' precision with ``torch.cdist`` in its direct (non-matmul) mode. That rounding is
-  bounded relative to the distance, so a block whose runner-up lies outside the bound is
-  certainly assigned right; the few blocks with a motif inside it (near ties) are ranked
-  again with the float64 definition.
+- otherwise (no numba, CUDA, very wide blocks) PyTorch ranks the motifs tile by tile through
+  the float64 expansion ``|z|^2 - 2 b.z`` (a matrix product). Its rounding error has a known
+  bound, so a block whose runner-up lies outside the bound is certainly assigned right; the
+  few blocks with a motif inside it (near ties) are ranked again with the float64 definition.
 
 Distances are never held for more than one tile (``max_distance_bytes``).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 
@@ -50,7 +52,8 @@ def nearest_motif(blocks: torch.Tensor, motifs: torch.Tensor, *,
 def nearest_motif_ignoring_padding(blocks: torch.Tensor, motifs: torch.Tensor,
                                    padding_patterns: list[tuple[torch.Tensor, torch.Tensor]], *,
                                    max_distance_bytes: int = DEFAULT_MAX_DISTANCE_BYTES,
-                                   search=None) -> torch.Tensor:
+                                   search: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                                   ) -> torch.Tensor:
     """Like :func:`nearest_motif`, but a block holding padding is compared on its real values only.
 
     Padding is dropped when blocks go back into tensors, so the motif that is truly nearest
@@ -137,43 +140,44 @@ def _distinct_motifs(motifs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _rank_with_bound(blocks: torch.Tensor, motifs: torch.Tensor, max_distance_bytes: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest motif by ``torch.cdist`` in the blocks' precision, and which rows are uncertain.
+    """Nearest motif by the float64 expansion ``|z|^2 - 2 b.z``, and which rows are uncertain.
 
-    A distance computed in precision ``u`` from non-negative terms is within a relative
-    ``(s + 2) u`` of the true one (and its square root within half that plus ``u``), in any
-    summation order. A row is uncertain when another motif comes within twice that bound
-    (with a safety factor of 2) of its best, or when values are so small that they
-    underflow.
+    The expansion is a matrix product (fast everywhere) whose rounding is bounded by
+    ``gamma_{2s+2} (|b| + max|z|)^2`` with ``gamma_n = n u / (1 - n u)``, ``u = 2^-53``; a row
+    is uncertain when another motif comes within four times that bound of its best.
 
     Returns:
         ``(m,)`` int64 indices and ``(m,)`` bool uncertain rows.
     """
     m, s = blocks.shape
     k = len(motifs)
-    dtype = torch.float64 if blocks.dtype == torch.float64 else torch.float32
-    finfo = torch.finfo(dtype)
-    relative = 4 * (s + 4) * finfo.eps / 2
-    absolute = 2 * (s * finfo.tiny) ** 0.5
-    # each distance entry also needs one byte for the near-tie mask
-    entry = finfo.bits // 8 + 1
-    cols = min(k, max(1, max_distance_bytes // (entry * _MIN_TILE_ROWS)))
-    rows = max(1, min(m, max_distance_bytes // (entry * cols)))
+    dtype = torch.float64
+    unit = torch.finfo(dtype).eps / 2
+    gamma = (2 * s + 2) * unit / (1 - (2 * s + 2) * unit)
+    cols = min(k, max(1, max_distance_bytes // (8 * _MIN_TILE_ROWS)))
+    rows = max(1, min(m, max_distance_bytes // (8 * cols)))
     motifs = motifs.to(dtype)
+    motif_sq = (motifs * motifs).sum(dim=1)
+    largest = float(motif_sq.max().sqrt())
+    motifs_t = motifs.t()
     assignments = torch.empty(m, dtype=torch.long, device=blocks.device)
     uncertain = torch.empty(m, dtype=torch.bool, device=blocks.device)
+    tile = torch.empty(rows * cols, dtype=dtype, device=blocks.device)  # reused: no page faults per tile
     for r0 in range(0, m, rows):
         block_tile = blocks[r0:r0 + rows].to(dtype)
+        margin = 4 * gamma * (block_tile.norm(dim=1) + largest) ** 2 + torch.finfo(dtype).tiny
         best = best_index = doubt = None
         for c0 in range(0, k, cols):
-            dist = torch.cdist(block_tile, motifs[c0:c0 + cols],
-                               compute_mode="donot_use_mm_for_euclid_dist")
+            dist = tile[:len(block_tile) * len(motif_sq[c0:c0 + cols])].view(len(block_tile), -1)
+            torch.addmm(motif_sq[c0:c0 + cols], block_tile, motifs_t[:, c0:c0 + cols], alpha=-2, out=dist)
             value, index = dist.min(dim=1)
-            reach = value * (1 + relative) + absolute
-            tile_doubt = (dist <= reach[:, None]).sum(dim=1) > 1
+            # the runner-up of the tile: the minimum once the best is masked out
+            runner_up = dist.scatter_(1, index[:, None], math.inf).min(dim=1).values
+            tile_doubt = runner_up <= value + margin
             if best is None:
                 best, best_index, doubt = value, index, tile_doubt
                 continue
-            close = (value - best).abs() <= torch.maximum(value, best) * relative + absolute
+            close = (value - best).abs() <= margin
             better = value < best
             doubt = torch.where(better, tile_doubt, doubt) | close
             best = torch.where(better, value, best)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .approximate import DEFAULT_KMEANS_ITERATIONS, default_num_cells
+from .approximate import DEFAULT_KMEANS_ITERATIONS, default_num_cells, working_bytes
 from .assign import nearest_motif
 from .config import MoMosConfig
 
@@ -70,8 +70,9 @@ def estimate(codebooks: list[tuple[int, int]], config: MoMosConfig, *,
     motifs = sum(k for _, k in codebooks)
     pairs = sum(search_pairs(m, k, config) for m, k in codebooks)
     # float32 blocks, their mask, the new blocks and their float64 errors; the assignments;
-    # the motifs; one distance tile
-    memory = blocks * s * (4 + 1 + 4 + 8) + 8 * blocks + 4 * s * motifs + config.max_distance_bytes
+    # the motifs; the search's own working memory
+    memory = blocks * s * (4 + 1 + 4 + 8) + 8 * blocks + 4 * s * motifs
+    memory += config.max_distance_bytes if config.assignment == "exact" else working_bytes(config.nprobe)
     rate = pairs_per_second(s, device) if calibrate else _rates.get(_key(s, device), math.nan)
     return CostEstimate(pairs=pairs, bytes=memory, seconds=pairs / rate)
 
