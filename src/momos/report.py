@@ -208,7 +208,7 @@ def plot_runs(runs: list[RunRecord], path: str | os.PathLike, metric: str | None
     _plot_against_epoch(axes[0, 0], runs, color, lambda r, e: e["val_acc"], "validation accuracy")
     axes[0, 0].set_title("Validation accuracy (epoch 0 = initialization)")
     _plot_against_epoch(axes[0, 1], runs, color, lambda r, e: epoch_value(r, e, metric), metric_label(metric))
-    axes[0, 1].set_title(f"Complexity: {metric}")
+    axes[0, 1].set_title(f"Complexity: {metric.replace('_', ' ')}")
     _plot_pareto(axes[1, 0], runs, color, metric)
     _plot_usage(axes[1, 1], runs, color)
     fig.tight_layout()

@@ -334,6 +334,7 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
     """
     start = time.perf_counter() - run.elapsed
     config = run.config
+    threads = torch.get_num_threads()
     remove_temporaries(run.out_dir)
     if run.epoch == 0:
         prepare_run_folder(run.out_dir)
@@ -346,6 +347,8 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
         train_loss, train_acc = train_one_epoch(run, epoch, quiet=quiet)
         projection = run.projector.epoch_end() if run.projector is not None else None
         if projection is not None:
+            # numba's OpenMP layer (the projection's kernels) resets torch's thread count.
+            torch.set_num_threads(threads)
             save_motif_counts(run, projection)
         run.scheduler.step()
         entry = evaluate_epoch(run, epoch, lr, (train_loss, train_acc), epoch_start, projection)
@@ -383,7 +386,7 @@ def train_one_epoch(run: Run, epoch: int, *, quiet: bool) -> tuple[float, float]
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
         progress.update(1)
-        progress.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+        progress.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
     progress.close()
     return loss_sum / seen, correct / seen
 
