@@ -86,6 +86,11 @@ def _dests(group) -> tuple[str, ...]:
     return tuple(action.dest for action in group._group_actions)
 
 
+# Namespace entries that are not options, and the options --resume accepts.
+_NOT_OPTIONS = ("handler", "parser", "projection_dests", "command")
+_RESUME_OPTIONS = ("resume", "quiet", "threads", "stop_after_epoch")
+
+
 def run_command(args) -> int:
     import torch
 
@@ -98,10 +103,10 @@ def run_command(args) -> int:
              and getattr(args, name) != args.parser.get_default(name)]
     try:
         if args.resume:
-            if set(given) - {"resume", "quiet", "threads", "stop_after_epoch"}:
+            conflicting = [f"--{n.replace('_', '-')}" for n in given if n not in _RESUME_OPTIONS]
+            if conflicting:
                 raise UsageError("--resume continues a run with its own configuration; drop "
-                                 + ", ".join(f"--{n.replace('_', '-')}" for n in given if n not in
-                                             ("resume", "quiet", "threads", "stop_after_epoch")))
+                                 + ", ".join(conflicting))
             run = train.prepare_resume(args.resume)
         else:
             run = train.prepare(config_from_args(args, given), args.out, overwrite=args.overwrite)
@@ -110,9 +115,6 @@ def run_command(args) -> int:
     torch.set_num_threads(args.threads)
     train.fit(run, quiet=args.quiet, stop_after_epoch=args.stop_after_epoch)
     return 0
-
-
-_NOT_OPTIONS = ("handler", "parser", "projection_dests", "command")
 
 
 def config_from_args(args, given: list[str]):
