@@ -67,7 +67,7 @@ class MoMosConfig:
     max_distance_bytes: int = 4 * 2**20
     seed: int = 0
     assignment: Literal["exact", "approximate"] = "exact"
-    nprobe: int = 8
+    nprobe: int = 4
     max_projection_seconds: float | None = 60.0
 
     def __post_init__(self) -> None:
