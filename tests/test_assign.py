@@ -67,11 +67,13 @@ def test_ties_go_to_the_lowest_index(backend):
     assert nearest_motif(blocks, motifs).tolist() == [4, 0, 0, 4, 0]
 
 
-def test_lattice_data_full_of_exact_ties(backend):
+@pytest.mark.parametrize("max_bytes", [2000, 4 * 2**20])
+def test_lattice_data_full_of_exact_ties(backend, max_bytes):
     g = torch.Generator().manual_seed(1)
     blocks = torch.randint(-3, 4, (4000, 4), generator=g).float() * 0.125
     motifs = torch.randint(-3, 4, (300, 4), generator=g).float() * 0.125
-    assert torch.equal(nearest_motif(blocks, motifs), brute_force(blocks, motifs)[0])
+    expected = brute_force(blocks, motifs)[0]
+    assert torch.equal(nearest_motif(blocks, motifs, max_distance_bytes=max_bytes), expected)
 
 
 def test_float64_inputs(backend):
