@@ -247,3 +247,16 @@ def test_approximate_is_the_same_on_every_backend(monkeypatch):
     kernel = nearest_motif_approximate(blocks, motifs, nprobe=2)
     monkeypatch.setattr(kernels, "numba", None)
     assert torch.equal(kernel, nearest_motif_approximate(blocks, motifs, nprobe=2))
+
+
+@needs_numba
+def test_kernels_leave_torch_thread_count_alone():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        blocks, motifs = random_case(500, 50, 4)
+        nearest_motif(blocks, motifs)
+        nearest_motif_approximate(blocks, motifs, nprobe=2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -16,6 +16,8 @@ Compiled code is cached on disk (``cache=True``), so only the first call for a n
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -48,7 +50,8 @@ def nearest_motif(blocks: torch.Tensor, motifs: torch.Tensor) -> torch.Tensor:
     """
     b, z = _arrays(blocks, motifs)
     out = np.empty(b.shape[0], dtype=np.int64)
-    _nearest_kernel(b, z, out, _width(b))
+    with _thread_count():
+        _nearest_kernel(b, z, out, _width(b))
     return torch.from_numpy(out)
 
 
@@ -64,7 +67,8 @@ def nearest_few(blocks: torch.Tensor, points: torch.Tensor, count: int) -> torch
     """
     b, z = _arrays(blocks, points)
     out = np.empty((b.shape[0], count), dtype=np.int64)
-    _nearest_few_kernel(b, z, out, _width(b))
+    with _thread_count():
+        _nearest_few_kernel(b, z, out, _width(b))
     return torch.from_numpy(out)
 
 
@@ -96,17 +100,31 @@ def nearest_in_cells(blocks: torch.Tensor, cell_motifs: torch.Tensor, cell_start
     item_end = np.minimum(item_start + TILE_ROWS, pair_starts[item_cell + 1])
     best_position = np.empty(n * nprobe, dtype=np.int64)
     best_distance = np.empty(n * nprobe)
-    _cells_kernel(b, z, cell_starts.numpy(), order, nprobe, item_cell, item_start, item_end,
-                  best_position, best_distance, _width(b))
+    with _thread_count():
+        _cells_kernel(b, z, cell_starts.numpy(), order, nprobe, item_cell, item_start, item_end,
+                      best_position, best_distance, _width(b))
     return (torch.from_numpy(best_position).view(n, nprobe),
             torch.from_numpy(best_distance).view(n, nprobe))
 
 
 def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
-    """Contiguous float32 (or float64) numpy views for the kernels; sets their thread count."""
+    """Contiguous float32 (or float64) numpy views for the kernels."""
     dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     return [t.detach().to(dtype).contiguous().numpy() for t in tensors]
+
+
+@contextmanager
+def _thread_count():
+    """Run a kernel on as many threads as torch may use, and leave torch's count as it was.
+
+    numba's OpenMP threading layer resets the OpenMP thread count that torch reads.
+    """
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _width(blocks: np.ndarray) -> tuple[int, ...]:
