@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -248,12 +249,12 @@ def _distinct_blocks(blocks: torch.Tensor, patterns: list[tuple[torch.Tensor, to
     full = torch.ones(len(blocks), dtype=torch.bool)
     for _, rows in patterns:
         full[rows] = False
-    motifs, counts = torch.unique(blocks[full], dim=0, return_counts=True)
+    motifs, _, counts = _unique_rows(blocks[full])
     for columns, rows in sorted(patterns, key=lambda pattern: -len(pattern[0])):
         if len(rows) == 0:
             continue
-        values, value_counts = torch.unique(blocks[rows][:, columns], dim=0, return_counts=True)
-        _, ids = torch.unique(torch.cat([motifs[:, columns], values]), dim=0, return_inverse=True)
+        values, _, value_counts = _unique_rows(blocks[rows][:, columns])
+        _, ids, _ = _unique_rows(torch.cat([motifs[:, columns], values]))
         owner = torch.full((int(ids.max()) + 1,), len(motifs), dtype=torch.int64)
         owner.scatter_reduce_(0, ids[:len(motifs)], torch.arange(len(motifs)), reduce="amin")
         match = owner[ids[len(motifs):]]
@@ -264,6 +265,19 @@ def _distinct_blocks(blocks: torch.Tensor, patterns: list[tuple[torch.Tensor, to
         motifs = torch.cat([motifs, new])
         counts = torch.cat([counts, value_counts[~found]])
     return CodebookUsage(len(blocks), len(motifs), counts, motifs)
+
+
+def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(r, c)`` float32 -> distinct rows ``(u, c)``, each row's index ``(r,)``, counts ``(u,)``.
+
+    Rows are compared as raw bytes (several times faster than ``torch.unique(dim=0)``), after
+    adding 0.0 so that -0.0 and 0.0 are one value.
+    """
+    values = np.ascontiguousarray((rows + 0.0).numpy())
+    keys = values.view(np.dtype((np.void, values.itemsize * values.shape[1]))).reshape(-1)
+    _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+    return (torch.from_numpy(values[first]), torch.from_numpy(inverse.reshape(-1)).long(),
+            torch.from_numpy(counts).long())
 
 
 def _check_positive(name: str, value) -> None:
