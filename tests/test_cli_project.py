@@ -26,3 +26,11 @@ def test_project_command_bad_input_exit_2(tmp_path, capsys):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     assert main(["project", str(tmp_path / "junk.safetensors"), "-o", str(out)]) == 2
     assert not out.exists()
+
+
+def test_project_command_exclude_matches_real_names(tmp_path):
+    src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    bias = torch.randn(7)
+    save_file({"layer.weight": torch.randn(8, 4), "layer.bias": bias}, src)
+    assert main(["project", str(src), "-o", str(out), "--num-motifs", "2", "--exclude", r"bias$"]) == 0
+    assert torch.equal(load_file(out)["layer.bias"], bias)

@@ -51,11 +51,11 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from momos import project_
+    from momos.fileformat import module_of_state_dict
     from momos.cli import UsageError
     from momos.io import save_safetensors_atomic
 
@@ -64,18 +64,13 @@ def run(args) -> int:
         state = load_file(args.checkpoint)
     except (OSError, SafetensorError) as error:
         raise UsageError(f"cannot read {args.checkpoint}: {error}") from None
-    module = torch.nn.Module()
-    for i, (name, tensor) in enumerate(state.items()):
-        if tensor.is_floating_point():
-            module.register_parameter(f"p{i}", torch.nn.Parameter(tensor))
-    names = {f"p{i}": name for i, name in enumerate(state)}
+    # Real names, so that --exclude patterns match the checkpoint's tensor names.
+    module = module_of_state_dict(state)
     try:
         stats = project_(module, config)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
-    projected = dict(state)
-    for key, param in module.named_parameters():
-        projected[names[key]] = param.detach()
+    projected = {name: module.state_dict()[name] for name in state}
     save_safetensors_atomic(projected, args.out)
     print(json.dumps(stats.summary(), indent=2))
     return 0
