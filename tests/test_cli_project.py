@@ -34,3 +34,15 @@ def test_project_command_exclude_matches_real_names(tmp_path):
     save_file({"layer.weight": torch.randn(8, 4), "layer.bias": bias}, src)
     assert main(["project", str(src), "-o", str(out), "--num-motifs", "2", "--exclude", r"bias$"]) == 0
     assert torch.equal(load_file(out)["layer.bias"], bias)
+
+
+def test_project_command_motif_options(tmp_path, capsys):
+    src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    save_file({"conv": torch.randn(4, 2, 3, 3)}, src)
+    args = ["project", str(src), "-o", str(out), "--block-size", "9", "--tile-shape", "3x3", "--num-motifs", "3",
+            "--motifs", "kmeans", "--kmeans-iterations", "2"]
+    assert main(args) == 0
+    kernels = load_file(out)["conv"].reshape(8, 9)
+    assert len(torch.unique(kernels, dim=0)) <= 3
+    assert main(args[:-6] + ["--tile-shape", "3by3"]) == 2
+    assert "--tile-shape" in capsys.readouterr().err

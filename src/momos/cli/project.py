@@ -31,6 +31,14 @@ def add_projection_arguments(parser: argparse.ArgumentParser, *,
     parser.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                         help="leave parameters whose name matches free (repeatable)")
     parser.add_argument("--motif-bits", type=int, help="quantize the motifs to this many bits")
+    parser.add_argument("--motifs", choices=("sample", "kmeans", "persistent"), default="sample",
+                        help="random blocks (the paper's), k-means refined, or a persistent refined codebook")
+    parser.add_argument("--kmeans-iterations", type=int, default=5,
+                        help="Lloyd iterations for --motifs kmeans/persistent (default 5)")
+    parser.add_argument("--tile-shape", metavar="RxC",
+                        help="cut tensors of 2+ dimensions into RxC tiles (R*C = block size), e.g. 3x3")
+    parser.add_argument("--assignment", choices=("exact", "approximate"), default="exact",
+                        help="nearest-motif search: exact, or an inverted file for huge codebooks")
     parser.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
@@ -42,10 +50,18 @@ def config_from_args(args):
     capacity = args.capacity
     if capacity is None and args.num_motifs is None:
         capacity = 0.01
+    tile_shape = None
+    if args.tile_shape is not None:
+        try:
+            tile_shape = tuple(int(size) for size in args.tile_shape.lower().split("x"))
+        except ValueError:
+            raise UsageError(f"--tile-shape must look like 3x3, got {args.tile_shape!r}") from None
     try:
         return MoMosConfig(block_size=args.block_size, capacity=capacity, num_motifs=args.num_motifs,
                            force_zero=args.force_zero, scope=args.scope, exclude=tuple(args.exclude),
-                           motif_bits=args.motif_bits, seed=args.seed)
+                           motif_bits=args.motif_bits, seed=args.seed, motifs=args.motifs,
+                           kmeans_iterations=args.kmeans_iterations, tile_shape=tile_shape,
+                           assignment=args.assignment)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
 
