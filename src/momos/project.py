@@ -153,7 +153,7 @@ def estimate_cost(model: nn.Module, config: MoMosConfig) -> cost.CostEstimate:
     """
     params = select_parameters(model, config)
     layout = layout_of([p for _, p in params], config.block_size, config.tile_shape)
-    sizes = _codebook_sizes(layout, _codebook_groups(layout, config), config)
+    sizes = _codebook_sizes(layout, codebook_groups(layout, config), config)
     return cost.estimate(sizes, config, device=params[0][1].device)
 
 
@@ -172,7 +172,7 @@ def _plan(model, config, *, generator=None, motifs=None, init_motifs=None, impor
     dtype = torch.promote_types(dtype, torch.float32)
     blocks, layout = to_blocks(tensors, config.block_size, dtype=dtype, tile_shape=config.tile_shape)
 
-    groups = _codebook_groups(layout, config)
+    groups = codebook_groups(layout, config)
     cost.warn_if_slow(_codebook_sizes(layout, groups, config), config, device=blocks.device)
     given = _given_motifs(motifs, groups, config, blocks)
     init = _given_motifs(init_motifs, groups, config, blocks) if config.motifs == "persistent" else None
@@ -260,7 +260,7 @@ def _importance_blocks(importance, tensors, config, blocks) -> torch.Tensor | No
     return weight_blocks.to(blocks.device)
 
 
-def _codebook_groups(layout: BlockLayout, config: MoMosConfig) -> list[tuple[int, int]]:
+def codebook_groups(layout: BlockLayout, config: MoMosConfig) -> list[tuple[int, int]]:
     """Tensor index ranges ``[first, last)`` that share one codebook."""
     count = len(layout.shapes)
     if config.scope == "global":

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..blocks import BlockLayout, layout_of, to_blocks
 from ..config import MoMosConfig
-from ..project import ProjectionStats, _codebook_groups, select_parameters
+from ..project import ProjectionStats, codebook_groups, select_parameters
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ def mosaic_codebooks(tensors: list[torch.Tensor], config: MoMosConfig) -> list[C
     blocks = blocks.cpu()
     patterns = layout.padding_patterns()
     books = []
-    for first, last in _codebook_groups(layout, config):
+    for first, last in codebook_groups(layout, config):
         start, end = layout.block_offsets[first], layout.block_offsets[last]
         own = [(columns, rows[(rows >= start) & (rows < end)] - start) for columns, rows in patterns]
         books.append(_distinct_blocks(blocks[start:end], own))
@@ -232,7 +232,7 @@ def default_bits(config: MoMosConfig) -> int:
 
 def _codebook_block_counts(layout: BlockLayout, config: MoMosConfig) -> list[int]:
     return [layout.block_offsets[last] - layout.block_offsets[first]
-            for first, last in _codebook_groups(layout, config)]
+            for first, last in codebook_groups(layout, config)]
 
 
 def _distinct_blocks(blocks: torch.Tensor, patterns: list[tuple[torch.Tensor, torch.Tensor]]

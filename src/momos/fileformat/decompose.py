@@ -14,7 +14,7 @@ import torch
 
 from ..blocks import BlockLayout, from_blocks, to_blocks
 from ..config import MoMosConfig
-from ..project import _codebook_groups
+from ..project import codebook_groups
 
 _BIT_VIEWS = {torch.float32: np.int32, torch.float64: np.int64}
 
@@ -70,7 +70,7 @@ def decompose(tensors: list[torch.Tensor], config: MoMosConfig) -> Mosaic:
                                tile_shape=config.tile_shape)
     bits = blocks.numpy().view(_BIT_VIEWS[dtype])
     valid = layout.valid_mask().numpy()
-    groups = tuple(_codebook_groups(layout, config))
+    groups = tuple(codebook_groups(layout, config))
     motifs, indices = [], []
     for first, last in groups:
         b0, b1 = layout.block_offsets[first], layout.block_offsets[last]
