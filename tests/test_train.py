@@ -206,6 +206,22 @@ def test_metrics_are_logged_every_epoch(tmp_path):
     assert epochs[1]["metrics"]["gzip"] > epochs[0]["metrics"]["gzip"]   # a mosaic compresses better
 
 
+def test_every_n_steps_projects_during_epochs_and_ends_a_mosaic(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "2", "--every-n-steps", "10", "--train-subset", "400",
+                 "--out", str(out), "--quiet"]) == 0
+    record = results(out)
+    assert record["data"]["train"] == 400
+    steps_per_epoch = 400 // 32
+    # The epoch's entry records its last projection, made at a multiple of 10 steps.
+    assert [e["projection"]["num_motifs"] > 0 for e in record["epochs"][1:]] == [True, True]
+    assert record["summary"]["final_projection"] is not None   # 2 * 12 steps: the last step did not project
+    config = momos.MoMosConfig.from_dict(record["config"]["momos"])
+    motifs = load_file(out / "motif_counts.safetensors")["motifs"]
+    assert momos.is_mosaic(load_model(out), config, motifs)
+    assert steps_per_epoch * 2 % 10 != 0
+
+
 BAD_INPUT = [
     (["--method", "sgd"], "unknown method"),
     (["--dataset", "imagenet"], "unknown dataset"),
@@ -223,6 +239,10 @@ BAD_INPUT = [
     (["--metrics", "gzip,nonsense"], "nonsense"),
     (["--dataset", "mnist", "--data-dir", "/nonexistent/data", "--no-download"], "/nonexistent/data/mnist"),
     (["--threads", "0"], "--threads must be a positive integer"),
+    (["--train-subset", "0"], "train_subset must be a positive integer"),
+    (["--train-subset", "100000"], "a subset of 100000 images needs 1 to"),
+    (["--every-n-steps", "0"], "every_n_steps must be a positive integer"),
+    (["--method", "baseline", "--every-n-steps", "5"], "is a MoMos option"),
 ]
 
 

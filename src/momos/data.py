@@ -122,6 +122,18 @@ def split_validation(split: ImageSplit, fraction: float, seed: int) -> tuple[Ima
     return split.subset(order[count:].sort().values), split.subset(order[:count].sort().values)
 
 
+def random_subset(split: ImageSplit, count: int, *, seed: int) -> ImageSplit:
+    """``count`` samples of ``split`` drawn at random with ``seed``, in their original order.
+
+    Raises:
+        ValueError: ``count`` is not in ``[1, len(split)]``.
+    """
+    if not 1 <= count <= len(split):
+        raise ValueError(f"a subset of {count} images needs 1 to {len(split)} (the training split's size)")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    return split.subset(order[:count].sort().values)
+
+
 def batches(split: ImageSplit, info: DatasetInfo, batch_size: int, *,
             generator: torch.Generator | None = None, augment: bool = False, randaugment: bool = False,
             drop_last: bool = False):

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from . import __version__
 from .config import MoMosConfig
-from .data import DATASETS, INFOS, Dataset, ImageSplit, batches, load_dataset, num_batches
+from .data import DATASETS, INFOS, Dataset, ImageSplit, batches, load_dataset, num_batches, random_subset
 from .io import save_safetensors_atomic, write_json_atomic
 from .models import build_model, check_model_name, optimizer_profile
 from .project import ProjectionStats, select_parameters
@@ -82,12 +82,15 @@ class TrainConfig:
             3e-4 / 1e-2); momentum is for SGD only.
         schedule: ``cosine`` (annealed to 0 over the epochs, stepped per epoch) or ``constant``.
         val_fraction, split_seed: the validation split held out from the training split.
+        train_subset: keep only this many images of the training split (after the validation
+            split is held out), drawn at random with ``split_seed``; for quick studies.
         augment: random crop with padding 4 + horizontal flip (default: on for CIFAR-10 only).
         randaugment: RandAugment(2, 9) before the crop and flip.
         seed: seeds the model initialization, the data order and augmentation.
         qat_bits: q for the ``qat`` methods (default 8).
         momos: the projection for the ``momos`` methods (default s=4, capacity 0.01,
             force-zero, seed = ``seed``).
+        every_n_steps: project every N optimizer steps instead of at every epoch end.
         warmup_epochs, anneal_from, anneal_epochs: the Projector's schedule options.
         metrics: complexity metrics (``momos.complexity.METRICS``) logged at every epoch.
         data_dir, download: where data sets are read from, and whether missing ones are fetched.
@@ -105,11 +108,13 @@ class TrainConfig:
     schedule: str = "cosine"
     val_fraction: float = 0.05
     split_seed: int = 0
+    train_subset: int | None = None
     augment: bool | None = None
     randaugment: bool = False
     seed: int = 0
     qat_bits: int | None = None
     momos: MoMosConfig | None = None
+    every_n_steps: int | None = None
     warmup_epochs: int = 0
     anneal_from: float | None = None
     anneal_epochs: int = 0
@@ -146,8 +151,10 @@ class TrainConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "train_subset", "every_n_steps"):
             value = getattr(self, name)
+            if value is None and name in ("train_subset", "every_n_steps"):
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
@@ -170,7 +177,8 @@ class TrainConfig:
             raise ValueError(f"MoMos options need method momos or momos+qat, not {self.method}")
         if uses_momos and self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
-        if not uses_momos and (self.warmup_epochs or self.anneal_from is not None or self.anneal_epochs):
+        if not uses_momos and (self.warmup_epochs or self.anneal_from is not None or self.anneal_epochs
+                               or self.every_n_steps is not None):
             raise ValueError(f"projection schedule options need method momos or momos+qat, not {self.method}")
         if self.momentum is not None and (self.optimizer or optimizer_profile(self.model)) != "sgd":
             raise ValueError("momentum is an SGD option; AdamW has none")
@@ -228,6 +236,8 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
     check_metric_names(config.metrics, config.momos)
     data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
                         split_seed=config.split_seed, download=config.download)
+    if config.train_subset is not None:
+        data.train = random_subset(data.train, config.train_subset, seed=config.split_seed)
     torch.manual_seed(config.seed)
     c, h, _ = data.info.shape
     model = build_model(config.model, channels=c, image_size=h, num_classes=data.info.num_classes)
@@ -235,7 +245,8 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
         add_qat_(model, QATConfig(bits=config.qat_bits))
     projector = None
     if config.momos is not None:
-        projector = Projector(model, config.momos, warmup_epochs=config.warmup_epochs,
+        projector = Projector(model, config.momos, every_n_steps=config.every_n_steps,
+                              warmup_epochs=config.warmup_epochs,
                               anneal_from=config.anneal_from, anneal_epochs=config.anneal_epochs)
         select_parameters(model, config.momos)   # fails now, not after an epoch, when nothing is selected
     optimizer = make_optimizer(model, config)
@@ -334,7 +345,6 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
     """
     start = time.perf_counter() - run.elapsed
     config = run.config
-    threads = torch.get_num_threads()
     remove_temporaries(run.out_dir)
     if run.epoch == 0:
         prepare_run_folder(run.out_dir)
@@ -344,11 +354,10 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
     for epoch in range(run.epoch + 1, config.epochs + 1):
         epoch_start = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = train_one_epoch(run, epoch, quiet=quiet)
-        projection = run.projector.epoch_end() if run.projector is not None else None
+        train_loss, train_acc, projection = train_one_epoch(run, epoch, quiet=quiet)
+        if run.projector is not None:
+            projection = keeping_threads(run.projector.epoch_end) or projection
         if projection is not None:
-            # numba's OpenMP layer (the projection's kernels) resets torch's thread count.
-            torch.set_num_threads(threads)
             save_motif_counts(run, projection)
         run.scheduler.step()
         entry = evaluate_epoch(run, epoch, lr, (train_loss, train_acc), epoch_start, projection)
@@ -365,13 +374,25 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
     return finish(run, start, quiet=quiet)
 
 
-def train_one_epoch(run: Run, epoch: int, *, quiet: bool) -> tuple[float, float]:
-    """One pass over the shuffled training split; the mean loss and accuracy of its batches."""
+def keeping_threads(project):
+    """Call ``project()`` and restore torch's thread count, which numba's OpenMP layer (the
+    projection's kernels) resets."""
+    threads = torch.get_num_threads()
+    try:
+        return project()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_one_epoch(run: Run, epoch: int, *, quiet: bool) -> tuple[float, float, ProjectionStats | None]:
+    """One pass over the shuffled training split: the mean loss and accuracy of its batches, and
+    the last projection made during the epoch (``every_n_steps`` only)."""
     from tqdm.auto import tqdm
 
     config, model = run.config, run.model
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
+    projection = None
     progress = tqdm(total=num_batches(run.data.train, config.batch_size, drop_last=True),
                     desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, disable=quiet,
                     dynamic_ncols=True)
@@ -382,13 +403,15 @@ def train_one_epoch(run: Run, epoch: int, *, quiet: bool) -> tuple[float, float]
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
+        if run.projector is not None and config.every_n_steps:
+            projection = keeping_threads(run.projector.step) or projection
         loss_sum += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
         progress.update(1)
         progress.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
     progress.close()
-    return loss_sum / seen, correct / seen
+    return loss_sum / seen, correct / seen, projection
 
 
 @torch.no_grad()

@@ -53,6 +53,8 @@ def register(subparsers) -> None:
     data.add_argument("--val-fraction", type=float, default=0.05,
                       help="share of the training split held out for validation (default 0.05)")
     data.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (default 0)")
+    data.add_argument("--train-subset", type=int, metavar="N",
+                      help="train on N images drawn at random (with --split-seed) from the training split")
     data.add_argument("--augment", action=argparse.BooleanOptionalAction,
                       help="random crop (padding 4) and horizontal flip (default: on for cifar10 only)")
     data.add_argument("--randaugment", action="store_true", help="add RandAugment(2, 9)")
@@ -62,6 +64,8 @@ def register(subparsers) -> None:
 
     momos = parser.add_argument_group("MoMos (methods momos, momos+qat; default s=4, capacity 0.01, force-zero)")
     add_projection_arguments(momos, seed_help="seed of the model initialization, data order and motifs (default 0)")
+    momos.add_argument("--every-n-steps", type=int, metavar="N",
+                       help="project every N optimizer steps instead of at every epoch end")
     momos.add_argument("--warmup-epochs", type=int, default=0, help="epochs before the first projection")
     momos.add_argument("--anneal-from", type=float,
                        help="start at this capacity and shrink geometrically to --capacity")
@@ -133,7 +137,7 @@ def config_from_args(args, given: list[str]):
         dataset=args.dataset, model=args.model, method=args.method, epochs=args.epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         momentum=args.momentum, schedule=args.schedule, val_fraction=args.val_fraction,
-        split_seed=args.split_seed, augment=args.augment, randaugment=args.randaugment, seed=args.seed,
-        qat_bits=args.q, momos=momos, warmup_epochs=args.warmup_epochs, anneal_from=args.anneal_from,
+        split_seed=args.split_seed, train_subset=args.train_subset, augment=args.augment, randaugment=args.randaugment, seed=args.seed,
+        qat_bits=args.q, momos=momos, every_n_steps=args.every_n_steps, warmup_epochs=args.warmup_epochs, anneal_from=args.anneal_from,
         anneal_epochs=args.anneal_epochs, metrics=args.metrics, data_dir=args.data_dir,
         download=args.download)
