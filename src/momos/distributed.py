@@ -19,6 +19,25 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """Every rank's ``values`` summed element-wise over the ranks (unchanged when not distributed)."""
+    if not is_distributed():
+        return list(values)
+    total = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
 def broadcast_parameters_(parameters: list[torch.Tensor], src: int = 0) -> None:
     """Overwrite every rank's ``parameters`` with rank ``src``'s values (no-op when not distributed)."""
     if not is_distributed():
@@ -35,11 +54,17 @@ def parameters_checksum(parameters: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([flat.sum(), (flat.abs() * position).sum()])
 
 
-def same_on_all_ranks(parameters: list[torch.Tensor]) -> bool:
-    """True when every rank holds bit-identical fingerprints of ``parameters``."""
-    if not is_distributed():
-        return True
+def checksums_of_ranks(parameters: list[torch.Tensor]) -> list[list[float]]:
+    """Every rank's :func:`parameters_checksum`, in rank order (one entry when not distributed)."""
     mine = parameters_checksum(parameters)
+    if not is_distributed():
+        return [mine.tolist()]
     gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, mine)
-    return all(torch.equal(mine, other) for other in gathered)
+    return [checksum.tolist() for checksum in gathered]
+
+
+def same_on_all_ranks(parameters: list[torch.Tensor]) -> bool:
+    """True when every rank holds bit-identical fingerprints of ``parameters``."""
+    checksums = checksums_of_ranks(parameters)
+    return all(checksum == checksums[0] for checksum in checksums)

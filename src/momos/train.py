@@ -19,6 +19,11 @@ Every file is written atomically, so a run killed at any moment leaves complete 
 :func:`resume` restarts from the last completed epoch with the same weights, optimizer,
 scheduler, motif generator, RNG and data order as the uninterrupted run.
 
+Under ``torch.distributed`` (``torchrun ... -m momos.cli train``) every rank draws the same
+shuffled global batches and trains on its equal share of each through DistributedDataParallel,
+so the gradients are those of the whole batch, as in one process; every rank projects and rank
+0's mosaic is broadcast; rank 0 alone validates, measures, prints and writes.
+
 Checkpoints hold the model's ``state_dict`` with plain parameter names; under QAT they hold the
 latent full-precision weights (the ones MoMos projects), which :func:`load_model` quantizes again.
 """
@@ -39,7 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import __version__
+from . import __version__, distributed
 from .config import MoMosConfig
 from .data import DATASETS, INFOS, Dataset, ImageSplit, batches, load_dataset, num_batches, random_subset
 from .io import save_safetensors_atomic, write_json_atomic
@@ -251,8 +256,10 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
         select_parameters(model, config.momos)   # fails now, not after an epoch, when nothing is selected
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
-    return Run(config, out_dir, data, model, optimizer, scheduler, projector,
-               torch.Generator().manual_seed(config.seed))
+    run = Run(config, out_dir, data, model, optimizer, scheduler, projector,
+              torch.Generator().manual_seed(config.seed))
+    check_process_split(run)
+    return run
 
 
 def prepare_resume(out_dir: str | os.PathLike) -> Run:
@@ -338,40 +345,87 @@ def resume(out_dir: str | os.PathLike, *, quiet: bool = False) -> dict:
     return fit(prepare_resume(out_dir), quiet=quiet)
 
 
-def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -> dict:
+def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -> dict | None:
     """Train ``run`` from its current epoch to the end, writing the run files as it goes.
+
+    Returns the content of ``results.json`` (None on ranks other than 0 under torch.distributed).
 
     ``stop_after_epoch``: return after that epoch as if the process had been killed there.
     """
     start = time.perf_counter() - run.elapsed
     config = run.config
-    remove_temporaries(run.out_dir)
-    if run.epoch == 0:
+    writer = distributed.rank() == 0
+    quiet = quiet or not writer
+    distributed.barrier()   # every rank has read the run folder before rank 0 changes it
+    if writer:
+        remove_temporaries(run.out_dir)
+    if run.epoch == 0 and writer:
         prepare_run_folder(run.out_dir)
         run.epochs_log = [evaluate_epoch(run, 0, None, None, time.perf_counter())]
         save_checkpoint(run, INIT, epoch=0)
         save_progress(run, start)
+    trained = _data_parallel(run.model)
     for epoch in range(run.epoch + 1, config.epochs + 1):
         epoch_start = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
-        train_loss, train_acc, projection = train_one_epoch(run, epoch, quiet=quiet)
+        train_stats, projection = train_one_epoch(run, trained, epoch, quiet=quiet)
         if run.projector is not None:
             projection = keeping_threads(run.projector.epoch_end) or projection
-        if projection is not None:
-            save_motif_counts(run, projection)
+        checksums = checksums_after_projection(run, projection)
         run.scheduler.step()
-        entry = evaluate_epoch(run, epoch, lr, (train_loss, train_acc), epoch_start, projection)
-        run.epochs_log.append(entry)
-        if run.best is None or entry["val_acc"] > run.best["val_acc"]:
-            run.best = {"epoch": epoch, "val_acc": entry["val_acc"]}
-            save_checkpoint(run, BEST, epoch=epoch)
         run.epoch = epoch
-        save_progress(run, start)
-        if not quiet:
-            print(epoch_line(entry, config), flush=True)
+        if writer:
+            entry = record_epoch(run, lr, train_stats, epoch_start, projection, checksums, start)
+            if not quiet:
+                print(epoch_line(entry, config), flush=True)
         if stop_after_epoch == epoch and epoch < config.epochs:
-            return results_of(run, start)
+            return results_of(run, start) if writer else None
     return finish(run, start, quiet=quiet)
+
+
+def record_epoch(run: Run, lr: float, train_stats: tuple[float, float], epoch_start: float,
+                 projection: ProjectionStats | None, checksums: list[list[float]] | None,
+                 start: float) -> dict:
+    """Validate the epoch's model and write its files; returns its ``results.json`` entry."""
+    if projection is not None:
+        save_motif_counts(run, projection)
+    entry = evaluate_epoch(run, run.epoch, lr, train_stats, epoch_start, projection)
+    if checksums is not None:
+        entry["projection"]["rank_checksums"] = checksums
+    run.epochs_log.append(entry)
+    if run.best is None or entry["val_acc"] > run.best["val_acc"]:
+        run.best = {"epoch": run.epoch, "val_acc": entry["val_acc"]}
+        save_checkpoint(run, BEST, epoch=run.epoch)
+    save_progress(run, start)
+    return entry
+
+
+def check_process_split(run: Run) -> None:
+    """Every process needs an equal, non-empty share of every training batch."""
+    processes = distributed.world_size()
+    batch_size, images = run.config.batch_size, len(run.data.train)
+    if batch_size % processes or images < batch_size:
+        raise ValueError(f"{processes} processes need a batch size divisible by {processes} and at least "
+                         f"one full batch of training images; got batch size {batch_size}, {images} images")
+
+
+def _data_parallel(model: nn.Module) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torch.distributed, else itself."""
+    if not distributed.is_distributed():
+        return model
+    return nn.parallel.DistributedDataParallel(model)
+
+
+def checksums_after_projection(run: Run, projection: ProjectionStats | None) -> list[list[float]] | None:
+    """Under torch.distributed after a projection: every rank's fingerprint of all parameters,
+    which must be identical (a mismatch is a broken run, not a tolerance)."""
+    if projection is None or distributed.world_size() == 1:
+        return None
+    checksums = distributed.checksums_of_ranks(list(run.model.parameters()))
+    if any(checksum != checksums[0] for checksum in checksums):
+        raise RuntimeError(f"the ranks' parameters differ after the projection of epoch {run.epoch + 1}: "
+                           f"checksums {checksums}")
+    return checksums
 
 
 def keeping_threads(project):
@@ -384,13 +438,18 @@ def keeping_threads(project):
         torch.set_num_threads(threads)
 
 
-def train_one_epoch(run: Run, epoch: int, *, quiet: bool) -> tuple[float, float, ProjectionStats | None]:
-    """One pass over the shuffled training split: the mean loss and accuracy of its batches, and
-    the last projection made during the epoch (``every_n_steps`` only)."""
+def train_one_epoch(run: Run, trained: nn.Module, epoch: int, *, quiet: bool
+                    ) -> tuple[tuple[float, float], ProjectionStats | None]:
+    """One pass over the shuffled training split: the mean loss and accuracy of its batches over
+    all processes, and the last projection made during the epoch (``every_n_steps`` only).
+
+    ``trained``: ``run.model``, or its DistributedDataParallel wrapper.
+    """
     from tqdm.auto import tqdm
 
-    config, model = run.config, run.model
-    model.train()
+    config = run.config
+    processes, rank = distributed.world_size(), distributed.rank()
+    trained.train()
     loss_sum, correct, seen = 0.0, 0, 0
     projection = None
     progress = tqdm(total=num_batches(run.data.train, config.batch_size, drop_last=True),
@@ -398,7 +457,8 @@ def train_one_epoch(run: Run, epoch: int, *, quiet: bool) -> tuple[float, float,
                     dynamic_ncols=True)
     for x, y in batches(run.data.train, run.data.info, config.batch_size, generator=run.data_generator,
                         augment=config.augment, randaugment=config.randaugment, drop_last=True):
-        logits = model(x)
+        x, y = x.chunk(processes)[rank], y.chunk(processes)[rank]   # this process's share
+        logits = trained(x)
         loss = F.cross_entropy(logits, y)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -411,7 +471,8 @@ def train_one_epoch(run: Run, epoch: int, *, quiet: bool) -> tuple[float, float,
         progress.update(1)
         progress.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
     progress.close()
-    return loss_sum / seen, correct / seen, projection
+    loss_sum, correct, seen = distributed.sum_over_ranks([loss_sum, correct, seen])
+    return (loss_sum / seen, correct / seen), projection
 
 
 @torch.no_grad()
@@ -469,9 +530,12 @@ def measure_complexity(run: Run) -> dict:
     return values
 
 
-def finish(run: Run, start: float, *, quiet: bool) -> dict:
-    """Test the final model and write ``final.safetensors`` and the motif counts."""
-    final_projection = run.projector.finalize() if run.projector is not None else None
+def finish(run: Run, start: float, *, quiet: bool) -> dict | None:
+    """Test the final model and write ``final.safetensors`` and the motif counts (rank 0)."""
+    final_projection = keeping_threads(run.projector.finalize) if run.projector is not None else None
+    checksums_after_projection(run, final_projection)
+    if distributed.rank() != 0:
+        return None
     if final_projection is not None:
         save_motif_counts(run, final_projection)
     save_checkpoint(run, FINAL, epoch=run.epoch)
@@ -522,6 +586,7 @@ def results_of(run: Run, start: float, test: tuple[float, float] | None = None,
                              if final_projection is not None else None),
         "wall_seconds": time.perf_counter() - start,
         "threads": torch.get_num_threads(),
+        "processes": distributed.world_size(),
     }
     return {
         "config": {**run.config.to_dict(), "versions": versions()},

@@ -75,8 +75,9 @@ def register(subparsers) -> None:
     run.add_argument("--out", help="run folder (default: the next runs/NNN)")
     run.add_argument("--overwrite", action="store_true", help="replace the run held in --out")
     run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (no other options)")
-    run.add_argument("--threads", type=int, default=os.cpu_count(),
-                     help=f"CPU threads for torch (default: all, {os.cpu_count()})")
+    run.add_argument("--threads", type=int,
+                     help=f"CPU threads for torch per process (default: all {os.cpu_count()} cores, "
+                          f"shared among the processes of this machine under torchrun)")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no epoch lines")
     run.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run_command, parser=parser, projection_dests=_dests(momos))
@@ -101,8 +102,12 @@ def run_command(args) -> int:
     from momos import train
     from momos.cli import UsageError
 
-    if args.threads is None or args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be a positive integer, got {args.threads}")
+    threads = args.threads or max(1, os.cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
+        # Started by torchrun: its environment variables give the rank, world size and rendezvous.
+        torch.distributed.init_process_group(backend="gloo")
     given = [name for name in vars(args) if name not in _NOT_OPTIONS
              and getattr(args, name) != args.parser.get_default(name)]
     try:
@@ -116,8 +121,12 @@ def run_command(args) -> int:
             run = train.prepare(config_from_args(args, given), args.out, overwrite=args.overwrite)
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
-    torch.set_num_threads(args.threads)
-    train.fit(run, quiet=args.quiet, stop_after_epoch=args.stop_after_epoch)
+    torch.set_num_threads(threads)
+    try:
+        train.fit(run, quiet=args.quiet, stop_after_epoch=args.stop_after_epoch)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 
