@@ -103,3 +103,18 @@ def test_compare_and_plot_commands(folders, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 4 and "Traceback" not in err
     assert not (tmp_path / "t.xyz").exists() and not (tmp_path / "f.png").exists()
+
+
+def test_checkpoint_complexity_is_measured_once_and_cached(tmp_path):
+    from momos.report import checkpoint_complexity
+    from momos.train import TrainConfig, train
+
+    train(TrainConfig(method="momos", epochs=1), tmp_path / "run", quiet=True)
+    run = load_run(tmp_path / "run")
+    final = checkpoint_complexity(run, "final", ["lzma", "mosaic"])
+    init = checkpoint_complexity(run, "init", ["lzma"])
+    assert final["lzma"] > init["lzma"] > 1                      # a mosaic compresses better
+    assert 0 < final["mosaic_bound_bits_per_weight"] < 32
+    cached = json.loads((tmp_path / "run" / "complexity.json").read_text())
+    assert set(cached) == {"final", "init"} and cached["final"]["values"]["lzma"] == final["lzma"]
+    assert checkpoint_complexity(load_run(tmp_path / "run"), "final", ["lzma"]) == final

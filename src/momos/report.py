@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,34 @@ def logged_metrics(runs: list[RunRecord]) -> list[str]:
     for run in runs:
         names.update(dict.fromkeys(run.config.get("metrics") or []))
     return list(names)
+
+
+COMPLEXITY_CACHE = "complexity.json"
+
+
+def checkpoint_complexity(run: RunRecord, checkpoint: str, metrics: list[str]) -> dict[str, float]:
+    """The complexity metrics (``momos.complexity.measure``) of the run's ``init``, ``best`` or
+    ``final`` checkpoint, measured once and kept in the run folder's ``complexity.json``.
+
+    ``mosaic`` is measured for MoMos runs only (it needs their block size), at the run's q.
+    """
+    from .complexity import measure
+    from .io import write_json_atomic
+    from .train import TrainConfig, load_model
+
+    cache_path = run.path / COMPLEXITY_CACHE
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    known = cache.get(checkpoint, {})
+    config = TrainConfig.from_dict(run.config)
+    wanted = [m for m in metrics if m != "mosaic" or config.momos is not None]
+    missing = [m for m in wanted if m not in known.get("measured", [])]
+    if missing:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # window warnings: a property of the compressor, noted in the docs
+            values = measure(load_model(run.path, checkpoint), missing, config.momos, q=config.qat_bits)
+        known = {"measured": known.get("measured", []) + missing, "values": {**known.get("values", {}), **values}}
+        write_json_atomic({**cache, checkpoint: known}, cache_path)
+    return known["values"]
 
 
 # --- the table -----------------------------------------------------------------------------------
