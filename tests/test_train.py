@@ -239,6 +239,8 @@ BAD_INPUT = [
     (["--metrics", "gzip,nonsense"], "nonsense"),
     (["--dataset", "mnist", "--data-dir", "/nonexistent/data", "--no-download"], "/nonexistent/data/mnist"),
     (["--threads", "0"], "--threads must be a positive integer"),
+    (["--device", "cuda:99"], "device cuda:99 is not available"),
+    (["--device", "quantum"], "unknown device 'quantum'"),
     (["--train-subset", "0"], "train_subset must be a positive integer"),
     (["--train-subset", "100000"], "a subset of 100000 images needs 1 to"),
     (["--every-n-steps", "0"], "every_n_steps must be a positive integer"),

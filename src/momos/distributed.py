@@ -23,6 +23,13 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def collective_device() -> torch.device:
+    """Where the tensors of a collective must live: this process's GPU under nccl, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if is_distributed():
@@ -33,7 +40,7 @@ def sum_over_ranks(values: list[float]) -> list[float]:
     """Every rank's ``values`` summed element-wise over the ranks (unchanged when not distributed)."""
     if not is_distributed():
         return list(values)
-    total = torch.tensor(values, dtype=torch.float64)
+    total = torch.tensor(values, dtype=torch.float64, device=collective_device())
     dist.all_reduce(total)
     return total.tolist()
 
@@ -59,6 +66,7 @@ def checksums_of_ranks(parameters: list[torch.Tensor]) -> list[list[float]]:
     mine = parameters_checksum(parameters)
     if not is_distributed():
         return [mine.tolist()]
+    mine = mine.to(collective_device())
     gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, mine)
     return [checksum.tolist() for checksum in gathered]

@@ -215,6 +215,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     projector: Projector | None
     data_generator: torch.Generator      # shuffles and augments the training split
+    device: torch.device = torch.device("cpu")
     epoch: int = 0                       # epochs completed (0: not started)
     epochs_log: list[dict] = field(default_factory=list)
     best: dict | None = None             # {"epoch", "val_acc"} of best.safetensors
@@ -224,17 +225,22 @@ class Run:
 
 # --- setting up --------------------------------------------------------------------------------
 
-def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, overwrite: bool = False) -> Run:
+def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, overwrite: bool = False,
+            device: str | torch.device = "cpu") -> Run:
     """Check everything and build the run; writes nothing.
 
     Args:
         out_dir: the run folder; ``None`` picks the next free ``runs/NNN``.
         overwrite: replace the run files of another run in ``out_dir``.
+        device: where the model trains (``cpu``, ``cuda``, ``cuda:1``); under torch.distributed
+            ``cuda`` means this process's GPU, ``cuda:$LOCAL_RANK``. Not part of the config:
+            a run may resume on another device.
 
     Raises:
         ValueError (``data.DatasetError`` included): bad names, combinations or values, missing
             or corrupt data, unknown metrics, an ``out_dir`` that holds a run without ``overwrite``.
     """
+    device = resolve_device(device)
     out_dir = Path(out_dir) if out_dir is not None else next_run_dir()
     check_out_dir(out_dir, overwrite=overwrite)
     check_model_name(config.model)
@@ -245,7 +251,7 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
         data.train = random_subset(data.train, config.train_subset, seed=config.split_seed)
     torch.manual_seed(config.seed)
     c, h, _ = data.info.shape
-    model = build_model(config.model, channels=c, image_size=h, num_classes=data.info.num_classes)
+    model = build_model(config.model, channels=c, image_size=h, num_classes=data.info.num_classes).to(device)
     if config.qat_bits is not None:
         add_qat_(model, QATConfig(bits=config.qat_bits))
     projector = None
@@ -257,13 +263,13 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     run = Run(config, out_dir, data, model, optimizer, scheduler, projector,
-              torch.Generator().manual_seed(config.seed))
+              torch.Generator().manual_seed(config.seed), device)
     check_process_split(run)
     return run
 
 
-def prepare_resume(out_dir: str | os.PathLike) -> Run:
-    """The run in ``out_dir`` rebuilt at its last completed epoch; writes nothing.
+def prepare_resume(out_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> Run:
+    """The run in ``out_dir`` rebuilt at its last completed epoch, on ``device``; writes nothing.
 
     Raises:
         ValueError: ``out_dir`` holds no resumable run, or its data set is no longer readable.
@@ -278,7 +284,7 @@ def prepare_resume(out_dir: str | os.PathLike) -> Run:
     config = TrainConfig.from_dict(json.loads(state["config"]))
     if json.loads((out_dir / RESULTS).read_text())["summary"]["complete"]:
         raise ValueError(f"the run in {out_dir} is complete ({config.epochs} epochs); nothing to resume")
-    run = prepare(config, out_dir, overwrite=True)
+    run = prepare(config, out_dir, overwrite=True, device=device)
     load_model_weights_(run.model, state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -291,6 +297,24 @@ def prepare_resume(out_dir: str | os.PathLike) -> Run:
     run.best = json.loads(state["best"])
     run.elapsed = state["elapsed"]
     return run
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` checked; ``cuda`` without an index is this process's GPU (``LOCAL_RANK``)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {device!r}: {error}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} is not available: torch sees no CUDA GPU")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device} is not available: torch sees {torch.cuda.device_count()} GPUs")
+    elif device.type != "cpu":
+        raise ValueError(f"device {device} is not supported; use cpu or cuda")
+    return device
 
 
 def next_run_dir(root: str | os.PathLike = "runs") -> Path:
@@ -335,14 +359,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
 # --- training ----------------------------------------------------------------------------------
 
 def train(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, overwrite: bool = False,
-          quiet: bool = False) -> dict:
+          quiet: bool = False, device: str | torch.device = "cpu") -> dict:
     """Train one run from scratch; returns the content of ``results.json``."""
-    return fit(prepare(config, out_dir, overwrite=overwrite), quiet=quiet)
+    return fit(prepare(config, out_dir, overwrite=overwrite, device=device), quiet=quiet)
 
 
-def resume(out_dir: str | os.PathLike, *, quiet: bool = False) -> dict:
+def resume(out_dir: str | os.PathLike, *, quiet: bool = False, device: str | torch.device = "cpu") -> dict:
     """Continue the run in ``out_dir`` from its last completed epoch; returns ``results.json``."""
-    return fit(prepare_resume(out_dir), quiet=quiet)
+    return fit(prepare_resume(out_dir, device=device), quiet=quiet)
 
 
 def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -> dict | None:
@@ -364,7 +388,7 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
         run.epochs_log = [evaluate_epoch(run, 0, None, None, time.perf_counter())]
         save_checkpoint(run, INIT, epoch=0)
         save_progress(run, start)
-    trained = _data_parallel(run.model)
+    trained = _data_parallel(run.model, run.device)
     for epoch in range(run.epoch + 1, config.epochs + 1):
         epoch_start = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
@@ -409,11 +433,11 @@ def check_process_split(run: Run) -> None:
                          f"one full batch of training images; got batch size {batch_size}, {images} images")
 
 
-def _data_parallel(model: nn.Module) -> nn.Module:
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` wrapped in DistributedDataParallel under torch.distributed, else itself."""
     if not distributed.is_distributed():
         return model
-    return nn.parallel.DistributedDataParallel(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def checksums_after_projection(run: Run, projection: ProjectionStats | None) -> list[list[float]] | None:
@@ -457,7 +481,7 @@ def train_one_epoch(run: Run, trained: nn.Module, epoch: int, *, quiet: bool
                     dynamic_ncols=True)
     for x, y in batches(run.data.train, run.data.info, config.batch_size, generator=run.data_generator,
                         augment=config.augment, randaugment=config.randaugment, drop_last=True):
-        x, y = x.chunk(processes)[rank], y.chunk(processes)[rank]   # this process's share
+        x, y = x.chunk(processes)[rank].to(run.device), y.chunk(processes)[rank].to(run.device)   # this process's share
         logits = trained(x)
         loss = F.cross_entropy(logits, y)
         run.optimizer.zero_grad(set_to_none=True)
@@ -479,8 +503,10 @@ def train_one_epoch(run: Run, trained: nn.Module, epoch: int, *, quiet: bool
 def evaluate(model: nn.Module, split: ImageSplit, data: Dataset) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` in eval mode on ``split``."""
     model.eval()
+    device = next(model.parameters()).device
     loss_sum, correct = 0.0, 0
     for x, y in batches(split, data.info, EVAL_BATCH_SIZE):
+        x, y = x.to(device), y.to(device)
         logits = model(x)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())

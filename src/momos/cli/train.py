@@ -75,6 +75,8 @@ def register(subparsers) -> None:
     run.add_argument("--out", help="run folder (default: the next runs/NNN)")
     run.add_argument("--overwrite", action="store_true", help="replace the run held in --out")
     run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (no other options)")
+    run.add_argument("--device", default="cpu",
+                     help="cpu (default) or cuda (under torchrun: each process's own GPU, nccl), cuda:N")
     run.add_argument("--threads", type=int,
                      help=f"CPU threads for torch per process (default: all {os.cpu_count()} cores, "
                           f"shared among the processes of this machine under torchrun)")
@@ -93,7 +95,7 @@ def _dests(group) -> tuple[str, ...]:
 
 # Namespace entries that are not options, and the options --resume accepts.
 _NOT_OPTIONS = ("handler", "parser", "projection_dests", "command")
-_RESUME_OPTIONS = ("resume", "quiet", "threads", "stop_after_epoch")
+_RESUME_OPTIONS = ("resume", "quiet", "threads", "device", "stop_after_epoch")
 
 
 def run_command(args) -> int:
@@ -107,7 +109,10 @@ def run_command(args) -> int:
     threads = args.threads or max(1, os.cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
         # Started by torchrun: its environment variables give the rank, world size and rendezvous.
-        torch.distributed.init_process_group(backend="gloo")
+        on_gpu = args.device.startswith("cuda") and torch.cuda.is_available()
+        if on_gpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.distributed.init_process_group(backend="nccl" if on_gpu else "gloo")
     given = [name for name in vars(args) if name not in _NOT_OPTIONS
              and getattr(args, name) != args.parser.get_default(name)]
     try:
@@ -116,9 +121,10 @@ def run_command(args) -> int:
             if conflicting:
                 raise UsageError("--resume continues a run with its own configuration; drop "
                                  + ", ".join(conflicting))
-            run = train.prepare_resume(args.resume)
+            run = train.prepare_resume(args.resume, device=args.device)
         else:
-            run = train.prepare(config_from_args(args, given), args.out, overwrite=args.overwrite)
+            run = train.prepare(config_from_args(args, given), args.out, overwrite=args.overwrite,
+                                device=args.device)
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
     torch.set_num_threads(threads)
