@@ -179,7 +179,7 @@ def format_table(rows: list[dict], fmt: str = "text") -> str:
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
         return out.getvalue()
-    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    cells = [[format_cell(row[c]) for c in columns] for row in rows]
     if fmt == "markdown":
         lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells]) + "\n"
@@ -189,7 +189,8 @@ def format_table(rows: list[dict], fmt: str = "text") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(value) -> str:
+def format_cell(value) -> str:
+    """A table cell: ``-`` for None, 4 decimals for floats (4 significant digits from 1000 on)."""
     if value is None:
         return "-"
     if isinstance(value, float):
