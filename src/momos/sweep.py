@@ -1,0 +1,533 @@
+"""Grids of training runs: ``momos sweep`` as a library.
+
+    spec = load_spec("experiments/reproduction/mlp.yaml")
+    points = expand(spec)                            # every run, checked, nothing written
+    outcome = run_sweep(points, "runs/sweeps/demo", jobs=2)
+    report = aggregate("runs/sweeps/demo")           # runs.csv, summary.csv/.md, plots/
+
+A spec holds ``fixed`` settings for every run and a ``grid`` of axes (or a list of grids, whose
+runs are pooled); every combination of the axes' values is a run. Keys are
+:class:`~momos.train.TrainConfig` field names (``momos`` excepted) and
+:class:`~momos.config.MoMosConfig` field names (``seed`` excepted: the run's ``seed`` seeds the
+motifs too). An axis whose values are mappings sets several keys per value and is named by
+each value's ``name``.
+
+MoMos keys and the projection schedule apply only to the ``momos`` methods, ``qat_bits`` only
+to the ``qat`` ones; a run drops the keys its method does not use, and the axes that set only
+such keys leave its name, so the baseline is trained once per remaining combination.
+
+Each run is a plain ``momos train`` folder ``<out>/runs/<name>/`` with
+``name = "__".join(f"{axis}-{label}")`` over the axes that apply to it, e.g.
+``dataset-mnist__method-momos__block_size-2__capacity-0.05__seed-0``. A run whose folder holds
+a complete run with the same config is skipped, an interrupted one is resumed, one with another
+config is an error (the folder is never overwritten).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import statistics
+import sys
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, fields, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+from .config import MoMosConfig
+from .io import write_bytes_atomic, write_json_atomic
+from .models import check_model_name
+from .report import (SIMPLIFICATION, RunRecord, compare_rows, format_cell, format_table, load_run, logged_metrics,
+                     plot_runs)
+from .train import DEFAULT_MOMOS, RESULTS, STATE, TrainConfig, check_metric_names, resume, train
+
+SPEC_KEYS = ("out", "fixed", "grid")
+TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name != "momos")
+MOMOS_KEYS = tuple(f.name for f in fields(MoMosConfig) if f.name != "seed")
+# The Projector's schedule: meaningful only where a projection happens.
+SCHEDULE_KEYS = ("warmup_epochs", "anneal_from", "anneal_epochs", "every_n_steps")
+QAT_KEYS = ("qat_bits",)
+# Where the data is read from does not change a run.
+NOT_COMPARED = ("data_dir", "download", "versions")
+SEED_AXIS = "seed"
+NAME_KEY = "name"
+RUNS, PLAN, ERROR = "runs", "sweep.json", "error.txt"
+SUMMARY_VALUES = ("test_acc", "final_val_acc", SIMPLIFICATION, "least_used_half_share", "wall_seconds")
+
+_SCALARS = (str, int, float, bool, type(None))
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
+_FIELD_TYPES = {f.name: str(f.type) for f in (*fields(TrainConfig), *fields(MoMosConfig))}
+_TRAIN_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One run of a sweep: its folder name, the label of each axis in its name, its config."""
+
+    name: str
+    axes: dict[str, str]
+    config: TrainConfig
+
+
+@dataclass
+class SweepOutcome:
+    """What :func:`run_sweep` did: run names skipped (already complete), trained, and failed
+    with their one-line error."""
+
+    skipped: list[str] = field(default_factory=list)
+    trained: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SweepReport:
+    """What :func:`aggregate` wrote: per-run rows, per-group rows, the Markdown table and figures;
+    ``missing``: runs of the grid without results yet."""
+
+    runs: list[dict]
+    summary: list[dict]
+    markdown: str
+    plots: list[Path]
+    missing: list[str]
+
+
+# --- the spec ----------------------------------------------------------------------------------
+
+def load_spec(path: str | os.PathLike) -> dict:
+    """The YAML spec in ``path``, as a mapping (checked by :func:`expand`).
+
+    Numbers such as ``1e-3`` are read as floats (YAML 1.2), not as the strings YAML 1.1 makes of them.
+
+    Raises:
+        ValueError: the file is unreadable, not YAML, or not a mapping.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789."))
+    try:
+        spec = yaml.load(Path(path).read_text(), Loader=Loader)
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} must hold a mapping with keys {', '.join(SPEC_KEYS)}")
+    return spec
+
+
+def expand(spec: dict) -> list[SweepPoint]:
+    """Every run of ``spec`` in grid order, duplicates removed, each config built and checked.
+
+    Raises:
+        ValueError: an unknown key, a malformed axis, a value no config accepts (naming the run),
+            two runs with the same name or the same config.
+    """
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"unknown top-level key {unknown[0]!r} in the sweep spec; valid keys: {', '.join(SPEC_KEYS)}")
+    if spec.get("out") is not None and not isinstance(spec["out"], str):
+        raise ValueError(f"out must be a folder name, got {spec['out']!r}")
+    fixed = _settings(spec.get("fixed") or {}, "fixed")
+    grids = spec.get("grid")
+    grids = grids if isinstance(grids, list) else [grids]
+    points: dict[str, SweepPoint] = {}
+    names_of: dict[TrainConfig, str] = {}
+    for number, grid in enumerate(grids):
+        where = "grid" if len(grids) == 1 else f"grid {number + 1}"
+        axes = _axes(grid, where)
+        for choice in itertools.product(*(values for _, values in axes)):
+            point = _point(fixed, [(axis, label, settings) for (axis, _), (label, settings) in zip(axes, choice)])
+            _add_point(points, names_of, point)
+    return list(points.values())
+
+
+def _add_point(points: dict[str, SweepPoint], names_of: dict[TrainConfig, str], point: SweepPoint) -> None:
+    """Keep ``point`` unless the same run is already planned."""
+    same_name = points.get(point.name)
+    if same_name is not None:
+        if same_name.config != point.config:
+            raise ValueError(f"two runs of the grid are named {point.name} but differ "
+                             f"({'; '.join(config_differences(same_name.config.to_dict(), point.config))}); "
+                             f"give their axis values distinct labels")
+        return
+    same_config = names_of.get(point.config)
+    if same_config is not None:
+        raise ValueError(f"runs {same_config} and {point.name} have the same config; remove one of the values")
+    points[point.name] = point
+    names_of[point.config] = point.name
+
+
+def _settings(mapping, where: str) -> dict:
+    """Config keys and values of ``fixed`` or of a mapping axis value, checked."""
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{where} must be a mapping of config keys to values, got {mapping!r}")
+    settings = {}
+    for key, value in mapping.items():
+        _check_key(key, where)
+        _check_value(key, value, where)
+        # A single name where a tuple of names is expected, e.g. ``metrics: lzma``.
+        settings[key] = [value] if isinstance(value, str) and _FIELD_TYPES[key].startswith("tuple[str") else value
+    return settings
+
+
+def _check_key(key, where: str) -> None:
+    if key not in TRAIN_KEYS and key not in MOMOS_KEYS:
+        raise ValueError(f"unknown key {key!r} in {where}; valid keys: {', '.join(sorted(TRAIN_KEYS + MOMOS_KEYS))}")
+
+
+def _check_value(key: str, value, where: str) -> None:
+    if isinstance(value, _SCALARS) or (isinstance(value, list) and all(isinstance(v, _SCALARS) for v in value)):
+        return
+    raise ValueError(f"{where}: {key} must be a number, a string or a list of them, got {value!r}")
+
+
+def _axes(grid, where: str) -> list[tuple[str, list[tuple[str, dict]]]]:
+    """The axes of one grid: ``(axis, [(label, settings) per value])`` in the spec's order."""
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(f"{where} must be a mapping of axes to lists of values (or a list of such mappings), "
+                         f"got {grid!r}")
+    axes = []
+    for axis, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}: axis {axis!r} must be a non-empty list of values, got {values!r}")
+        mappings = sum(isinstance(value, dict) for value in values)
+        if mappings and mappings < len(values):
+            raise ValueError(f"{where}: axis {axis!r} mixes mappings and plain values")
+        choices = [_mapping_value(axis, value, where) for value in values] if mappings else \
+            [_plain_value(axis, value, where) for value in values]
+        labels = [label for label, _ in choices]
+        repeated = next((label for label in labels if labels.count(label) > 1), None)
+        if repeated is not None:
+            raise ValueError(f"{where}: axis {axis!r} has two values labelled {repeated!r}")
+        axes.append((str(axis), choices))
+    return axes
+
+
+def _plain_value(axis, value, where: str) -> tuple[str, dict]:
+    settings = _settings({axis: value}, where)
+    return _label(axis, value), settings
+
+
+def _mapping_value(axis, value: dict, where: str) -> tuple[str, dict]:
+    name = value.get(NAME_KEY)
+    if not isinstance(name, (str, int, float)) or isinstance(name, bool) or str(name) == "":
+        raise ValueError(f"{where}: every value of axis {axis!r} needs a `name`, got {value!r}")
+    settings = _settings({k: v for k, v in value.items() if k != NAME_KEY}, f"{where}: axis {axis!r} value {name!r}")
+    return str(name), settings
+
+
+def _label(key: str, value) -> str:
+    """The text of a value in a run name: ``0.05``, ``3x3`` for a tile shape, ``a+b`` for a list."""
+    if isinstance(value, list):
+        return ("x" if key == "tile_shape" else "+").join(_label(key, v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def applies(key: str, method: str) -> bool:
+    """Whether setting ``key`` changes a run of ``method``."""
+    if key in MOMOS_KEYS or key in SCHEDULE_KEYS:
+        return "momos" in method
+    if key in QAT_KEYS:
+        return "qat" in method
+    return True
+
+
+def _point(fixed: dict, chosen: list[tuple[str, str, dict]]) -> SweepPoint:
+    """The run of one combination of axis values ``(axis, label, settings)``."""
+    merged = dict(fixed)
+    for _, _, settings in chosen:
+        merged.update(settings)
+    method = str(merged.get("method", _TRAIN_DEFAULTS["method"]))
+    axes = {axis: label for axis, label, settings in chosen if any(applies(key, method) for key in settings)}
+    name = "__".join(_UNSAFE.sub("_", f"{axis}-{label}") for axis, label in axes.items())
+    if not name:
+        raise ValueError(f"no axis of the grid applies to the {method} run of {merged}; add one (e.g. seed)")
+    config = build_config({key: value for key, value in merged.items() if applies(key, method)}, name)
+    return SweepPoint(name, axes, config)
+
+
+def build_config(settings: dict, name: str) -> TrainConfig:
+    """The TrainConfig of a run's settings; MoMos keys go into train's default MoMosConfig,
+    seeded by the run's seed.
+
+    Raises:
+        ValueError: a value the config rejects, or an unknown model or metric (naming the run).
+    """
+    train_settings = {key: value for key, value in settings.items() if key in TRAIN_KEYS}
+    momos_settings = {key: value for key, value in settings.items() if key in MOMOS_KEYS}
+    try:
+        if momos_settings:
+            if "num_motifs" in momos_settings and "capacity" not in momos_settings:
+                momos_settings["capacity"] = None   # the default capacity would clash with k
+            seed = train_settings.get("seed", _TRAIN_DEFAULTS["seed"])
+            train_settings["momos"] = replace(DEFAULT_MOMOS, **momos_settings, seed=seed)
+        config = TrainConfig(**train_settings)
+        check_model_name(config.model)
+        check_metric_names(config.metrics, config.momos)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"run {name}: {error}") from None
+    return config
+
+
+# --- the state of the run folders --------------------------------------------------------------
+
+def run_dir(out: str | os.PathLike, name: str) -> Path:
+    return Path(out) / RUNS / name
+
+
+def plan(points: list[SweepPoint], out: str | os.PathLike) -> dict[str, str]:
+    """The state of every run in ``out``: ``done`` (complete), ``partial`` (resumable) or ``new``.
+
+    Raises:
+        ValueError: a run folder holds a run with another config, or an unreadable ``results.json``.
+    """
+    return {point.name: run_status(point, run_dir(out, point.name)) for point in points}
+
+
+def run_status(point: SweepPoint, folder: Path) -> str:
+    path = folder / RESULTS
+    if not path.is_file():
+        return "new"
+    try:
+        results = json.loads(path.read_text())
+        stored, complete = results["config"], results["summary"]["complete"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"run {point.name}: cannot read {path} ({error}); delete {folder} to train it again") from None
+    differences = config_differences(stored, point.config)
+    if differences:
+        raise ValueError(f"run {point.name}: {folder} holds a run with another config ({'; '.join(differences)}); "
+                         f"delete the folder to train this one")
+    if complete:
+        return "done"
+    return "partial" if (folder / STATE).is_file() else "new"
+
+
+def config_differences(stored: dict, config: TrainConfig) -> list[str]:
+    """``key: stored value != planned value`` for every differing field (nested as
+    ``momos.capacity``), except where the data is read from and the library versions."""
+    try:
+        stored = TrainConfig.from_dict(stored).to_dict()
+    except (ValueError, TypeError) as error:
+        return [f"stored config unreadable: {error}"]
+    before, after = _flat(stored), _flat(config.to_dict())
+    missing = object()
+    return [f"{key}: {before.get(key)!r} != {after.get(key)!r}" for key in {**after, **before}
+            if key.split(".")[0] not in NOT_COMPARED and before.get(key, missing) != after.get(key, missing)]
+
+
+def _flat(d: dict) -> dict:
+    flat = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+# --- running -----------------------------------------------------------------------------------
+
+def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | None = None, jobs: int = 1,
+              threads: int | None = None, data_dir: str | os.PathLike | None = None,
+              quiet: bool = False) -> SweepOutcome:
+    """Train every run of the sweep that is not complete in ``out``, ``jobs`` at a time, each in
+    its own process on ``threads`` torch threads (default: the cores shared among the jobs).
+
+    ``out``: default the spec's ``out``. ``data_dir``: where every run reads its data set.
+    Everything is checked before anything runs; a run that fails does not stop the others: its
+    error is printed and written to its folder's ``error.txt``.
+
+    Raises:
+        ValueError: a bad spec or option, or a run folder holding another config.
+    """
+    points = expand(spec_or_points) if isinstance(spec_or_points, dict) else list(spec_or_points)
+    if out is None:
+        out = spec_or_points.get("out") if isinstance(spec_or_points, dict) else None
+        if out is None:
+            raise ValueError("no output folder: give out in the spec or as an argument")
+    for name, value in (("jobs", jobs), ("threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    if data_dir is not None:
+        points = [replace(p, config=replace(p.config, data_dir=str(data_dir))) for p in points]
+    statuses = plan(points, out)
+    write_json_atomic({"runs": [{"name": p.name, "axes": p.axes, "config": p.config.to_dict()} for p in points]},
+                      Path(out) / PLAN)
+    outcome = SweepOutcome(skipped=[name for name, status in statuses.items() if status == "done"])
+    todo = [p for p in points if statuses[p.name] != "done"]
+    if not quiet:
+        resumed = sum(statuses[p.name] == "partial" for p in todo)
+        print(f"sweep {out}: {len(points)} runs, {len(outcome.skipped)} complete, {resumed} to resume, "
+              f"{len(todo) - resumed} to train; {min(jobs, len(todo))} at a time, torch threads per run: {threads}",
+              flush=True)
+    if todo:
+        _run_all(todo, out, statuses, jobs, threads, outcome, quiet=quiet)
+    return outcome
+
+
+def _run_all(todo: list[SweepPoint], out, statuses: dict[str, str], jobs: int, threads: int,
+             outcome: SweepOutcome, *, quiet: bool) -> None:
+    options = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=get_context("spawn"), **options) as pool:
+        futures = {}
+        for point in todo:
+            folder = run_dir(out, point.name)
+            future = pool.submit(train_run, point.config, str(folder), resuming=statuses[point.name] == "partial",
+                                 overwrite=(folder / RESULTS).is_file(), threads=threads)
+            futures[future] = point
+        for count, future in enumerate(as_completed(futures), 1):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                result = {"error": "the worker process died (killed, or out of memory)", "traceback": ""}
+            _record(futures[future], result, run_dir(out, futures[future].name), f"[{count}/{len(todo)}]",
+                    outcome, quiet=quiet)
+
+
+def _record(point: SweepPoint, result: dict, folder: Path, progress: str, outcome: SweepOutcome, *,
+            quiet: bool) -> None:
+    """Print the outcome of a finished run and keep its error, if any, in ``error.txt``."""
+    if "error" in result:
+        outcome.failed[point.name] = result["error"]
+        write_bytes_atomic(f"{point.name}\n{result['error']}\n\n{result['traceback']}".encode(), folder / ERROR)
+        print(f"{progress} FAILED {point.name}: {result['error']}", file=sys.stderr, flush=True)
+        return
+    outcome.trained.append(point.name)
+    (folder / ERROR).unlink(missing_ok=True)
+    if not quiet:
+        print(f"{progress} {point.name}  test acc {result['test_acc']:.4f}  {result['seconds']:.1f} s", flush=True)
+
+
+def train_run(config: TrainConfig, folder: str, *, resuming: bool, overwrite: bool, threads: int) -> dict:
+    """Train (or resume) one run; ``{"test_acc", "seconds"}``, or ``{"error", "traceback"}``.
+
+    Runs in a worker process: every failure is returned as text, which always crosses back.
+    ``overwrite``: the folder holds an unfinished start of this same run without its state.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        results = resume(folder, quiet=True) if resuming else train(config, folder, overwrite=overwrite, quiet=True)
+    except Exception as error:  # noqa: BLE001 - reported per run; the sweep goes on
+        message = " ".join(str(error).split())
+        return {"error": f"{type(error).__name__}: {message}", "traceback": traceback.format_exc()}
+    return {"test_acc": results["summary"]["test_acc"], "seconds": results["summary"]["wall_seconds"]}
+
+
+# --- the report --------------------------------------------------------------------------------
+
+def aggregate(out: str | os.PathLike, points: list[SweepPoint] | None = None) -> SweepReport:
+    """Collect the runs of the sweep in ``out`` (default: the grid :func:`run_sweep` last
+    planned there) and write
+
+    - ``runs.csv``: one row per run (the axis labels, then ``report.compare_rows``, wall seconds);
+    - ``summary.csv`` / ``summary.md``: per combination of the axes other than ``seed``, the mean
+      and sample standard deviation over the complete runs of test and final validation
+      accuracy, simplification factor, least-used-half share, wall seconds and the final value
+      of every logged metric;
+    - ``plots/<model>_<dataset>.png``: ``report.plot_runs`` over the complete runs of the lowest seed.
+
+    Raises:
+        ValueError: no plan in ``out``, or no complete run yet.
+    """
+    out = Path(out)
+    planned = [(p.name, p.axes) for p in points] if points is not None else _planned(out)
+    found = [(axes, load_run(run_dir(out, name))) for name, axes in planned if (run_dir(out, name) / RESULTS).is_file()]
+    missing = [name for name, _ in planned if not (run_dir(out, name) / RESULTS).is_file()]
+    if not any(record.results["summary"].get("complete") for _, record in found):
+        raise ValueError(f"no run of the sweep in {out} is complete yet")
+    axis_names = axis_order([axes for _, axes in planned])
+    rows = run_rows(found, axis_names)
+    numbers, cells = summary_rows(rows, [a for a in axis_names if a != SEED_AXIS],
+                                  [*SUMMARY_VALUES, *logged_metrics([record for _, record in found])])
+    markdown = format_table(cells, "markdown")
+    write_bytes_atomic(format_table(rows, "csv").encode(), out / "runs.csv")
+    write_bytes_atomic(format_table(numbers, "csv").encode(), out / "summary.csv")
+    write_bytes_atomic(markdown.encode(), out / "summary.md")
+    plots = _plot(out, [record for _, record in found if record.results["summary"].get("complete")])
+    return SweepReport(rows, numbers, markdown, plots, missing)
+
+
+def axis_order(axes_of_runs: list[dict]) -> list[str]:
+    """The axes of all runs in grid order, although each run names only the axes that apply to it
+    (the run with the most axes sets the order; axes it lacks follow their predecessor elsewhere)."""
+    order: list[str] = []
+    for axes in sorted(axes_of_runs, key=len, reverse=True):
+        previous = None
+        for axis in axes:
+            if axis not in order:
+                order.insert(order.index(previous) + 1 if previous is not None else 0, axis)
+            previous = axis
+    return order
+
+
+def run_rows(found: list[tuple[dict, RunRecord]], axis_names: list[str]) -> list[dict]:
+    """One row per ``(axis labels, run)``: run name, the axis labels, the other columns of
+    ``report.compare_rows``, wall seconds and whether the run is complete."""
+    rows = []
+    for (axes, record), row in zip(found, compare_rows([record for _, record in found])):
+        summary = record.results["summary"]
+        rows.append({"run": row["run"], **{a: axes.get(a) for a in axis_names},
+                     **{k: v for k, v in row.items() if k != "run" and k not in axis_names},
+                     "wall_seconds": summary.get("wall_seconds"), "complete": bool(summary.get("complete"))})
+    return rows
+
+
+def summary_rows(rows: list[dict], group_axes: list[str], values: list[str]) -> tuple[list[dict], list[dict]]:
+    """The complete runs grouped by their labels on ``group_axes``: per group ``n`` and the mean
+    and sample standard deviation of each of ``values``, as numbers (``<value>_mean``,
+    ``<value>_std``) and as ``mean ± std`` cells."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["complete"]:
+            groups.setdefault(tuple(row[a] for a in group_axes), []).append(row)
+    numbers, cells = [], []
+    for key, members in groups.items():
+        labels = {**dict(zip(group_axes, key)), "n": len(members)}
+        stats = {name: _mean_std([member[name] for member in members]) for name in values}
+        numbers.append({**labels, **{f"{name}_{part}": stat for name, pair in stats.items()
+                                     for part, stat in zip(("mean", "std"), pair)}})
+        cells.append({**labels, **{name: None if mean is None else f"{format_cell(mean)} ± {format_cell(std)}"
+                                   for name, (mean, std) in stats.items()}})
+    return numbers, cells
+
+
+def _planned(out: Path) -> list[tuple[str, dict]]:
+    try:
+        return [(run["name"], run["axes"]) for run in json.loads((out / PLAN).read_text())["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{out} holds no sweep plan ({PLAN}: {error}); pass the sweep's spec") from None
+
+
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof 1) of the values that are not None."""
+    present = [v for v in values if v is not None]
+    mean = statistics.fmean(present) if present else None
+    return mean, statistics.stdev(present) if len(present) > 1 else None
+
+
+def _plot(out: Path, records: list) -> list[Path]:
+    """One figure per (model, dataset) over the runs of its lowest seed."""
+    by_data: dict[tuple[str, str], list] = {}
+    for record in records:
+        by_data.setdefault((record.config["model"], record.config["dataset"]), []).append(record)
+    paths = []
+    for (model, dataset), group in by_data.items():
+        seed = min(record.config["seed"] for record in group)
+        path = out / "plots" / _UNSAFE.sub("_", f"{model}_{dataset}.png")
+        plot_runs([record for record in group if record.config["seed"] == seed], path)
+        paths.append(path)
+    return paths
