@@ -240,6 +240,7 @@ def test_cli_failed_run_is_reported_and_exits_1(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--jobs", "0"], "--jobs must be a positive integer"),
     ([], "no sweep folder: give --out"),
+    (["--out", "x", "--device", "cuda:7"], "device cuda:7 is not available"),
 ])
 def test_cli_usage_errors(tmp_path, capsys, argv, message):
     config = write_spec(tmp_path / "s.yaml", TINY)

@@ -298,3 +298,10 @@ def test_progress_and_epoch_lines(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "epoch 1/1" in captured.out and "val loss" in captured.out and "test loss" in captured.out
     assert "epoch 1/1" in captured.err                                  # tqdm's bar
+
+
+def test_resume_may_read_the_data_from_another_folder(tmp_path):
+    out = tmp_path / "run"
+    fit(prepare(TrainConfig(epochs=2), out), quiet=True, stop_after_epoch=1)
+    run = momos.train.prepare_resume(out, data_dir=tmp_path / "moved")
+    assert run.config.data_dir == str(tmp_path / "moved") and run.epoch == 1

@@ -43,7 +43,7 @@ from .io import write_bytes_atomic, write_json_atomic
 from .models import check_model_name
 from .report import (SIMPLIFICATION, RunRecord, compare_rows, format_cell, format_table, load_run, logged_metrics,
                      plot_runs)
-from .train import DEFAULT_MOMOS, RESULTS, STATE, TrainConfig, check_metric_names, resume, train
+from .train import DEFAULT_MOMOS, RESULTS, STATE, TrainConfig, check_metric_names, resolve_device, resume, train
 
 SPEC_KEYS = ("out", "fixed", "grid")
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name != "momos")
@@ -340,11 +340,13 @@ def _flat(d: dict) -> dict:
 
 def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | None = None, jobs: int = 1,
               threads: int | None = None, data_dir: str | os.PathLike | None = None,
-              quiet: bool = False) -> SweepOutcome:
+              device: str = "cpu", quiet: bool = False) -> SweepOutcome:
     """Train every run of the sweep that is not complete in ``out``, ``jobs`` at a time, each in
     its own process on ``threads`` torch threads (default: the cores shared among the jobs).
 
     ``out``: default the spec's ``out``. ``data_dir``: where every run reads its data set.
+    ``device``: where every run trains; ``cuda`` spreads the runs over the GPUs (run ``i`` of
+    the ones to train on ``cuda:i mod GPUs``), so ``jobs`` = the number of GPUs keeps one per GPU.
     Everything is checked before anything runs; a run that fails does not stop the others: its
     error is printed and written to its folder's ``error.txt``.
 
@@ -362,6 +364,7 @@ def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | 
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     if data_dir is not None:
         points = [replace(p, config=replace(p.config, data_dir=str(data_dir))) for p in points]
+    resolve_device(device)   # an unknown or absent device fails now, not in every worker
     statuses = plan(points, out)
     write_json_atomic({"runs": [{"name": p.name, "axes": p.axes, "config": p.config.to_dict()} for p in points]},
                       Path(out) / PLAN)
@@ -373,19 +376,20 @@ def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | 
               f"{len(todo) - resumed} to train; {min(jobs, len(todo))} at a time, torch threads per run: {threads}",
               flush=True)
     if todo:
-        _run_all(todo, out, statuses, jobs, threads, outcome, quiet=quiet)
+        _run_all(todo, out, statuses, jobs, threads, device, outcome, quiet=quiet)
     return outcome
 
 
-def _run_all(todo: list[SweepPoint], out, statuses: dict[str, str], jobs: int, threads: int,
+def _run_all(todo: list[SweepPoint], out, statuses: dict[str, str], jobs: int, threads: int, device: str,
              outcome: SweepOutcome, *, quiet: bool) -> None:
     options = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
     with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=get_context("spawn"), **options) as pool:
         futures = {}
-        for point in todo:
+        for index, point in enumerate(todo):
             folder = run_dir(out, point.name)
             future = pool.submit(train_run, point.config, str(folder), resuming=statuses[point.name] == "partial",
-                                 overwrite=(folder / RESULTS).is_file(), threads=threads)
+                                 overwrite=(folder / RESULTS).is_file(), threads=threads,
+                                 device=_device_of_run(device, index))
             futures[future] = point
         for count, future in enumerate(as_completed(futures), 1):
             try:
@@ -410,7 +414,17 @@ def _record(point: SweepPoint, result: dict, folder: Path, progress: str, outcom
         print(f"{progress} {point.name}  test acc {result['test_acc']:.4f}  {result['seconds']:.1f} s", flush=True)
 
 
-def train_run(config: TrainConfig, folder: str, *, resuming: bool, overwrite: bool, threads: int) -> dict:
+def _device_of_run(device: str, index: int) -> str:
+    """``cuda`` without an index: the runs take the GPUs in turn."""
+    if device != "cuda":
+        return device
+    import torch
+
+    return f"cuda:{index % torch.cuda.device_count()}"
+
+
+def train_run(config: TrainConfig, folder: str, *, resuming: bool, overwrite: bool, threads: int,
+              device: str = "cpu") -> dict:
     """Train (or resume) one run; ``{"test_acc", "seconds"}``, or ``{"error", "traceback"}``.
 
     Runs in a worker process: every failure is returned as text, which always crosses back.
@@ -420,7 +434,10 @@ def train_run(config: TrainConfig, folder: str, *, resuming: bool, overwrite: bo
 
     torch.set_num_threads(threads)
     try:
-        results = resume(folder, quiet=True) if resuming else train(config, folder, overwrite=overwrite, quiet=True)
+        if resuming:
+            results = resume(folder, quiet=True, device=device, data_dir=config.data_dir)
+        else:
+            results = train(config, folder, overwrite=overwrite, quiet=True, device=device)
     except Exception as error:  # noqa: BLE001 - reported per run; the sweep goes on
         message = " ".join(str(error).split())
         return {"error": f"{type(error).__name__}: {message}", "traceback": traceback.format_exc()}

@@ -268,8 +268,11 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
     return run
 
 
-def prepare_resume(out_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> Run:
+def prepare_resume(out_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
+                   data_dir: str | os.PathLike | None = None) -> Run:
     """The run in ``out_dir`` rebuilt at its last completed epoch, on ``device``; writes nothing.
+
+    ``data_dir``: read the data set from here instead of where the run first read it.
 
     Raises:
         ValueError: ``out_dir`` holds no resumable run, or its data set is no longer readable.
@@ -282,6 +285,8 @@ def prepare_resume(out_dir: str | os.PathLike, *, device: str | torch.device = "
     except Exception as error:  # noqa: BLE001 - any unreadable state means "cannot resume"
         raise ValueError(f"cannot read {out_dir / STATE}: {error}") from None
     config = TrainConfig.from_dict(json.loads(state["config"]))
+    if data_dir is not None:
+        config = replace(config, data_dir=str(data_dir))
     if json.loads((out_dir / RESULTS).read_text())["summary"]["complete"]:
         raise ValueError(f"the run in {out_dir} is complete ({config.epochs} epochs); nothing to resume")
     run = prepare(config, out_dir, overwrite=True, device=device)
@@ -364,9 +369,10 @@ def train(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, over
     return fit(prepare(config, out_dir, overwrite=overwrite, device=device), quiet=quiet)
 
 
-def resume(out_dir: str | os.PathLike, *, quiet: bool = False, device: str | torch.device = "cpu") -> dict:
+def resume(out_dir: str | os.PathLike, *, quiet: bool = False, device: str | torch.device = "cpu",
+           data_dir: str | os.PathLike | None = None) -> dict:
     """Continue the run in ``out_dir`` from its last completed epoch; returns ``results.json``."""
-    return fit(prepare_resume(out_dir, device=device), quiet=quiet)
+    return fit(prepare_resume(out_dir, device=device, data_dir=data_dir), quiet=quiet)
 
 
 def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -> dict | None:

@@ -38,6 +38,8 @@ def register(subparsers) -> None:
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="runs trained at once, one process each")
     parser.add_argument("--threads", type=int, metavar="T",
                         help="torch threads per run (default: the CPU cores divided by --jobs)")
+    parser.add_argument("--device", default="cpu",
+                        help="where every run trains: cpu (default), cuda (with --jobs N: run i on GPU i mod the GPUs)")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="folder of the data sets for every run (default $MOMOS_DATA, else ~/.cache/momos/data)")
     mode = parser.add_mutually_exclusive_group()
@@ -77,7 +79,7 @@ def run(args) -> int:
     if not args.report_only:
         try:
             failed = sweep.run_sweep(points, out, jobs=args.jobs, threads=args.threads, data_dir=args.data_dir,
-                                     quiet=args.quiet).failed
+                                     device=args.device, quiet=args.quiet).failed
         except ValueError as error:
             raise UsageError(str(error)) from None
     try:

@@ -95,7 +95,7 @@ def _dests(group) -> tuple[str, ...]:
 
 # Namespace entries that are not options, and the options --resume accepts.
 _NOT_OPTIONS = ("handler", "parser", "projection_dests", "command")
-_RESUME_OPTIONS = ("resume", "quiet", "threads", "device", "stop_after_epoch")
+_RESUME_OPTIONS = ("resume", "quiet", "threads", "device", "data_dir", "stop_after_epoch")
 
 
 def run_command(args) -> int:
@@ -121,7 +121,7 @@ def run_command(args) -> int:
             if conflicting:
                 raise UsageError("--resume continues a run with its own configuration; drop "
                                  + ", ".join(conflicting))
-            run = train.prepare_resume(args.resume, device=args.device)
+            run = train.prepare_resume(args.resume, device=args.device, data_dir=args.data_dir)
         else:
             run = train.prepare(config_from_args(args, given), args.out, overwrite=args.overwrite,
                                 device=args.device)
