@@ -4,6 +4,7 @@ summary in ``experiments/README.md``. Every number comes from the run folders.
     momos sweep experiments/motifs/mlp-fashion-mnist.yaml --jobs 2
     momos sweep experiments/motifs/mlp-fashion-mnist-tiles-schedules.yaml --jobs 2
     momos sweep experiments/motifs/resnet20-cifar10.yaml --jobs 2
+    momos sweep experiments/motifs/resnet20-cifar10-tiles.yaml --jobs 2
     python experiments/motifs/analyze.py
 
 Description length: the entropy-coded mosaic (``k·s·32`` bits of float32 motifs plus the
@@ -24,7 +25,8 @@ from momos.report import checkpoint_complexity, least_used_share, load_run
 from momos.sweep import expand, load_spec
 
 HERE = Path(__file__).resolve().parent
-SPECS = ("mlp-fashion-mnist.yaml", "mlp-fashion-mnist-tiles-schedules.yaml", "resnet20-cifar10.yaml")
+SPECS = ("mlp-fashion-mnist.yaml", "mlp-fashion-mnist-tiles-schedules.yaml", "resnet20-cifar10.yaml",
+         "resnet20-cifar10-tiles.yaml")
 BITS = "mosaic_entropy_coded_bits_per_weight"
 COLUMNS = ("model", "dataset", "option", "s", "capacity", "seed", "test_acc", "final_val_acc",
            "bits_per_weight", "bound_bits_per_weight", "lzma", "simplification_factor",
@@ -160,7 +162,7 @@ def plot_model(rows: list[dict], model: str, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     dataset = mine[0]["dataset"]
-    fig.suptitle(f"{model} on {dataset}: accuracy against complexity, s in {{2, 4, 8}} x capacity in {{0.001, 0.01, 0.05}}")
+    fig.suptitle(f"{model} on {dataset}: test accuracy against complexity (a point: one s and capacity, mean over seeds)")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
