@@ -58,6 +58,7 @@ def record_of(run, spec: str) -> dict:
         "factor": final.get("mosaic_simplification_factor", 1.0),
         "least_used_half": least_used_share(run.motif_counts) if run.motif_counts is not None else None,
         "seconds": summary["wall_seconds"], "versions": config.get("versions", {}),
+        "lzma_by_epoch": [e.get("metrics", {}).get("lzma") for e in run.epochs],
     }
 
 
@@ -206,6 +207,66 @@ def _summarize(checks, what: str) -> tuple[str, list[str]]:
     return verdict(passed, len(checks)), lines
 
 
+# --- per-run data and the figure ---------------------------------------------------------------
+
+CSV_METRICS = ("gzip", "bz2", "lzma", "zstd", "lzma_bin", "bdm", "sparsity", "l2")
+
+
+def write_runs_csv(records: list[dict], path: Path) -> None:
+    """One row per run: its setting, accuracy, description length, motif usage and every metric
+    at initialization and at the end."""
+    import csv
+    import io
+
+    rows = []
+    for r in records:
+        row = {k: r[k] for k in ("model", "dataset", "method", "s", "capacity", "q", "seed", "train_images",
+                                 "epochs", "test_acc", "bits_per_weight")}
+        row["entropy_coded_bits_per_weight"] = r["final"].get("mosaic_entropy_coded_bits_per_weight")
+        row["simplification_factor"] = r["factor"]
+        row["least_used_half_share"] = r["least_used_half"]
+        for name in CSV_METRICS:
+            row[f"init_{name}"], row[f"final_{name}"] = r["init"][name], r["final"][name]
+        rows.append(row)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    write_bytes_atomic(out.getvalue().encode(), path)
+
+
+def plot_lzma_during_training(grouped: dict, path: Path) -> None:
+    """The lzma ratio of the weights after every epoch (epoch 0: initialization), mean over seeds,
+    one panel per model and data set, one line per method and setting."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    panels = sorted({key[:2] for key in grouped})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    for ax, (model, dataset) in zip(axes[0], panels):
+        for key, runs in grouped.items():
+            if key[:2] != (model, dataset):
+                continue
+            curves = [r["lzma_by_epoch"] for r in runs if None not in r["lzma_by_epoch"]]
+            if curves:
+                ax.plot(range(len(curves[0])), [statistics.fmean(v) for v in zip(*curves)], marker="o",
+                        markersize=3, linestyle="-" if "momos" in key[2] else "--", label=label(key))
+        ax.set_yscale("log")
+        ax.set_title(f"{model} on {dataset}")
+        ax.set_xlabel("epoch (0 = initialization)")
+        ax.set_ylabel("lzma-9 ratio of the float32 weights (higher = simpler)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes_atomic(buffer.getvalue(), path)
+
+
 # --- the document ------------------------------------------------------------------------------
 
 def settings_lines(records: list[dict]) -> list[str]:
@@ -261,7 +322,14 @@ def document(records: list[dict]) -> str:
     for title, outcome, evidence in findings:
         lines += [f"### {title}: **{outcome}**", "", *evidence, ""]
     lines += [
+        "## Complexity during training",
+        "",
+        "![lzma ratio after every epoch](reproduction/lzma_during_training.png)",
+        "",
         "## Accuracy, description length, motif usage",
+        "",
+        "Every run's numbers, with each metric at initialization and at the end:",
+        "[`reproduction/runs.csv`](reproduction/runs.csv).",
         "",
         *accuracy_table(grouped),
         "",
@@ -291,6 +359,8 @@ def main() -> None:
     records = collect(root)
     if not records:
         raise SystemExit("no completed runs of the reproduction sweeps found; run them first")
+    write_runs_csv(records, HERE / "runs.csv")
+    plot_lzma_during_training(by_setting(records), HERE / "lzma_during_training.png")
     write_bytes_atomic(document(records).encode(), HERE.parent / "REPRODUCTION.md")
     print(f"{len(records)} runs -> {HERE.parent / 'REPRODUCTION.md'}")
 
