@@ -197,13 +197,18 @@ def finding_accuracy_kept(grouped: dict) -> tuple[str, list[str]]:
     return verdict(passed, total), lines
 
 
-def _summarize(checks, what: str) -> tuple[str, list[str]]:
+def _summarize(checks, what: str, shown: int = 6) -> tuple[str, list[str]]:
+    """The verdict over ``checks`` (name ending in the metric, agrees, before, after), the count
+    per metric and the first disagreements."""
     passed = sum(ok for _, ok, _, _ in checks)
-    lines = [f"- {what}: {passed} of {len(checks)} comparisons agree."]
+    metrics = list(dict.fromkeys(name.split()[-1] for name, *_ in checks))
+    per_metric = [f"{m} {sum(ok for n, ok, *_ in checks if n.split()[-1] == m)}/"
+                  f"{sum(n.split()[-1] == m for n, *_ in checks)}" for m in metrics]
+    lines = [f"- {what}: {passed} of {len(checks)} comparisons agree ({', '.join(per_metric)})."]
     failed = [c for c in checks if not c[1]]
-    lines += [f"  - disagrees: {name}: {before:.4g} → {after:.4g}" for name, _, before, after in failed[:12]]
-    if len(failed) > 12:
-        lines.append(f"  - and {len(failed) - 12} more")
+    lines += [f"  - disagrees: {name}: {before:.6g} → {after:.6g}" for name, _, before, after in failed[:shown]]
+    if len(failed) > shown:
+        lines.append(f"  - and {len(failed) - shown} more (all in `reproduction/runs.csv`)")
     return verdict(passed, len(checks)), lines
 
 
