@@ -192,8 +192,9 @@ def finding_accuracy_kept(grouped: dict) -> tuple[str, list[str]]:
         passed += diff >= -ACCURACY_TOLERANCE
         factors = stat([r["factor"] for r in runs], 2)
         lines.append(f"- {model}/{dataset}: MoMos s={s} c={capacity:g} {diff * 100:+.2f} points against the baseline "
-                     f"({'within' if diff >= -ACCURACY_TOLERANCE else 'outside'} {ACCURACY_TOLERANCE * 100:g} point), "
-                     f"simplification factor {factors}.")
+                     f"({'within' if diff >= -ACCURACY_TOLERANCE else 'outside'} {ACCURACY_TOLERANCE * 100:g} point; "
+                     f"test accuracy {stat([r['test_acc'] for r in runs])} against "
+                     f"{stat([r['test_acc'] for r in base])}), simplification factor {factors}.")
     return verdict(passed, total), lines
 
 
