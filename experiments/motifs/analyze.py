@@ -260,16 +260,16 @@ def acceptance_lines(compared: list[dict]) -> list[str]:
     best = max(wins, key=wins.get)
     total = sum(c["option"] == best for c in grid)
     mine = [c for c in grid if c["option"] == best]
-    ties = [c for c in mine if c["verdict"] != "win"]
+    ties = [c for c in mine if c["verdict"] == "tie"]
+    losses = sum(c["verdict"] == "loss" for c in mine)
     line = (f"Acceptance: the best motif method of the full grid, **{best}**, beats sample beyond the seed "
-            f"spread in {wins[best]} of {total} settings: the majority is "
+            f"spread in {wins[best]} of {total} settings ({len(ties)} ties, {losses} losses): the majority is "
             f"{'reached' if wins[best] > total / 2 else '**not** reached'}.")
     if ties:
-        line += (f" In the other {len(ties)} it lowers the projection's distortion by "
-                 f"{-100 * statistics.fmean(c['distortion_change'] for c in ties):.1f}% on average, yet the "
-                 f"accuracy differs by {statistics.fmean(abs(c['diff']) for c in ties):.4f} on average against a seed "
-                 f"spread of {statistics.fmean(c['noise'] for c in ties):.4f}: with 2 seeds, the lower distortion "
-                 f"at each projection does not show as an accuracy gap beyond the seed-to-seed variation.")
+        line += (f" In the ties the accuracy difference (mean |difference| "
+                 f"{statistics.fmean(abs(c['diff']) for c in ties):.4f}) does not exceed the seed spread (mean "
+                 f"{statistics.fmean(c['noise'] for c in ties):.4f}, 2 seeds), while the last projection's distortion "
+                 f"changes by {100 * statistics.fmean(c['distortion_change'] for c in ties):+.1f}% on average.")
     return [line]
 
 
