@@ -243,8 +243,8 @@ def verdict_lines(compared: list[dict]) -> list[str]:
             f"{counts['loss']} losses; mean difference {statistics.fmean(diffs):+.4f} "
             f"(best {best['diff']:+.4f} at s={best['s']}, capacity {best['capacity']:g}; "
             f"worst {worst['diff']:+.4f} at s={worst['s']}, capacity {worst['capacity']:g}); "
-            f"description length {statistics.fmean(c['bits_diff'] for c in mine):+.3f} bits per weight and "
-            f"distortion {100 * statistics.fmean(c['distortion_change'] for c in mine):+.1f}% on average; "
+            f"description length {statistics.fmean(c['bits_diff'] for c in mine):+.3f} bits per weight on average, "
+            f"distortion {100 * statistics.median(c['distortion_change'] for c in mine):+.1f}% (median); "
             f"a projection took {statistics.median(c['projection_seconds'] for c in mine):.3f} s (median over "
             f"settings), {slowest['projection_seconds']:.2f} s at the slowest setting (s={slowest['s']}, "
             f"capacity {slowest['capacity']:g}).")
@@ -269,7 +269,7 @@ def acceptance_lines(compared: list[dict]) -> list[str]:
         line += (f" In the ties the accuracy difference (mean |difference| "
                  f"{statistics.fmean(abs(c['diff']) for c in ties):.4f}) does not exceed the seed spread (mean "
                  f"{statistics.fmean(c['noise'] for c in ties):.4f}, 2 seeds), while the last projection's distortion "
-                 f"changes by {100 * statistics.fmean(c['distortion_change'] for c in ties):+.1f}% on average.")
+                 f"changes by {100 * statistics.median(c['distortion_change'] for c in ties):+.1f}% (median).")
     return [line]
 
 
