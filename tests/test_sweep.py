@@ -165,6 +165,14 @@ def test_sweep_trains_every_run_and_resumes_the_interrupted_one(tiny):
     assert results(out, INTERRUPTED)["summary"]["epochs_done"] == 2
 
 
+def test_complete_runs_lists_the_finished_runs_in_grid_order(tiny, tmp_path):
+    out, _, _ = tiny
+    found = sweep.complete_runs(TINY, out)
+    assert [point.name for point, _ in found] == names(TINY)
+    assert all(record.results["summary"]["complete"] for _, record in found)
+    assert sweep.complete_runs(TINY, tmp_path / "empty") == []
+
+
 def test_a_second_sweep_skips_complete_runs(tiny, capsys):
     out, _, _ = tiny
     mtimes = {name: (sweep.run_dir(out, name) / "results.json").stat().st_mtime_ns for name in names(TINY)}

@@ -14,15 +14,14 @@ final float32 weights. Both are measured on the final checkpoint (``report.check
 
 from __future__ import annotations
 
-import csv
 import io
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from momos.io import write_bytes_atomic
-from momos.report import checkpoint_complexity, least_used_share, load_run
-from momos.sweep import expand, load_spec
+from momos.report import checkpoint_complexity, format_table, least_used_share
+from momos.sweep import complete_runs, load_spec
 
 HERE = Path(__file__).resolve().parent
 SPECS = ("mlp-fashion-mnist.yaml", "mlp-fashion-mnist-tiles-schedules.yaml", "resnet20-cifar10.yaml",
@@ -45,15 +44,7 @@ def collect(root: Path) -> list[dict]:
     rows = []
     for name in SPECS:
         spec = load_spec(HERE / name)
-        out = root / spec["out"]
-        for point in expand(spec):
-            run_dir = out / "runs" / point.name
-            if not (run_dir / "results.json").is_file():
-                continue
-            run = load_run(run_dir)
-            if not run.results["summary"]["complete"]:
-                continue
-            rows.append(row_of(run, point.axes))
+        rows += [row_of(run, point.axes) for point, run in complete_runs(spec, root / spec["out"])]
     return rows
 
 
@@ -81,11 +72,7 @@ def row_of(run, axes: dict) -> dict:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: "" if row[k] is None else row[k] for k in COLUMNS} for row in rows)
-    write_bytes_atomic(out.getvalue().encode(), path)
+    write_bytes_atomic(format_table([{k: row[k] for k in COLUMNS} for row in rows], "csv").encode(), path)
 
 
 # --- statistics over seeds ---------------------------------------------------------------------

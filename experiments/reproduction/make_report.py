@@ -19,8 +19,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from momos.io import write_bytes_atomic
-from momos.report import checkpoint_complexity, least_used_share, load_run
-from momos.sweep import expand, load_spec
+from momos.report import checkpoint_complexity, format_table, least_used_share
+from momos.sweep import complete_runs, load_spec
 
 HERE = Path(__file__).resolve().parent
 SPECS = ("mlp.yaml", "resnet20-cifar10.yaml", "vit-fashion-mnist.yaml")
@@ -35,12 +35,7 @@ def collect(root: Path) -> list[dict]:
     records = []
     for name in SPECS:
         spec = load_spec(HERE / name)
-        for point in expand(spec):
-            run_dir = root / spec["out"] / "runs" / point.name
-            if (run_dir / "results.json").is_file():
-                run = load_run(run_dir)
-                if run.results["summary"]["complete"]:
-                    records.append(record_of(run, name))
+        records += [record_of(run, name) for _, run in complete_runs(spec, root / spec["out"])]
     return records
 
 
@@ -221,9 +216,6 @@ CSV_METRICS = ("gzip", "bz2", "lzma", "zstd", "lzma_bin", "bdm", "sparsity", "l2
 def write_runs_csv(records: list[dict], path: Path) -> None:
     """One row per run: its setting, accuracy, description length, motif usage and every metric
     at initialization and at the end."""
-    import csv
-    import io
-
     rows = []
     for r in records:
         row = {k: r[k] for k in ("model", "dataset", "method", "s", "capacity", "q", "seed", "train_images",
@@ -234,11 +226,7 @@ def write_runs_csv(records: list[dict], path: Path) -> None:
         for name in CSV_METRICS:
             row[f"init_{name}"], row[f"final_{name}"] = r["init"][name], r["final"][name]
         rows.append(row)
-    out = io.StringIO()
-    writer = csv.DictWriter(out, list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    write_bytes_atomic(out.getvalue().encode(), path)
+    write_bytes_atomic(format_table(rows, "csv").encode(), path)
 
 
 def plot_lzma_during_training(grouped: dict, path: Path) -> None:

@@ -286,6 +286,20 @@ def run_dir(out: str | os.PathLike, name: str) -> Path:
     return Path(out) / RUNS / name
 
 
+def complete_runs(spec: dict, out: str | os.PathLike | None = None) -> list[tuple[SweepPoint, RunRecord]]:
+    """The runs of ``spec``'s grid that are complete in ``out`` (default: the spec's ``out``), in grid order."""
+    out = out if out is not None else spec.get("out")
+    if out is None:
+        raise ValueError("no output folder: give out in the spec or as an argument")
+    found = []
+    for point in expand(spec):
+        if (run_dir(out, point.name) / RESULTS).is_file():
+            record = load_run(run_dir(out, point.name))
+            if record.results["summary"].get("complete"):
+                found.append((point, record))
+    return found
+
+
 def plan(points: list[SweepPoint], out: str | os.PathLike) -> dict[str, str]:
     """The state of every run in ``out``: ``done`` (complete), ``partial`` (resumable) or ``new``.
 
