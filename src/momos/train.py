@@ -19,7 +19,7 @@ Every file is written atomically, so a run killed at any moment leaves complete 
 :func:`resume` restarts from the last completed epoch with the same weights, optimizer,
 scheduler, motif generator, RNG and data order as the uninterrupted run.
 
-Under ``torch.distributed`` (``torchrun ... -m momos.cli train``) every rank draws the same
+Under ``torch.distributed`` (``torchrun ... -m momos train``) every rank draws the same
 shuffled global batches and trains on its equal share of each through DistributedDataParallel,
 so the gradients are those of the whole batch, as in one process; every rank projects and rank
 0's mosaic is broadcast; rank 0 alone validates, measures, prints and writes.

@@ -152,7 +152,8 @@ def config_from_args(args, given: list[str]):
         dataset=args.dataset, model=args.model, method=args.method, epochs=args.epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         momentum=args.momentum, schedule=args.schedule, val_fraction=args.val_fraction,
-        split_seed=args.split_seed, train_subset=args.train_subset, augment=args.augment, randaugment=args.randaugment, seed=args.seed,
-        qat_bits=args.q, momos=momos, every_n_steps=args.every_n_steps, warmup_epochs=args.warmup_epochs, anneal_from=args.anneal_from,
+        split_seed=args.split_seed, train_subset=args.train_subset, augment=args.augment,
+        randaugment=args.randaugment, seed=args.seed, qat_bits=args.q, momos=momos,
+        every_n_steps=args.every_n_steps, warmup_epochs=args.warmup_epochs, anneal_from=args.anneal_from,
         anneal_epochs=args.anneal_epochs, metrics=args.metrics, data_dir=args.data_dir,
         download=args.download)
