@@ -7,7 +7,9 @@ squared distances through norms + matmul + argmin over large chunks, then a per-
 copy back. Both get the same motifs (drawn once) on the 5-layer MLP (784-256-256-256-256-10)
 and on ResNet-20, at s=4, capacity=0.01, force_zero. Runs alternate between the two in one
 process; the script prints the median times, their ratio, block-motif pairs per second,
-and the fraction of the machine's float32 matmul rate that the search reaches.
+and the fraction of the machine's float32 matmul rate that the search reaches. In the same
+runs it times the importance-weighted search (random squared-gradient-like weights) on the
+same blocks and motifs against the plain search, and prints their ratio (target: <= 1.5x).
 """
 
 from __future__ import annotations
@@ -90,17 +92,21 @@ def compare(name: str, model: torch.nn.Module, runs: int, device: torch.device, 
             for p, value in zip(model.parameters(), original):
                 p.copy_(value)
 
-    ours, reference, search = [], [], []
+    weights = torch.randn(blocks.shape, generator=torch.Generator().manual_seed(1)).square().to(device)
+
+    ours, reference, search, weighted = [], [], [], []
     for _ in range(runs + 1):  # the first pair warms up (kernel cache, allocator) and is dropped
         restore()
         t_ours, stats = _timed(lambda: momos.project_(model, cfg, motifs=motifs), device)
         restore()
         t_ref, ref_assignments = _timed(lambda: reference_projection_(model, motifs), device)
         t_search, _ = _timed(lambda: nearest_motif(blocks, motifs), device)
+        t_weighted, _ = _timed(lambda: nearest_motif(blocks, motifs, weights=weights), device)
         ours.append(t_ours)
         reference.append(t_ref)
         search.append(t_search)
-    ours, reference, search = ours[1:], reference[1:], search[1:]
+        weighted.append(t_weighted)
+    ours, reference, search, weighted = ours[1:], reference[1:], search[1:], weighted[1:]
 
     m, k = len(blocks), len(motifs)
     differ = (stats.assignments != ref_assignments).nonzero().flatten()
@@ -124,6 +130,10 @@ def compare(name: str, model: torch.nn.Module, runs: int, device: torch.device, 
           f"= {rate * FLOPS_PER_PAIR / 1e9 / gflops:.0%} of the matmul rate "
           f"(best: {pairs / min(search) * FLOPS_PER_PAIR / 1e9 / gflops:.0%})")
     print(f"  whole step      {pairs / med(ours) / 1e9:.2f} G pairs/s")
+    print(f"  weighted search median {med(weighted) * 1e3:7.2f} ms   (best {min(weighted) * 1e3:8.2f} ms): "
+          f"{med(w / p for w, p in zip(weighted, search)):.2f}x the plain search (median of per-run "
+          f"ratios; of medians {med(weighted) / med(search):.2f}x, "
+          f"of bests {min(weighted) / min(search):.2f}x; target <= 1.5x)")
     print(f"  assignments: {m - len(differ)}/{m} identical; differing: {int(padded[differ].sum())} padded "
           f"blocks (the reference compares the zero padding too), {len(rounding)} where the reference's "
           f"float32 rounding picked a farther motif, {unexplained} unexplained")

@@ -230,7 +230,7 @@ def test_cost_estimate_and_warning():
     with pytest.warns(UserWarning, match="max_projection_seconds"):
         momos.project_(model, cfg)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.filterwarnings("error", message=".*max_projection_seconds")
         momos.project_(mlp(), momos.MoMosConfig(block_size=4, capacity=0.1))  # default limit: silent
 
 
@@ -260,3 +260,198 @@ def test_kernels_leave_torch_thread_count_alone():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+# --- importance-weighted search ---------------------------------------------------------
+
+def weighted_brute_force(blocks, motifs, weights):
+    """The weighted definition, written plainly: sum_c h_c * (e * e) in float64, left to right,
+    then the first minimum."""
+    b, z, h = blocks.double(), motifs.double(), weights.double()
+    dist = torch.zeros(len(b), len(z), dtype=torch.float64)
+    for c in range(b.shape[1]):
+        e = b[:, None, c] - z[None, :, c]
+        dist += h[:, None, c] * (e * e)
+    return dist.argmin(dim=1), dist
+
+
+def weighted_case(m, k, s, seed=0, dtype=torch.float32):
+    """Random blocks, motifs with duplicates, weights with zero entries and all-zero rows."""
+    blocks, motifs = random_case(m, k, s, seed=seed, dtype=dtype)
+    motifs = torch.cat([motifs, motifs[:k // 10]])
+    g = torch.Generator().manual_seed(seed + 100)
+    weights = torch.rand(m, s, generator=g, dtype=dtype) * 3
+    weights[torch.rand(m, s, generator=g) < 0.2] = 0
+    weights[::17] = 0
+    return blocks, motifs, weights
+
+
+@pytest.mark.parametrize("s", [1, 2, 4, 9])
+def test_weighted_matches_brute_force(backend, s):
+    blocks, motifs, weights = weighted_case(3000, 150, s, seed=s)
+    expected, dist = weighted_brute_force(blocks, motifs, weights)
+    got = nearest_motif(blocks, motifs, weights=weights)
+    assert torch.equal(got, expected)
+    assert not torch.equal(expected, brute_force(blocks, motifs)[0])  # the weights matter here
+
+
+def test_weighted_wide_blocks_take_the_torch_path():
+    blocks, motifs, weights = weighted_case(1000, 80, kernels.MAX_BLOCK_SIZE + 4, seed=9)
+    assert torch.equal(nearest_motif(blocks, motifs, weights=weights),
+                       weighted_brute_force(blocks, motifs, weights)[0])
+
+
+@pytest.mark.parametrize("max_bytes", [2000, 4 * 2**20])
+def test_weighted_lattice_data_full_of_exact_ties(backend, max_bytes):
+    g = torch.Generator().manual_seed(11)
+    blocks = torch.randint(-3, 4, (1500, 4), generator=g).float() * 0.125
+    motifs = torch.randint(-3, 4, (150, 4), generator=g).float() * 0.125
+    weights = torch.randint(0, 3, (1500, 4), generator=g).float() * 0.5
+    expected, dist = weighted_brute_force(blocks, motifs, weights)
+    assert (dist == dist.min(1, keepdim=True).values).sum(1).gt(1).float().mean() > 0.5  # mostly ties
+    assert torch.equal(nearest_motif(blocks, motifs, weights=weights, max_distance_bytes=max_bytes), expected)
+
+
+def test_weighted_ties_go_to_the_lowest_index(backend):
+    motifs = torch.tensor([[5.0, 0.0], [1.0, 3.0], [1.0, 0.0], [1.0, 3.0], [0.0, 0.0]])
+    blocks = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 7.0], [0.5, 1.0]])
+    weights = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [4.0, 0.0]])
+    # row 0 ignores column 1: motifs 1, 2, 3 tie at 0; row 2 weighs nothing: all tie;
+    # row 3: 4 * 0.5^2 = 1 for motifs 1, 2, 3 and 4
+    assert nearest_motif(blocks, motifs, weights=weights).tolist() == [1, 2, 0, 1]
+
+
+def test_weighted_near_ties_are_ranked_exactly(monkeypatch):
+    """Motifs one float32 ulp apart: the certified weighted path must not guess."""
+    monkeypatch.setattr(kernels, "numba", None)
+    g = torch.Generator().manual_seed(12)
+    base = torch.randn(300, 4, generator=g) + 3
+    motifs = torch.cat([base, torch.nextafter(base, torch.full_like(base, 10.0))])
+    blocks = torch.cat([base, motifs[300:], (base + motifs[300:]) / 2])
+    weights = torch.rand(len(blocks), 4, generator=g) + 0.5
+    expected = weighted_brute_force(blocks, motifs, weights)[0]
+    got = nearest_motif(blocks, motifs, weights=weights)
+    assert torch.equal(got, expected)
+    assert torch.equal(got[:600], torch.arange(600))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_duplicate_motifs_need_no_exact_ranking(monkeypatch, weighted):
+    """Copies of a motif tie exactly; the torch path collapses them rather than re-ranking."""
+    blocks, motifs, weights = weighted_case(2000, 100, 4, seed=20)
+    weights[::17] = 1  # no all-zero rows, which tie everywhere
+    motifs = torch.cat([motifs, motifs, motifs])
+    ranked = []
+    rank_exactly = assign._rank_exactly
+    monkeypatch.setattr(assign, "_rank_exactly",
+                        lambda b, *args: ranked.append(len(b)) or rank_exactly(b, *args))
+    if weighted:
+        got = assign._nearest_certified(blocks, motifs, 4 * 2**20, weights)
+        expected = weighted_brute_force(blocks, motifs, weights)[0]
+    else:
+        got = assign._nearest_certified(blocks, motifs, 4 * 2**20)
+        expected = brute_force(blocks, motifs)[0]
+    assert sum(ranked) < 20
+    assert torch.equal(got, expected)
+
+
+@needs_numba
+def test_weighted_kernel_equals_torch_path(monkeypatch):
+    blocks, motifs, weights = weighted_case(5000, 400, 4, seed=13)
+    kernel = nearest_motif(blocks, motifs, weights=weights)
+    monkeypatch.setattr(kernels, "numba", None)
+    assert torch.equal(kernel, nearest_motif(blocks, motifs, weights=weights))
+
+
+def test_weighted_float64_and_mixed_precision(backend):
+    blocks, motifs, weights = weighted_case(2000, 100, 4, seed=14, dtype=torch.float64)
+    weights = weights + 1e-9  # not representable in float32: must not be rounded to it
+    expected = weighted_brute_force(blocks, motifs, weights)[0]
+    assert torch.equal(nearest_motif(blocks, motifs, weights=weights), expected)
+    blocks, motifs = blocks.float(), motifs.float()  # float64 weights for float32 blocks
+    assert torch.equal(nearest_motif(blocks, motifs, weights=weights),
+                       weighted_brute_force(blocks, motifs, weights)[0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(0, 200), k=st.integers(1, 40), s=st.sampled_from([1, 2, 3, 4]),
+       seed=st.integers(0, 2**16), lattice=st.booleans())
+def test_property_weighted_matches_brute_force(m, k, s, seed, lattice):
+    g = torch.Generator().manual_seed(seed)
+    blocks, motifs = torch.randn(m, s, generator=g), torch.randn(k, s, generator=g)
+    weights = torch.rand(m, s, generator=g)
+    if lattice:  # many exact ties
+        blocks, motifs, weights = blocks.round(), motifs.round(), (weights * 2).round()
+    expected = weighted_brute_force(blocks, motifs, weights)[0]
+    assert torch.equal(nearest_motif(blocks, motifs, weights=weights), expected)
+    if m:
+        assert torch.equal(assign._nearest_certified(blocks, motifs, 512, weights), expected)
+
+
+def test_weights_are_validated():
+    blocks, motifs = torch.zeros(3, 4), torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="shape"):
+        nearest_motif(blocks, motifs, weights=torch.ones(3, 3))
+    with pytest.raises(ValueError, match="non-negative"):
+        nearest_motif(blocks, motifs, weights=-torch.ones(3, 4))
+    with pytest.raises(ValueError, match="NaN"):
+        nearest_motif(blocks, motifs, weights=torch.full((3, 4), float("nan")))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        nearest_motif(blocks, motifs, weights=torch.full((3, 4), float("inf")))
+    with pytest.raises(TypeError, match="floating"):
+        nearest_motif(blocks, motifs, weights=torch.ones(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="non-negative"):
+        nearest_motif_approximate(blocks, motifs, nprobe=1, weights=-torch.ones(3, 4))
+
+
+def test_weighted_padding_weighs_nothing(backend):
+    blocks, motifs, weights = weighted_case(600, 60, 4, seed=15)
+    rows = torch.arange(5, 600, 7)
+    patterns = [(torch.tensor([0, 1]), rows[::2]), (torch.tensor([0]), rows[1::2])]
+    before = weights.clone()
+    got = nearest_motif_ignoring_padding(blocks, motifs, patterns, weights=weights)
+    assert torch.equal(weights, before)  # the caller's weights are not modified
+    expected = weighted_brute_force(blocks, motifs, weights)[0]
+    for columns, padded in patterns:
+        expected[padded] = weighted_brute_force(blocks[padded][:, columns], motifs[:, columns],
+                                                weights[padded][:, columns])[0]
+    assert torch.equal(got, expected)
+    calls = []
+
+    def search(b, z, *, weights):
+        calls.append(weights)
+        return nearest_motif(b, z, weights=weights)
+    assert torch.equal(nearest_motif_ignoring_padding(blocks, motifs, patterns, weights=weights,
+                                                      search=search), expected)
+    assert len(calls) == 1 and calls[0][rows[::2], 2:].eq(0).all() and calls[0][rows[1::2], 1:].eq(0).all()
+
+
+@needs_numba
+def test_weighted_nearest_few_kernel():
+    blocks, points, weights = weighted_case(1000, 40, 4, seed=16)
+    _, dist = weighted_brute_force(blocks, points, weights)
+    expected = torch.sort(dist, dim=1, stable=True).indices[:, :5]
+    assert torch.equal(kernels.nearest_few(blocks, points, 5, weights), expected)
+
+
+def test_weighted_cells_are_probed_by_weighted_distance(backend):
+    blocks, centroids, weights = weighted_case(1000, 40, 4, seed=17)
+    _, dist = weighted_brute_force(blocks, centroids, weights)
+    expected = torch.sort(dist, dim=1, stable=True).indices[:, :5]
+    assert torch.equal(approximate._nearest_cells(blocks, weights, centroids, 5, 3000), expected)
+
+
+def test_weighted_approximate_probing_every_cell_is_exact(backend):
+    blocks, motifs, weights = weighted_case(4000, 400, 4, seed=18)
+    ivf = build_inverted_file(motifs, 12)
+    got = nearest_motif_approximate(blocks, motifs, nprobe=ivf.num_cells, inverted_file=ivf, weights=weights)
+    assert torch.equal(got, weighted_brute_force(blocks, motifs, weights)[0])
+
+
+@needs_numba
+def test_weighted_approximate_is_the_same_on_every_backend(monkeypatch):
+    blocks, motifs, weights = weighted_case(3000, 300, 4, seed=19)
+    kernel = nearest_motif_approximate(blocks, motifs, nprobe=2, weights=weights)
+    assert not torch.equal(kernel, nearest_motif_approximate(blocks, motifs, nprobe=2))
+    monkeypatch.setattr(kernels, "numba", None)
+    assert torch.equal(kernel, nearest_motif_approximate(blocks, motifs, nprobe=2, weights=weights))

@@ -1,8 +1,12 @@
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
 
 import momos
+from momos.approximate import nearest_motif_approximate
+from momos.assign import nearest_motif
 from momos.motifs import refine_motifs_kmeans, sample_motifs
 
 
@@ -105,3 +109,80 @@ def test_bad_importance_leaves_model_untouched():
         momos.project_(model, cfg, importance=[-torch.ones_like(p) for p in model.parameters()])
     for p, q in zip(model.parameters(), before):
         assert torch.equal(p, q)
+
+
+def weighted_distortion(blocks, motifs, weights):
+    """sum over blocks of the weighted distance to the nearest motif: the weighted k-means objective."""
+    return (weights[:, None] * (blocks[:, None] - motifs[None]) ** 2).sum(-1).min(1).values.sum()
+
+
+def weighted_case(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    blocks = clustered_blocks(seed, centers=8, per=40).double()
+    blocks += 0.5 * torch.randn(blocks.shape, generator=g, dtype=torch.float64)
+    weights = torch.rand(blocks.shape, generator=g, dtype=torch.float64) ** 4 * 10
+    return blocks, weights
+
+
+def test_weighted_kmeans_assigns_by_weighted_distance():
+    """One Lloyd round: weighted-nearest assignment, then the weighted mean per coordinate."""
+    blocks, weights = weighted_case(1)
+    start = blocks[:12].clone()
+    assign = ((blocks[:, None] - start[None]) ** 2 * weights[:, None]).sum(-1).argmin(1)
+    assert not torch.equal(assign, ((blocks[:, None] - start[None]) ** 2).sum(-1).argmin(1))
+    expected = torch.stack([(weights[assign == j] * blocks[assign == j]).sum(0) / weights[assign == j].sum(0)
+                            for j in range(12)])
+    refined = refine_motifs_kmeans(blocks, start, 1, importance=weights)
+    assert torch.allclose(refined, expected, rtol=1e-12, atol=0)
+
+
+def test_weighted_kmeans_lowers_the_weighted_objective_and_keeps_zero():
+    blocks, weights = weighted_case(2)
+    motifs = sample_motifs(blocks, 9, torch.Generator().manual_seed(3), force_zero=True)
+    objective = [weighted_distortion(blocks, motifs, weights)]
+    for _ in range(6):
+        motifs = refine_motifs_kmeans(blocks, motifs, 1, importance=weights, fixed_zero=True)
+        assert motifs[0].eq(0).all()
+        objective.append(weighted_distortion(blocks, motifs, weights))
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(objective, objective[1:]))
+    assert objective[-1] < 0.9 * objective[0]
+
+
+def test_weighted_kmeans_search_ignores_padding():
+    # block 1's second value is padding: by its real value 3 it belongs to motif 1
+    # (counting the padding, to motif 0)
+    blocks = torch.tensor([[0.0, 0.0], [3.0, 100.0], [3.0, 0.0]])
+    mask = torch.tensor([[True, True], [True, False], [True, True]])
+    start = torch.tensor([[0.0, 1.0], [3.0, 0.0]])
+    refined = refine_motifs_kmeans(blocks, start, 1, valid_mask=mask, importance=torch.ones(3, 2))
+    assert torch.equal(refined, torch.tensor([[0.0, 0.0], [3.0, 0.0]]))
+
+
+def test_kmeans_uses_the_given_search():
+    blocks, weights = weighted_case(4)
+    start = blocks[:10].clone()
+    calls = []
+
+    def search(b, z, *, weights):
+        calls.append(weights)
+        return nearest_motif(b, z, weights=weights)
+    refined = refine_motifs_kmeans(blocks, start, 3, importance=weights, search=search)
+    assert len(calls) == 3 and all(torch.equal(w, weights) for w in calls)
+    assert torch.equal(refined, refine_motifs_kmeans(blocks, start, 3, importance=weights))
+    calls.clear()
+    refine_motifs_kmeans(blocks, start, 2, search=search)
+    assert calls == [None, None]  # without importance the search stays unweighted
+
+    def first_motif(b, z, *, weights):
+        return torch.zeros(len(b), dtype=torch.long)
+    only = refine_motifs_kmeans(blocks, start, 1, search=first_motif)
+    worst = ((blocks - start[0]) ** 2).sum(1).topk(9).indices
+    assert torch.allclose(only[0], blocks.mean(0)) and torch.equal(only[1:], blocks[worst])  # re-seeded
+
+
+def test_kmeans_with_the_approximate_search():
+    blocks, weights = weighted_case(5)
+    start = blocks[:16].clone()
+    search = partial(nearest_motif_approximate, nprobe=2)
+    refined = refine_motifs_kmeans(blocks, start, 4, importance=weights, search=search)
+    assert weighted_distortion(blocks, refined, weights) < weighted_distortion(blocks, start, weights)

@@ -8,7 +8,9 @@ trades speed for exactness; probing every cell searches every motif and gives ex
 exact search's answer.
 
 Within the searched motifs the rule is the exact search's (float64 distances, ties to the
-lowest motif index), so the only approximation is which motifs are searched.
+lowest motif index), so the only approximation is which motifs are searched. With importance
+weights, both the probed cells (by weighted distance to their centroids) and the motifs in
+them are chosen by the weighted distance; the cells themselves depend on the motifs only.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from . import kernels
-from .assign import DEFAULT_MAX_DISTANCE_BYTES, nearest_motif, squared_distances
+from .assign import DEFAULT_MAX_DISTANCE_BYTES, check_weights, nearest_motif, squared_distances
 from .motifs import refine_motifs_kmeans, sample_motifs
 
 # Blocks handled at once; bounds the memory of the (block, probed cell) pairs.
@@ -82,6 +84,7 @@ def build_inverted_file(motifs: torch.Tensor, num_cells: int | None = None, *,
 
 
 def nearest_motif_approximate(blocks: torch.Tensor, motifs: torch.Tensor, *, nprobe: int,
+                              weights: torch.Tensor | None = None,
                               num_cells: int | None = None,
                               inverted_file: InvertedFile | None = None,
                               max_distance_bytes: int = DEFAULT_MAX_DISTANCE_BYTES) -> torch.Tensor:
@@ -90,6 +93,8 @@ def nearest_motif_approximate(blocks: torch.Tensor, motifs: torch.Tensor, *, npr
     Args:
         blocks: ``(m, s)``; motifs: ``(k, s)``.
         nprobe: cells searched per block; ``>= the number of cells`` is exact.
+        weights: ``(m, s)`` importance of each block value, as for
+            :func:`momos.assign.nearest_motif`, or None.
         num_cells: cells of the inverted file built here (default about ``sqrt(k)``).
         inverted_file: reuse one built by :func:`build_inverted_file` for these motifs.
 
@@ -98,33 +103,38 @@ def nearest_motif_approximate(blocks: torch.Tensor, motifs: torch.Tensor, *, npr
     """
     if nprobe < 1:
         raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+    if weights is not None:
+        check_weights(weights, blocks)
     if inverted_file is None:
         inverted_file = build_inverted_file(motifs, num_cells, max_distance_bytes=max_distance_bytes)
     nprobe = min(nprobe, inverted_file.num_cells)
     assignments = torch.empty(len(blocks), dtype=torch.long, device=blocks.device)
     for r0 in range(0, len(blocks), _CHUNK_ROWS):
         chunk = blocks[r0:r0 + _CHUNK_ROWS]
-        assignments[r0:r0 + len(chunk)] = _search_chunk(chunk, motifs, inverted_file, nprobe,
-                                                        max_distance_bytes)
+        chunk_weights = None if weights is None else weights[r0:r0 + _CHUNK_ROWS]
+        assignments[r0:r0 + len(chunk)] = _search_chunk(chunk, chunk_weights, motifs, inverted_file,
+                                                        nprobe, max_distance_bytes)
     return assignments
 
 
-def _search_chunk(blocks, motifs, ivf: InvertedFile, nprobe: int, max_distance_bytes: int):
-    """Search ``blocks`` ``(n, s)`` in their ``nprobe`` nearest cells; ``(n,)`` int64."""
-    probes = _nearest_cells(blocks, ivf.centroids, nprobe, max_distance_bytes)
+def _search_chunk(blocks, weights, motifs, ivf: InvertedFile, nprobe: int, max_distance_bytes: int):
+    """Search ``blocks`` ``(n, s)`` (weights ``(n, s)`` or None) in their ``nprobe`` nearest
+    cells; ``(n,)`` int64."""
+    probes = _nearest_cells(blocks, weights, ivf.centroids, nprobe, max_distance_bytes)
     if kernels.available(blocks.device) and blocks.shape[1] <= kernels.MAX_BLOCK_SIZE:
         position, distance = kernels.nearest_in_cells(blocks, motifs[ivf.motif_order], ivf.cell_starts,
-                                                      probes)
+                                                      probes, weights)
         candidate = ivf.motif_order[position]
     else:
-        candidate = _nearest_in_cells_torch(blocks, motifs, ivf, probes, max_distance_bytes)
-        distance = squared_distances(blocks[:, None], motifs[candidate])
+        candidate = _nearest_in_cells_torch(blocks, weights, motifs, ivf, probes, max_distance_bytes)
+        distance = squared_distances(blocks[:, None], motifs[candidate],
+                                     None if weights is None else weights[:, None])
     # each block: its nearest candidate, ties to the lowest motif index
     best = distance.min(dim=1, keepdim=True).values
     return torch.where(distance == best, candidate, len(motifs)).min(dim=1).values
 
 
-def _nearest_in_cells_torch(blocks, motifs, ivf: InvertedFile, probes, max_distance_bytes):
+def _nearest_in_cells_torch(blocks, weights, motifs, ivf: InvertedFile, probes, max_distance_bytes):
     """``(n, nprobe)``: each probed cell's nearest motif, one exact search per cell."""
     n, nprobe = probes.shape
     cell = probes.flatten()
@@ -137,21 +147,25 @@ def _nearest_in_cells_torch(blocks, motifs, ivf: InvertedFile, probes, max_dista
         pairs = order[int(pair_starts[c]):int(pair_starts[c + 1])]
         if len(pairs):
             members = ivf.motif_order[int(motif_starts[c]):int(motif_starts[c + 1])]
-            local = nearest_motif(blocks[pairs // nprobe], motifs[members],
-                                  max_distance_bytes=max_distance_bytes)
+            rows = pairs // nprobe
+            local = nearest_motif(blocks[rows], motifs[members], max_distance_bytes=max_distance_bytes,
+                                  weights=None if weights is None else weights[rows])
             candidate[pairs] = members[local]
     return candidate.view(n, nprobe)
 
 
-def _nearest_cells(blocks, centroids, count: int, max_distance_bytes: int) -> torch.Tensor:
+def _nearest_cells(blocks, weights, centroids, count: int, max_distance_bytes: int) -> torch.Tensor:
     """``(n, count)`` int64: the ``count`` cells whose centroids are nearest to each block.
 
-    Nearest first by the float64 distance, equal distances in cell order, on every backend.
+    Nearest first by the float64 (weighted) distance, equal distances in cell order, on
+    every backend.
     """
     if kernels.available(blocks.device) and blocks.shape[1] <= kernels.MAX_BLOCK_SIZE:
-        return kernels.nearest_few(blocks, centroids, count)
-    # the distances and one coordinate's differences, both float64
-    rows = max(1, max_distance_bytes // (16 * len(centroids)))
+        return kernels.nearest_few(blocks, centroids, count, weights)
+    # the distances and two temporaries of one coordinate, all float64
+    rows = max(1, max_distance_bytes // (24 * len(centroids)))
     return torch.cat([
-        torch.sort(squared_distances(tile[:, None], centroids[None]), dim=1, stable=True).indices[:, :count]
-        for tile in blocks.split(rows)])
+        torch.sort(squared_distances(blocks[r0:r0 + rows, None], centroids[None],
+                                     None if weights is None else weights[r0:r0 + rows, None]),
+                   dim=1, stable=True).indices[:, :count]
+        for r0 in range(0, len(blocks), rows)])

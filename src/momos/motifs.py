@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 
 from .assign import DEFAULT_MAX_DISTANCE_BYTES, nearest_motif
@@ -35,7 +38,8 @@ def refine_motifs_kmeans(blocks: torch.Tensor, motifs: torch.Tensor, iterations:
                          valid_mask: torch.Tensor | None = None,
                          importance: torch.Tensor | None = None,
                          fixed_zero: bool = False,
-                         max_distance_bytes: int = DEFAULT_MAX_DISTANCE_BYTES) -> torch.Tensor:
+                         max_distance_bytes: int = DEFAULT_MAX_DISTANCE_BYTES,
+                         search: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """Lloyd iterations: move each motif to the (weighted) mean of the blocks assigned to it.
 
     Args:
@@ -43,9 +47,14 @@ def refine_motifs_kmeans(blocks: torch.Tensor, motifs: torch.Tensor, iterations:
         motifs: ``(k, s)`` starting codebook (not modified).
         iterations: number of assign-then-update rounds.
         valid_mask: ``(m, s)`` bool; padding (False) has no weight in the means.
-        importance: ``(m, s)`` non-negative per-weight importance (e.g. squared gradients);
-            the mean becomes the importance-weighted mean, per coordinate.
+        importance: ``(m, s)`` non-negative per-weight importance ``h`` (e.g. squared
+            gradients). Both steps then minimize ``sum h (b - z)^2``: blocks go to the
+            nearest motif by weighted distance (padding weighing 0), and motifs move to the
+            importance-weighted mean, per coordinate.
         fixed_zero: motif 0 stays the zero block.
+        search: the assignment step, ``search(blocks, motifs, weights=...) -> (m,)`` int64,
+            e.g. the approximate search; ``weights`` is None without ``importance``.
+            Default: the exact :func:`momos.assign.nearest_motif`.
 
     Returns:
         ``(k, s)`` refined motifs. A motif that loses all its blocks is re-seeded with the
@@ -54,10 +63,14 @@ def refine_motifs_kmeans(blocks: torch.Tensor, motifs: torch.Tensor, iterations:
     weight = torch.ones_like(blocks) if importance is None else importance.to(blocks.dtype)
     if valid_mask is not None:
         weight = weight * valid_mask
+    # without importance the search stays unweighted, padding included, as it always was
+    search_weights = None if importance is None else weight
+    if search is None:
+        search = partial(nearest_motif, max_distance_bytes=max_distance_bytes)
     motifs = motifs.clone()
     k = motifs.shape[0]
     for _ in range(iterations):
-        assignments = nearest_motif(blocks, motifs, max_distance_bytes=max_distance_bytes)
+        assignments = search(blocks, motifs, weights=search_weights)
         sums = torch.zeros_like(motifs).index_add_(0, assignments, blocks * weight)
         totals = torch.zeros_like(motifs).index_add_(0, assignments, weight)
         updated = torch.where(totals > 0, sums / totals.clamp_min(torch.finfo(blocks.dtype).tiny), motifs)
