@@ -44,6 +44,11 @@ def test_every_block_is_a_motif(scope, force_zero):
     model = make_model()
     cfg = momos.MoMosConfig(block_size=4, capacity=0.1, force_zero=force_zero, scope=scope)
     before_blocks, layout = blocks_of(model, cfg)
+    if scope == "per_tensor" and force_zero:
+        # the 2-block conv bias gets k = 1: only the zero motif, refused
+        with pytest.raises(ValueError, match=r"'0\.bias' \(2 blocks\) gets k = 1"):
+            momos.project_(model, cfg)
+        return
     stats = momos.project_(model, cfg)
     assert_exact_mosaic(model, cfg, stats)
     assert stats.num_blocks == layout.num_blocks
@@ -72,7 +77,8 @@ def test_every_block_is_a_motif(scope, force_zero):
 @pytest.mark.parametrize("scope", ["global", "per_tensor"])
 def test_tile_shapes_project_to_exact_mosaic(scope):
     model = make_model()
-    cfg = momos.MoMosConfig(block_size=9, tile_shape=(3, 3), capacity=0.2, scope=scope)
+    # no zero motif: the 5-value conv bias is one block, alone in its per-tensor codebook
+    cfg = momos.MoMosConfig(block_size=9, tile_shape=(3, 3), capacity=0.2, scope=scope, force_zero=False)
     stats = momos.project_(model, cfg)
     assert_exact_mosaic(model, cfg, stats)
     kernels = model[0].weight.detach().reshape(-1, 9)
@@ -135,7 +141,7 @@ def test_projection_does_not_touch_global_rng():
 
 def test_idempotent_with_same_motifs():
     model = make_model()
-    cfg = momos.MoMosConfig(block_size=4, capacity=0.05, scope="per_tensor")
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.05, scope="per_tensor", force_zero=False)
     stats = momos.project_(model, cfg)
     before = snapshot(model)
     again = momos.project_(model, cfg, motifs=stats.codebook_motifs())
@@ -269,7 +275,13 @@ def test_projection_property(shapes, block_size, capacity, force_zero, scope, se
         model.register_parameter(f"p{i}", nn.Parameter(torch.randn(shape)))
     cfg = momos.MoMosConfig(block_size=block_size, capacity=capacity, force_zero=force_zero,
                             scope=scope, seed=seed)
-    stats = momos.project_(model, cfg)
+    before = snapshot(model)
+    try:
+        stats = momos.project_(model, cfg, warn_relative_error=None)
+    except ValueError as error:  # a codebook of only the zero motif, or a tensor turned to zeros
+        assert "k = 1" in str(error) or "entirely into zeros" in str(error)
+        assert_unchanged(model, before)
+        return
     assert_exact_mosaic(model, cfg, stats)
     assert int(stats.motif_counts.sum()) == stats.num_blocks
     for c in stats.codebooks:

@@ -9,6 +9,10 @@ Two block shapes:
   spatial tile of a conv kernel), read row by row into blocks of ``s = r * c`` values;
   tensors with fewer dimensions are cut into runs of ``s``.
 
+With ``per_row`` (the layout of per-channel scales) a tensor of two or more dimensions that is
+cut into runs is cut row by row: each slice along dim 0 is padded to a multiple of ``s`` on
+its own, so a block never spans two output channels.
+
 Blocks of all tensors are stacked into one ``(num_blocks, s)`` matrix; a block never spans
 two tensors. Padding never counts: it is dropped on the way back.
 """
@@ -28,16 +32,27 @@ class BlockLayout:
     shapes: tuple[torch.Size, ...]
     block_size: int
     tile_shape: tuple[int, int] | None = None
+    per_row: bool = False
 
     def __post_init__(self) -> None:
         if self.tile_shape is not None:
             r, c = self.tile_shape
             if r < 1 or c < 1 or r * c != self.block_size:
                 raise ValueError(f"tile shape {self.tile_shape} does not hold block_size={self.block_size} values")
+            if self.per_row and r > 1 and any(len(shape) == 2 for shape in self.shapes):
+                raise ValueError(f"{r}x{c} tiles of a 2-D tensor span {r} rows; per-row blocks "
+                                 "(normalize='channel') need tiles of one row on 2-D tensors")
 
     def is_tiled(self, index: int) -> bool:
         """True when tensor ``index`` is cut into 2-D tiles rather than runs."""
         return self.tile_shape is not None and len(self.shapes[index]) >= 2
+
+    def row_count(self, index: int) -> int:
+        """How many slices tensor ``index`` is cut in separately: its dim 0 when cut row by row, else 1."""
+        shape = self.shapes[index]
+        if self.per_row and len(shape) >= 2 and not self.is_tiled(index):
+            return int(shape[0])
+        return 1
 
     @cached_property
     def numels(self) -> tuple[int, ...]:
@@ -51,7 +66,8 @@ class BlockLayout:
                 (r, c), (h, w) = self.tile_shape, shape[-2:]
                 counts.append(n // (h * w) * -(-h // r) * -(-w // c) if n else 0)
             else:
-                counts.append(-(-n // self.block_size))
+                rows = self.row_count(i)
+                counts.append(rows * -(-(n // rows) // self.block_size) if n else 0)
         return tuple(counts)
 
     @cached_property
@@ -91,13 +107,14 @@ class BlockLayout:
 
 
 def layout_of(tensors: list[torch.Tensor], block_size: int,
-              tile_shape: tuple[int, int] | None = None) -> BlockLayout:
+              tile_shape: tuple[int, int] | None = None, per_row: bool = False) -> BlockLayout:
     return BlockLayout(shapes=tuple(t.shape for t in tensors), block_size=block_size,
-                       tile_shape=None if tile_shape is None else tuple(tile_shape))
+                       tile_shape=None if tile_shape is None else tuple(tile_shape), per_row=per_row)
 
 
 def to_blocks(tensors: list[torch.Tensor], block_size: int, dtype: torch.dtype | None = None,
-              tile_shape: tuple[int, int] | None = None) -> tuple[torch.Tensor, BlockLayout]:
+              tile_shape: tuple[int, int] | None = None, per_row: bool = False
+              ) -> tuple[torch.Tensor, BlockLayout]:
     """Stack tensors into a ``(num_blocks, block_size)`` matrix, zero-padding each tensor.
 
     The result lives on the first tensor's device, in ``dtype`` (default: the tensors'
@@ -105,7 +122,7 @@ def to_blocks(tensors: list[torch.Tensor], block_size: int, dtype: torch.dtype |
     """
     if not tensors:
         raise ValueError("no tensors to cut into blocks")
-    layout = layout_of(tensors, block_size, tile_shape)
+    layout = layout_of(tensors, block_size, tile_shape, per_row)
     if dtype is None:
         dtype = tensors[0].dtype
         for t in tensors[1:]:
@@ -129,7 +146,8 @@ def from_blocks(blocks: torch.Tensor, layout: BlockLayout) -> list[torch.Tensor]
             padded = grid.reshape(-1, grid.shape[1] * r, grid.shape[3] * c)
             tensors.append(padded[:, :h, :w].reshape(shape))
         else:
-            tensors.append(own.reshape(-1)[:layout.numels[i]].reshape(shape))
+            rows = layout.row_count(i)
+            tensors.append(own.reshape(rows, -1)[:, :layout.numels[i] // rows].reshape(shape))
     return tensors
 
 
@@ -149,5 +167,6 @@ def _cut(tensors: list[torch.Tensor], layout: BlockLayout, *, dtype, device) -> 
             padded[:, :h, :w] = t.reshape(-1, h, w)
             own.copy_(padded.reshape(-1, rows, r, cols, c).permute(0, 1, 3, 2, 4).reshape(-1, s))
         else:
-            own.view(-1)[:layout.numels[i]] = t.reshape(-1)
+            rows = layout.row_count(i)
+            own.view(rows, -1)[:, :t.numel() // rows] = t.reshape(rows, -1)
     return blocks

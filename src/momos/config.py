@@ -9,6 +9,8 @@ from typing import Literal
 SCOPES = ("global", "per_tensor")
 MOTIF_METHODS = ("sample", "kmeans", "persistent")
 ASSIGNMENTS = ("exact", "approximate")
+NORMALIZATIONS = ("none", "tensor", "channel")
+PARAMETER_SETS = ("all", "matrices")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,14 @@ class MoMosConfig:
             projection's codebook refined by Lloyd iterations (sampled the first time), so
             the codebook drifts slowly instead of being redrawn.
         kmeans_iterations: Lloyd iterations for ``"kmeans"`` and ``"persistent"``.
+        normalize: ``"none"`` (the paper: raw values), ``"tensor"`` (each tensor is divided by
+            one power-of-two scale before its blocks meet the codebook) or ``"channel"`` (one scale
+            per output channel, dim 0, of tensors with two or more dimensions; 1-D tensors get
+            one; blocks never span two channels). The codebook stays shared, in normalized
+            units, and every weight is ``scale x motif`` value.
+        parameters: ``"all"`` (the paper) or ``"matrices"``: only parameters with two or more
+            dimensions (Linear/Conv/Embedding/attention weights), leaving norms and biases
+            free; applied before ``include``/``exclude``.
         include: regular expressions; when given, exactly the parameters whose name
             matches one of them (``re.search``) are projected, frozen ones too. By default
             every parameter with ``requires_grad`` is.
@@ -61,6 +71,8 @@ class MoMosConfig:
     scope: Literal["global", "per_tensor"] = "global"
     motifs: Literal["sample", "kmeans", "persistent"] = "sample"
     kmeans_iterations: int = 5
+    normalize: Literal["none", "tensor", "channel"] = "none"
+    parameters: Literal["all", "matrices"] = "all"
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = field(default_factory=tuple)
     motif_bits: int | None = None
@@ -104,6 +116,10 @@ class MoMosConfig:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         if self.motifs not in MOTIF_METHODS:
             raise ValueError(f"motifs must be one of {MOTIF_METHODS}, got {self.motifs!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+        if self.parameters not in PARAMETER_SETS:
+            raise ValueError(f"parameters must be one of {PARAMETER_SETS}, got {self.parameters!r}")
         _check_int("kmeans_iterations", self.kmeans_iterations, minimum=0)
         if self.motif_bits is not None:
             _check_int("motif_bits", self.motif_bits, minimum=2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,9 +19,14 @@ from . import cost
 from .approximate import nearest_motif_approximate
 from .assign import nearest_motif_ignoring_padding
 from .blocks import BlockLayout, from_blocks, layout_of, to_blocks
+from .calibration import Calibration, input_importance
 from .config import MoMosConfig
 from .motifs import refine_motifs_kmeans, sample_motifs
 from .quantization import fake_quantize
+from .scales import divide, exponents_of, multiply, scale_exponents, scales_of
+
+# project_ warns about tensors whose relative error ||new - old|| / ||old|| exceeds this.
+DEFAULT_WARN_RELATIVE_ERROR = 0.3
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,10 @@ class ProjectionStats:
     """What one projection did.
 
     ``motifs`` stacks every codebook's motifs (one codebook for ``scope="global"``);
-    ``assignments`` index into it, blocks in parameter order.
+    ``assignments`` index into it, blocks in parameter order. With ``normalize``, motifs are in
+    normalized units and ``scales`` holds each parameter's power-of-two scales (shape ``()``
+    or ``(rows,)``): a weight is its scale times its motif value. ``relative_errors`` maps each
+    parameter to ``||new - old|| / ||old||`` (``||new||`` for a tensor that was zero).
     """
 
     parameter_names: tuple[str, ...]
@@ -58,6 +67,8 @@ class ProjectionStats:
     assignments: torch.Tensor    # (num_blocks,) int64
     motif_counts: torch.Tensor   # (k,) int64
     codebooks: tuple[Codebook, ...]
+    relative_errors: dict[str, float]
+    scales: tuple[torch.Tensor, ...] | None = None
 
     def codebook_motifs(self) -> list[torch.Tensor]:
         """Each codebook's ``(k_i, s)`` motifs, to project again with the same codebooks."""
@@ -74,7 +85,12 @@ class ProjectionStats:
             "changed_weights": self.changed_weights,
             "seconds": self.seconds,
             "motifs_used": int((self.motif_counts > 0).sum()),
+            "max_relative_error": max(self.relative_errors.values()),
         }
+
+    def worst_tensors(self, count: int = 3) -> list[tuple[str, float]]:
+        """The ``count`` parameters with the largest relative errors, largest first."""
+        return sorted(self.relative_errors.items(), key=lambda item: -item[1])[:count]
 
 
 def select_parameters(model: nn.Module, config: MoMosConfig) -> list[tuple[str, nn.Parameter]]:
@@ -83,6 +99,7 @@ def select_parameters(model: nn.Module, config: MoMosConfig) -> list[tuple[str, 
     By default every parameter with ``requires_grad``. ``config.include`` (regular
     expressions searched in the parameter name) selects by name instead, frozen parameters
     too; ``config.exclude`` then removes names from the selection.
+    ``config.parameters="matrices"`` keeps only parameters of two or more dimensions.
 
     Raises:
         ValueError: nothing is selected.
@@ -90,6 +107,8 @@ def select_parameters(model: nn.Module, config: MoMosConfig) -> list[tuple[str, 
     """
     selected = []
     for name, param in model.named_parameters():
+        if config.parameters == "matrices" and param.dim() < 2:
+            continue
         if config.include is None:
             if not param.requires_grad:
                 continue
@@ -101,48 +120,77 @@ def select_parameters(model: nn.Module, config: MoMosConfig) -> list[tuple[str, 
             raise TypeError(f"parameter {name!r} has dtype {param.dtype}; MoMos needs floating point")
         selected.append((name, param))
     if not selected:
-        raise ValueError("the model has no parameters selected for projection "
-                         f"(include={config.include}, exclude={config.exclude})")
+        raise ValueError("the model has no parameters selected for projection (parameters="
+                         f"{config.parameters!r}, include={config.include}, exclude={config.exclude})")
     return selected
 
 
 def project_(model: nn.Module, config: MoMosConfig, *, generator: torch.Generator | None = None,
              motifs: torch.Tensor | list[torch.Tensor] | None = None,
+             scales: list[torch.Tensor] | None = None,
              init_motifs: list[torch.Tensor] | None = None,
-             importance: list[torch.Tensor] | None = None) -> ProjectionStats:
+             importance: list[torch.Tensor] | None = None,
+             calibration: Calibration | None = None,
+             warn_relative_error: float | None = DEFAULT_WARN_RELATIVE_ERROR,
+             keep_nonzero: bool = True) -> ProjectionStats:
     """Replace every block of the selected parameters by its nearest motif, in place.
 
     Args:
         model: any module; its selected parameters are overwritten.
-        config: block size, number of motifs, scope, selection.
+        config: block size, number of motifs, scope, normalization, selection.
         generator: draws the motifs; default ``torch.Generator().manual_seed(config.seed)``,
             so a call without one always draws the same motifs for the same weights.
         motifs: reuse a codebook instead of drawing one: a ``(k, s)`` tensor for the global
             scope, or one tensor per parameter for ``scope="per_tensor"``
             (``ProjectionStats.codebook_motifs()``).
+        scales: with ``config.normalize``, reuse these scales (``ProjectionStats.scales``)
+            instead of measuring them; with ``motifs`` too, projecting a mosaic changes nothing.
         init_motifs: for ``config.motifs="persistent"``, the codebooks to refine (one per
             codebook, as ``ProjectionStats.codebook_motifs()``); without them it samples.
-        importance: one non-negative tensor per selected parameter (same shapes), weighting
-            each weight in the k-means means of ``"kmeans"`` and ``"persistent"``.
+        importance: one non-negative tensor per selected parameter (same shapes): blocks are
+            assigned to the motif minimizing ``Σ_c h_c (b_c − z_c)²`` and k-means weighs its
+            means the same way.
+        calibration: measure ``importance`` on these inputs instead: an iterable of inputs
+            (each run as ``model(x)``) or a callable ``fn(model)`` (see :mod:`momos.calibration`).
+        warn_relative_error: warn (``UserWarning``, naming the worst tensors) when a tensor's
+            ``||new − old|| / ||old||`` exceeds this; ``None``: never.
+        keep_nonzero: refuse a projection that turns a non-zero tensor entirely into zeros
+            (the usual sign of a codebook that cannot serve it). Training from scratch, where a
+            small tensor may pass through zero and recover, turns this off (``Projector``).
 
     Returns:
         The statistics of this projection.
 
     Raises:
-        ValueError / TypeError: bad config, selection, weights or motifs. The model is untouched.
+        ValueError / TypeError: bad config, selection, weights, motifs, scales or calibration,
+            or a projection that would turn a non-zero tensor into zeros. The model is untouched.
     """
-    stats, new_values, params = _plan(model, config, generator=generator, motifs=motifs,
-                                      init_motifs=init_motifs, importance=importance)
+    if calibration is not None:
+        if importance is not None:
+            raise ValueError("give importance or calibration, not both")
+        names = [name for name, _ in select_parameters(model, config)]
+        importance = input_importance(model, names, calibration)
+    stats, new_values, params = _plan(model, config, generator=generator, motifs=motifs, scales=scales,
+                                      init_motifs=init_motifs, importance=importance,
+                                      keep_nonzero=keep_nonzero)
     with torch.no_grad():
         for (_, param), value in zip(params, new_values):
             param.copy_(value)
+    if warn_relative_error is not None and max(stats.relative_errors.values()) > warn_relative_error:
+        worst = ", ".join(f"{name!r} {error:.2f}" for name, error in stats.worst_tensors()
+                          if error > warn_relative_error)
+        warnings.warn(f"the projection moved some tensors far from their values (relative error "
+                      f"||new - old|| / ||old|| above {warn_relative_error}): {worst}. Consider "
+                      "normalize='channel', a higher capacity, or excluding those tensors.",
+                      UserWarning, stacklevel=2)
     return stats
 
 
 def is_mosaic(model: nn.Module, config: MoMosConfig,
-              motifs: torch.Tensor | list[torch.Tensor]) -> bool:
-    """True when every selected block already equals one of ``motifs`` (nothing is changed)."""
-    stats, _, _ = _plan(model, config, motifs=motifs)
+              motifs: torch.Tensor | list[torch.Tensor], scales: list[torch.Tensor] | None = None) -> bool:
+    """True when every selected block already equals one of ``motifs`` (nothing is changed);
+    with ``config.normalize``, at these ``scales`` (measured afresh when None)."""
+    stats, _, _ = _plan(model, config, motifs=motifs, scales=scales)
     return stats.changed_weights == 0
 
 
@@ -152,33 +200,41 @@ def estimate_cost(model: nn.Module, config: MoMosConfig) -> cost.CostEstimate:
     The first call in a process measures this machine's search rate (milliseconds).
     """
     params = select_parameters(model, config)
-    layout = layout_of([p for _, p in params], config.block_size, config.tile_shape)
+    layout = layout_of([p for _, p in params], config.block_size, config.tile_shape,
+                       per_row=config.normalize == "channel")
     sizes = _codebook_sizes(layout, codebook_groups(layout, config), config)
     return cost.estimate(sizes, config, device=params[0][1].device)
 
 
-def _plan(model, config, *, generator=None, motifs=None, init_motifs=None, importance=None):
+def _plan(model, config, *, generator=None, motifs=None, scales=None, init_motifs=None, importance=None,
+          keep_nonzero=False):
     """The projection, computed but not written: (stats, new tensor values, parameters)."""
     start = time.perf_counter()
     config.validate()
     params = select_parameters(model, config)
+    names = [name for name, _ in params]
     for name, param in params:
         if not torch.isfinite(param.detach()).all():
             raise ValueError(f"parameter {name!r} holds NaN or Inf values; refusing to project")
     tensors = [param.detach() for _, param in params]
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
+    dtype = torch.float32
+    for t in tensors:
         dtype = torch.promote_types(dtype, t.dtype)
-    dtype = torch.promote_types(dtype, torch.float32)
-    blocks, layout = to_blocks(tensors, config.block_size, dtype=dtype, tile_shape=config.tile_shape)
+    exponents = _scale_exponents(tensors, names, config, scales)
+    normalized = tensors if exponents is None else [divide(t.to(dtype), e) for t, e in zip(tensors, exponents)]
+    blocks, layout = to_blocks(normalized, config.block_size, dtype=dtype, tile_shape=config.tile_shape,
+                               per_row=config.normalize == "channel")
 
     groups = codebook_groups(layout, config)
-    cost.warn_if_slow(_codebook_sizes(layout, groups, config), config, device=blocks.device)
+    sizes = _codebook_sizes(layout, groups, config)
+    cost.warn_if_slow(sizes, config, device=blocks.device)
     given = _given_motifs(motifs, groups, config, blocks)
+    if given is None:
+        _refuse_zero_codebooks(sizes, groups, tensors, names, config)
     init = _given_motifs(init_motifs, groups, config, blocks) if config.motifs == "persistent" else None
     valid = layout.valid_mask(blocks.device)
     patterns = layout.padding_patterns(blocks.device)
-    weights = _importance_blocks(importance, tensors, config, blocks)
+    weights = _importance_blocks(importance, tensors, config, blocks, layout)
     if generator is None:
         generator = torch.Generator().manual_seed(config.seed)
 
@@ -186,20 +242,20 @@ def _plan(model, config, *, generator=None, motifs=None, init_motifs=None, impor
         nearest_motif_approximate, nprobe=config.nprobe, max_distance_bytes=config.max_distance_bytes)
     codebooks, all_motifs, all_assignments = [], [], []
     motif_start = 0
-    names = [name for name, _ in params]
     for g, (first, last) in enumerate(groups):
         b0, b1 = layout.block_offsets[first], layout.block_offsets[last]
         group_blocks = blocks[b0:b1]
+        group_weights = None if weights is None else weights[b0:b1]
         if given is not None:
             group_motifs = given[g]
         else:
             group_motifs = _choose_motifs(
                 group_blocks, config, generator, init=None if init is None else init[g],
-                valid_mask=valid[b0:b1], importance=None if weights is None else weights[b0:b1])
+                valid_mask=valid[b0:b1], importance=group_weights, search=search)
         padded = [(columns, rows[(rows >= b0) & (rows < b1)] - b0) for columns, rows in patterns]
         assignments = nearest_motif_ignoring_padding(
-            group_blocks, group_motifs, padded, max_distance_bytes=config.max_distance_bytes,
-            search=search)
+            group_blocks, group_motifs, padded, weights=group_weights,
+            max_distance_bytes=config.max_distance_bytes, search=search)
         all_motifs.append(group_motifs)
         all_assignments.append(assignments + motif_start)
         codebooks.append(Codebook(tuple(names[first:last]), b0, b1,
@@ -208,27 +264,75 @@ def _plan(model, config, *, generator=None, motifs=None, init_motifs=None, impor
 
     motif_table = torch.cat(all_motifs)
     assignments = torch.cat(all_assignments)
-    new_blocks = motif_table[assignments]
-    diff = (new_blocks - blocks)[valid]
-    new_values = [v.to(t.dtype) for v, t in zip(from_blocks(new_blocks, layout), tensors)]
+    new_values = from_blocks(motif_table[assignments], layout)
+    if exponents is not None:
+        new_values = [multiply(v, e) for v, e in zip(new_values, exponents)]
+    new_values = [v.to(t.dtype) for v, t in zip(new_values, tensors)]
+    if keep_nonzero:
+        _refuse_zeroed_tensors(new_values, tensors, names)
+    squared_errors = [float((v.to(dtype) - t.to(dtype)).double().square().sum()) for v, t in zip(new_values, tensors)]
+    norms = [float(t.double().norm()) for t in tensors]
     stats = ProjectionStats(
         parameter_names=tuple(names),
         num_weights=layout.num_weights,
         num_blocks=layout.num_blocks,
         num_motifs=len(motif_table),
         block_size=config.block_size,
-        distortion=float(diff.double().square().sum()),
+        distortion=sum(squared_errors),
         changed_weights=int(sum(int((v != t).sum()) for v, t in zip(new_values, tensors))),
         seconds=time.perf_counter() - start,
         motifs=motif_table,
         assignments=assignments,
         motif_counts=torch.bincount(assignments, minlength=len(motif_table)),
         codebooks=tuple(codebooks),
+        relative_errors={name: error ** 0.5 / norm if norm > 0 else error ** 0.5
+                         for name, error, norm in zip(names, squared_errors, norms)},
+        scales=None if exponents is None else tuple(scales_of(e) for e in exponents),
     )
     return stats, new_values, params
 
 
-def _choose_motifs(blocks, config, generator, *, init, valid_mask, importance) -> torch.Tensor:
+def _scale_exponents(tensors, names, config, given) -> list[torch.Tensor] | None:
+    """Each tensor's scale exponents, measured or from ``given`` scales; None without normalization."""
+    if config.normalize == "none":
+        if given is not None:
+            raise ValueError("scales given, but the configuration has normalize='none'")
+        return None
+    if given is None:
+        return [scale_exponents(t, config.normalize) for t in tensors]
+    if len(given) != len(tensors):
+        raise ValueError(f"{len(given)} scale tensors given for {len(tensors)} parameters")
+    exponents = []
+    for name, t, table in zip(names, tensors, given):
+        expected = scale_exponents(t, config.normalize).shape
+        if tuple(table.shape) != tuple(expected):
+            raise ValueError(f"scales of {name!r} have shape {tuple(table.shape)}, normalize="
+                             f"{config.normalize!r} needs {tuple(expected)}")
+        exponents.append(exponents_of(table, f"the scales of {name!r}"))
+    return exponents
+
+
+def _refuse_zero_codebooks(sizes, groups, tensors, names, config) -> None:
+    """A codebook of one motif that ``force_zero`` makes the zero motif would erase its tensors."""
+    if not config.force_zero:
+        return
+    for (m, k), (first, last) in zip(sizes, groups):
+        if k == 1 and any(bool((t != 0).any()) for t in tensors[first:last]):
+            which = f"parameter {names[first]!r}" if last - first == 1 else f"the {last - first} parameters"
+            raise ValueError(
+                f"the codebook of {which} ({m} blocks) gets k = 1 motif, and force_zero makes it the zero "
+                "motif: every weight would become 0. Raise capacity (or num_motifs), exclude the "
+                "tensor, or use scope='global'")
+
+
+def _refuse_zeroed_tensors(new_values, tensors, names) -> None:
+    for name, new, old in zip(names, new_values, tensors):
+        if old.numel() and bool((new == 0).all()) and bool((old != 0).any()):
+            raise ValueError(f"the projection would turn parameter {name!r} entirely into zeros. "
+                             "Raise capacity, exclude the tensor, or use normalize='tensor' or 'channel'")
+
+
+def _choose_motifs(blocks, config, generator, *, init, valid_mask, importance, search) -> torch.Tensor:
     """One codebook for ``blocks`` ``(m, s)``, as ``config.motifs`` says."""
     k = config.motifs_for(len(blocks))
     if init is not None and len(init) == k:
@@ -238,13 +342,13 @@ def _choose_motifs(blocks, config, generator, *, init, valid_mask, importance) -
     if config.motifs in ("kmeans", "persistent"):
         motifs = refine_motifs_kmeans(blocks, motifs, config.kmeans_iterations, valid_mask=valid_mask,
                                       importance=importance, fixed_zero=config.force_zero,
-                                      max_distance_bytes=config.max_distance_bytes)
+                                      max_distance_bytes=config.max_distance_bytes, search=search)
     if config.quantizes_motifs:
         motifs = fake_quantize(motifs, config.motif_bits)
     return motifs
 
 
-def _importance_blocks(importance, tensors, config, blocks) -> torch.Tensor | None:
+def _importance_blocks(importance, tensors, config, blocks, layout) -> torch.Tensor | None:
     if importance is None:
         return None
     if len(importance) != len(tensors):
@@ -255,9 +359,9 @@ def _importance_blocks(importance, tensors, config, blocks) -> torch.Tensor | No
                              f"{tuple(tensor.shape)}")
         if not torch.isfinite(weight).all() or (weight < 0).any():
             raise ValueError("importance must be finite and non-negative")
-    weight_blocks, _ = to_blocks(list(importance), config.block_size, dtype=blocks.dtype,
-                                 tile_shape=config.tile_shape)
-    return weight_blocks.to(blocks.device)
+    weight_blocks, _ = to_blocks([w.to(blocks.device) for w in importance], config.block_size,
+                                 dtype=blocks.dtype, tile_shape=config.tile_shape, per_row=layout.per_row)
+    return weight_blocks
 
 
 def codebook_groups(layout: BlockLayout, config: MoMosConfig) -> list[tuple[int, int]]:

@@ -65,6 +65,7 @@ class Projector:
         self.history: list[dict] = []
         self.last: ProjectionStats | None = None
         self.codebooks: list[torch.Tensor] | None = None
+        self.scales: tuple[torch.Tensor, ...] | None = None  # of the last projection, with normalize
 
     @property
     def warmed_up(self) -> bool:
@@ -96,10 +97,12 @@ class Projector:
     def project(self) -> ProjectionStats:
         """Project now (a new codebook; refined from the last one when ``motifs="persistent"``)."""
         config = self.current_config()
-        stats = project_(self.model, config, generator=self.generator, init_motifs=self.codebooks)
+        stats = project_(self.model, config, generator=self.generator, init_motifs=self.codebooks,
+                         warn_relative_error=None, keep_nonzero=False)
         broadcast_parameters_([p for _, p in select_parameters(self.model, config)])
         self.last = stats
         self.codebooks = stats.codebook_motifs()
+        self.scales = stats.scales
         self.history.append({"epoch": self.epochs + 1, "step": self.steps, **stats.summary()})
         return stats
 
@@ -108,7 +111,7 @@ class Projector:
 
         Returns the new projection's statistics, or None when nothing had to change.
         """
-        if self.codebooks is not None and is_mosaic(self.model, self.config, self.codebooks):
+        if self.codebooks is not None and is_mosaic(self.model, self.config, self.codebooks, self.scales):
             return None
         return self.project()
 
@@ -120,6 +123,7 @@ class Projector:
             "history": list(self.history),
             "generator_state": self.generator.get_state(),
             "codebooks": self.codebooks,
+            "scales": self.scales,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -128,3 +132,4 @@ class Projector:
         self.history = list(state["history"])
         self.generator.set_state(state["generator_state"])
         self.codebooks = state.get("codebooks")
+        self.scales = state.get("scales")
