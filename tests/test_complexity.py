@@ -15,7 +15,8 @@ import momos
 from momos.cli import main
 from momos.complexity import (COMPRESSORS, METRICS, CompressorWindowWarning, bdm, compressed_sizes,
                               description_length, description_length_from_config,
-                              description_length_from_stats, measure)
+                              description_length_from_stats, description_length_of_codebooks, measure,
+                              mosaic_codebooks)
 from momos.complexity import block_decomposition as bdm_module
 
 PAYLOAD_METRICS = [f"{name}{suffix}" for suffix in ("", "_bin", "_bits") for name in COMPRESSORS]
@@ -246,7 +247,7 @@ def test_warns_when_the_motif_table_is_larger_than_gzips_window():
         measure(model, ["lzma", "gzip_bin"], big)             # a large window; few sign patterns
         measure(_mlp(256, 256), ["gzip"], big)                  # not a mosaic: nothing to see
         small = momos.MoMosConfig(block_size=4, num_motifs=100)
-        momos.project_(model, small)
+        momos.project_(model, small, warn_relative_error=None)
         measure(model, ["gzip"], small)                         # 1.6 KB table
 
 
@@ -308,6 +309,90 @@ def test_config_selects_the_parameters():
     weights_only = measure(model, ["l2"], momos.MoMosConfig(block_size=2, capacity=0.5, exclude=("bias",)))
     assert everything["num_weights"] == 15 and weights_only["num_weights"] == 12
     assert weights_only["l2"] == pytest.approx(float(model.weight.detach().norm()))
+
+
+# --- normalized mosaics: scales at 8 bits each -------------------------------------------------
+
+def test_scales_add_8_bits_each_to_every_variant():
+    motifs = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    plain = description_length(10, 3, 2, 4, 32, motif_counts=torch.tensor([2, 1]), motifs=motifs)
+    scaled = description_length(10, 3, 2, 4, 32, motif_counts=torch.tensor([2, 1]), motifs=motifs, num_scales=5)
+    assert plain.num_scales == 0 and scaled.scale_bits == 40
+    for variant in ("bound_bits", "entropy_coded_bits", "needed_table_total_bits", "combined_bits"):
+        assert getattr(scaled, variant) == pytest.approx(getattr(plain, variant) + 40), variant
+    assert scaled.bound_bits == 259 + 40
+    assert scaled.simplification_factor == pytest.approx(320 / 299)
+    d = scaled.as_dict()
+    assert d["num_scales"] == 5 and d["scale_bits"] == 40 and d["bound_bits"] == 299
+    assert d["combined_factor"] == pytest.approx(320 / scaled.combined_bits)
+    with pytest.raises(ValueError, match="num_scales"):
+        description_length(10, 3, 2, 4, num_scales=-1)
+
+
+def test_factor_of_a_normalized_configuration_by_hand():
+    model = nn.Linear(5, 3)  # under "channel" each row of 5 is cut alone: 3 x 3 blocks of 2, bias 2
+    length = description_length_from_config(model, momos.MoMosConfig(block_size=2, capacity=0.3, normalize="channel"))
+    assert (length.num_weights, length.num_blocks, length.num_motifs, length.num_scales) == (18, 11, 3, 3 + 1)
+    assert length.bound_bits == 3 * 2 * 32 + 11 * 2 + 4 * 8
+    tensor = description_length_from_config(model, momos.MoMosConfig(block_size=2, capacity=0.3, normalize="tensor"))
+    assert (tensor.num_blocks, tensor.num_scales) == (10, 2)
+    assert tensor.bound_bits == 3 * 2 * 32 + 10 * 2 + 2 * 8
+
+
+@pytest.mark.parametrize("config", [
+    momos.MoMosConfig(block_size=3, capacity=0.05, normalize="tensor"),
+    momos.MoMosConfig(block_size=4, num_motifs=40, scope="per_tensor", normalize="channel", force_zero=False),
+    momos.MoMosConfig(block_size=4, num_motifs=40, motif_bits=6, normalize="channel"),
+])
+def test_normalized_projection_measured_from_its_weights_or_its_stats_agrees(config):
+    model = _mlp(31, 17, 5)
+    stats = momos.project_(model, config, warn_relative_error=None)
+    scales = 17 + 1 + 5 + 1 if config.normalize == "channel" else 4
+    assert sum(t.numel() for t in stats.scales) == scales
+    from_stats = description_length_from_stats(stats, q=32).as_dict()
+    assert from_stats["num_scales"] == scales and from_stats["scale_bits"] == 8 * scales
+    # Per-row padding leaves many padded blocks, which the projection may assign to another
+    # motif than the first one that agrees on their real values: the usage (entropy) may differ.
+    usage_free = [k for k in from_stats if k != "num_weights" and "entropy" not in k and "combined" not in k]
+    for given in (stats.scales, dict(zip(stats.parameter_names, stats.scales))):
+        measured = measure(model, ["mosaic"], config, q=32, scales=given)
+        assert {k: measured[f"mosaic_{k}"] for k in usage_free} == {k: from_stats[k] for k in usage_free}
+    unscaled = description_length_of_codebooks(stats.num_weights, config.block_size, 32,
+                                               mosaic_codebooks(list(model.parameters()), config, stats.scales))
+    assert from_stats["bound_bits"] == unscaled.bound_bits + 8 * scales
+    assert from_stats["simplification_factor"] == pytest.approx(unscaled.raw_bits / (unscaled.bound_bits + 8 * scales))
+
+
+def test_normalized_description_needs_the_projection_scales():
+    """At other scales the same weights are another mosaic: more motifs, a longer description."""
+    config = momos.MoMosConfig(block_size=4, num_motifs=20, normalize="tensor")
+    model = _mlp(31, 17, 5)
+    stats = momos.project_(model, config, warn_relative_error=None)
+    own = measure(model, ["mosaic"], config, scales=stats.scales)
+    shifted = measure(model, ["mosaic"], config, scales=[s * 2 if i == 0 else s for i, s in enumerate(stats.scales)])
+    assert own["mosaic_num_motifs"] <= 20 < shifted["mosaic_num_motifs"]
+    with pytest.raises(ValueError, match="powers of two"):
+        measure(model, ["mosaic"], config, scales=[s * 3 for s in stats.scales])
+    with pytest.raises(ValueError, match="normalize='none'"):
+        measure(model, ["mosaic"], momos.MoMosConfig(block_size=4, num_motifs=20), scales=stats.scales)
+
+
+@pytest.mark.parametrize("config", [
+    momos.MoMosConfig(block_size=4, capacity=0.1),
+    momos.MoMosConfig(block_size=9, capacity=0.3, tile_shape=(3, 3), scope="per_tensor", force_zero=False),
+    momos.MoMosConfig(block_size=4, capacity=0.1, normalize="channel"),
+    momos.MoMosConfig(block_size=9, capacity=0.5, tile_shape=(3, 3), normalize="channel", include=(r"^0\.",)),
+])
+def test_the_description_and_the_file_agree_on_the_motifs(tmp_path, config):
+    """One decomposition for both: the motifs counted are the motifs the .momos file stores."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.Flatten(), nn.Linear(6 * 4 * 4, 7))
+    stats = momos.project_(model, config, warn_relative_error=None)
+    info = momos.save(model, tmp_path / "m.momos", config, scales=stats.scales)
+    measured = measure(model, ["mosaic"], config, scales=stats.scales)
+    assert measured["mosaic_num_motifs"] == info.num_motifs
+    assert measured["mosaic_num_blocks"] == info.num_blocks
+    assert measured["mosaic_num_scales"] == info.scale_bytes
 
 
 # --- CLI --------------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ def checkpoint_complexity(run: RunRecord, checkpoint: str, metrics: list[str]) -
     """
     from .complexity import measure
     from .io import write_json_atomic
-    from .train import TrainConfig, load_model
+    from .train import TrainConfig, checkpoint_scales, load_model
 
     cache_path = run.path / COMPLEXITY_CACHE
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
@@ -134,7 +134,8 @@ def checkpoint_complexity(run: RunRecord, checkpoint: str, metrics: list[str]) -
     if missing:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # window warnings: a property of the compressor, noted in the docs
-            values = measure(load_model(run.path, checkpoint), missing, config.momos, q=config.qat_bits)
+            values = measure(load_model(run.path, checkpoint), missing, config.momos, q=config.qat_bits,
+                             scales=checkpoint_scales(run.path / f"{checkpoint}.safetensors"))
         known = {"measured": known.get("measured", []) + missing, "values": {**known.get("values", {}), **values}}
         write_json_atomic({**cache, checkpoint: known}, cache_path)
     return known["values"]

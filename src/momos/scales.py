@@ -27,7 +27,7 @@ def scale_exponents(tensor: torch.Tensor, normalize: str) -> torch.Tensor:
     """
     values = tensor.detach().double()
     if normalize == "channel" and values.dim() >= 2:
-        square = values.reshape(len(values), -1).square().mean(dim=1)
+        square = values.flatten(1).square().mean(dim=1)
     elif normalize in ("tensor", "channel"):
         square = values.square().mean() if values.numel() else values.new_zeros(())
     else:

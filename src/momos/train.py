@@ -53,6 +53,7 @@ from .project import ProjectionStats, select_parameters
 from .projector import Projector
 from .qat import QATConfig, add_qat_
 from .runstate import load_state, save_state
+from .scales import EXPONENT_RANGE, exponents_of, scales_of
 
 METHODS = ("baseline", "qat", "momos", "momos+qat")
 OPTIMIZERS = ("sgd", "adamw")
@@ -553,7 +554,8 @@ def measure_complexity(run: Run) -> dict:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        values = measure(run.model, metrics=list(run.config.metrics), config=run.config.momos)
+        values = measure(run.model, metrics=list(run.config.metrics), config=run.config.momos,
+                         scales=run.projector.scales if run.projector is not None else None)
     for warning in caught:
         key = f"{warning.category.__name__}:{str(warning.message).split(':')[0]}"
         if key not in run.warned:
@@ -662,11 +664,68 @@ def save_motif_counts(run: Run, stats: ProjectionStats) -> None:
                             run.out_dir / MOTIF_COUNTS)
 
 
+SCALE_EXPONENTS = "scale_exponents"
+
+
 def save_checkpoint(run: Run, name: str, *, epoch: int) -> None:
+    """Write the model's plain state dict, with the run's description in the metadata.
+
+    A normalized MoMos run (``normalize`` other than ``"none"``) that has projected also
+    records the scales of its last projection, which the weights alone do not tell: metadata
+    ``scale_exponents`` is JSON ``{plain parameter name: [e, ...]}``, the integer exponents of
+    the scales ``2**e`` (one per tensor, or one per dim-0 row under ``"channel"``); see
+    :func:`checkpoint_scales`.
+    """
     metadata = {"format": "momos-checkpoint", "epoch": str(epoch), "model": run.config.model,
                 "dataset": run.config.dataset, "method": run.config.method,
                 "qat_bits": str(run.config.qat_bits or "")}
+    scales = run.projector.scales if run.projector is not None else None
+    if scales is not None:
+        names = [n for n, _ in select_parameters(run.model, run.config.momos)]
+        metadata.update(scale_metadata(names, scales))
     save_safetensors_atomic(plain_state_dict(run.model), run.out_dir / name, metadata=metadata)
+
+
+def scale_metadata(names: list[str], scales) -> dict[str, str]:
+    """``{"scale_exponents": JSON}``: the record of :func:`save_checkpoint` for parameters
+    ``names`` (plain names are used for parametrized ones) and their power-of-two ``scales``."""
+    if len(names) != len(scales):
+        raise ValueError(f"{len(scales)} scale tensors for {len(names)} parameters")
+    record = {_PARAMETRIZED.sub(r".\1", n): [int(e) for e in exponents_of(table).reshape(-1)]
+              for n, table in zip(names, scales)}
+    return {SCALE_EXPONENTS: json.dumps(record, separators=(",", ":"))}
+
+
+def checkpoint_scales(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The scales a checkpoint of a normalized run records (see :func:`save_checkpoint`):
+    parameter name -> its scales ``2**e`` as a flat float32 tensor (``momos.save`` takes them
+    by name, reshaped); None when the checkpoint records none.
+
+    Raises:
+        ValueError: the file is unreadable or its record is malformed.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (OSError, SafetensorError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+    raw = metadata.get(SCALE_EXPONENTS)
+    if raw is None:
+        return None
+    try:
+        table = json.loads(raw)
+    except ValueError:
+        table = None
+    low, high = EXPONENT_RANGE
+    if not isinstance(table, dict) or not all(
+            isinstance(name, str) and isinstance(values, list)
+            and all(isinstance(e, int) and not isinstance(e, bool) and low <= e <= high for e in values)
+            for name, values in table.items()):
+        raise ValueError(f"{path}: malformed {SCALE_EXPONENTS} metadata (expected JSON {{name: [int "
+                         f"exponents in [{low}, {high}]]}})")
+    return {name: scales_of(torch.tensor(values, dtype=torch.int16)) for name, values in table.items()}
 
 
 _PARAMETRIZED = re.compile(r"\.parametrizations\.(\w+)\.original$")

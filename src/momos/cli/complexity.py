@@ -22,7 +22,9 @@ momos complexity --model NAME  the description length and simplification factor 
 Metrics (--metrics, comma-separated): gzip, bz2, lzma, zstd (float32 weights); the same with
 _bin (w > 0, a byte per weight) or _bits (w > 0, bit-packed); bdm (binarized weights), bdm4,
 bdm5, bdm6, bdm9 (weights in that many levels); sparsity, l2, entropy; mosaic (description
-lengths; needs a block size: a MoMos run's own, or --block-size)."""
+lengths; needs a block size: a MoMos run's own, or --block-size). A normalized mosaic's
+description uses the scales its checkpoint records (a normalized `momos train` run records
+them), else scales measured from the weights."""
 
 
 def register(subparsers) -> None:
@@ -113,10 +115,17 @@ def checkpoint_report(args) -> dict:
     metrics = args.metrics or ",".join(DEFAULT_METRICS + (("mosaic",) if config else ()))
     if config is None and "mosaic" in metrics.split(","):
         raise UsageError("metric mosaic needs a block size: give --block-size (a MoMos run has its own)")
+    scales = None
+    if config is not None and config.normalize != "none":
+        recorded = recorded_scales(Path(args.path), args)
+        if recorded is not None:  # by the model's own names (QAT parametrizes them)
+            scales = {name: recorded[plain_name(name)] for name, _ in source.named_parameters()
+                      if plain_name(name) in recorded}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            values = measure(source, metrics, config, fast=args.fast, bdm_tail=args.bdm_tail, q=args.q)
+            values = measure(source, metrics, config, fast=args.fast, bdm_tail=args.bdm_tail, q=args.q,
+                             scales=scales)
         except (TypeError, ValueError) as error:
             raise UsageError(str(error)) from None
     notes = [str(w.message) for w in caught if issubclass(w.category, CompressorWindowWarning)]
@@ -136,6 +145,26 @@ def load_source(path: Path, args):
             and (path.parent / "results.json").is_file():
         return _load_run(path.parent, path.stem, args)
     return _load_state_dict(path), _projection_config(args) if args.block_size else None
+
+
+def recorded_scales(path: Path, args):
+    """The scales recorded in the checkpoint that ``path`` names (a run folder: its
+    ``--checkpoint``), by plain parameter name; None when it records none."""
+    from momos.cli import UsageError
+    from momos.train import checkpoint_scales
+
+    file = path / f"{args.checkpoint}.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        return None
+    try:
+        return checkpoint_scales(file)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name without QAT's parametrization: ``fc.weight``, not ``fc.parametrizations.weight.original``."""
+    return re.sub(r"\.parametrizations\.(\w+)\.original$", r".\1", name)
 
 
 def _load_run(run_dir: Path, checkpoint: str, args):

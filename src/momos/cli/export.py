@@ -15,7 +15,12 @@ momos export CHECKPOINT.safetensors -o ...   any safetensors state dict; give --
                                              candidate: --exclude running_ for BatchNorm statistics)
 
 The selected parameters must already be an exact mosaic (a trained MoMos model is); --project
-projects them first. The projection options override a run's own configuration."""
+projects them first. The projection options override a run's own configuration.
+
+A normalized mosaic (--normalize tensor/channel) is made of scale x motif values, and the
+scales are not in the weights: a checkpoint of a normalized `momos train` run records them
+(safetensors metadata scale_exponents) and export uses them. A checkpoint without them
+needs --project (which measures fresh scales)."""
 
 
 def register(subparsers) -> None:
@@ -43,12 +48,14 @@ def run(args) -> int:
     from momos.cli.inspect import print_summary
     from momos.fileformat import save
 
-    model, config, metadata = load_model_and_config(Path(args.path), args)
+    path = Path(args.path)
+    model, config, metadata = load_model_and_config(path, args)
     if config is None:
         raise UsageError("no MoMos configuration: give --block-size and --capacity or --num-motifs")
+    scales = export_scales(model, config, path, args)
     try:
-        info = save(model, args.out, config, project=args.project, motif_storage=args.motif_storage,
-                    index_coding=args.index_coding, metadata=metadata)
+        info = save(model, args.out, config, scales=scales, project=args.project,
+                    motif_storage=args.motif_storage, index_coding=args.index_coding, metadata=metadata)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
     print(f"wrote {args.out}")
@@ -73,6 +80,42 @@ def load_model_and_config(path: Path, args):
         remove_qat_(model, keep_quantized=False)
         metadata["qat_bits"] = str(max(bits))
     return model, config, metadata
+
+
+def export_scales(model, config, path: Path, args):
+    """The scales to save a normalized mosaic with: those the checkpoint records (by name).
+
+    With --project they are the scales to project at when they fit the configuration; else
+    the projection measures its own. Without --project a normalized export needs them.
+    """
+    from momos.cli import UsageError
+    from momos.cli.complexity import recorded_scales
+    from momos.fileformat.decompose import scale_exponents_of
+    from momos.project import select_parameters
+
+    if config.normalize == "none":
+        return None
+    recorded = recorded_scales(path, args)
+    if recorded is None:
+        if args.project:
+            return None
+        raise UsageError(f"normalize={config.normalize!r}: {checkpoint_path(path, args)} records no scales, and a "
+                         "normalized mosaic cannot be read from its weights alone (a checkpoint of a normalized "
+                         "momos train run records them once it has projected); use --project to project it")
+    try:
+        selected = select_parameters(model, config)
+        scale_exponents_of([p for _, p in selected], config, recorded, names=[n for n, _ in selected])
+    except (TypeError, ValueError) as error:
+        if args.project:
+            return None
+        raise UsageError(f"the scales recorded in {checkpoint_path(path, args)} do not fit this configuration: "
+                         f"{error}") from None
+    return recorded
+
+
+def checkpoint_path(path: Path, args) -> Path:
+    """The safetensors file a path names: a run folder's chosen checkpoint, or the file itself."""
+    return path / f"{args.checkpoint}.safetensors" if path.is_dir() else path
 
 
 def _is_run_checkpoint(path: Path) -> bool:

@@ -10,7 +10,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "inspect", help="describe a .momos file and compare it with gzip/bz2/lzma/zstd",
         description="Read a .momos file (checking it completely) and print its format version, "
-                    "block size, motifs, bits per weight, size breakdown, and its size against "
+                    "block size, normalization and scales, motifs, bits per weight, size breakdown, and its size against "
                     "float32 and against gzip -9, bz2 -9, lzma -9 and zstd at its maximum level "
                     "applied to the float32 bytes of the same weights.")
     parser.add_argument("file", help=".momos file")
@@ -60,12 +60,20 @@ def print_summary(info) -> None:
     print(f"format           momos version {info.version}")
     print(f"mosaic           s = {info.block_size}{tile}, scope {info.scope}, {k} ({info.motif_storage}), "
           f"{info.num_blocks:,} blocks, indices {'/'.join(codings)}")
+    if info.normalize == "none":
+        print("normalize        none (raw values, no scales)")
+    else:
+        per = "tensor" if info.normalize == "tensor" else "output channel (1-D tensors: per tensor)"
+        print(f"normalize        {info.normalize}: {info.num_scales:,} power-of-two scales, one per {per}, "
+              f"{info.scale_bytes:,} bytes")
     print(f"weights          {info.mosaic_weights:,} in the mosaic, {info.num_values:,} values in "
           f"{info.num_tensors} tensors")
+    own = "motifs + indices + scales" if info.normalize != "none" else "motifs + indices"
     print(f"bits per weight  {info.bits_per_weight:.3f} (whole file), "
-          f"{info.mosaic_bits_per_weight:.3f} (motifs + indices per mosaic weight)")
+          f"{info.mosaic_bits_per_weight:.3f} ({own} per mosaic weight)")
     print(f"size (bytes)     header {info.header_bytes:,} | motifs {info.motif_bytes:,} | indices "
-          f"{info.index_bytes:,} | other {info.other_bytes:,} | total {info.file_bytes:,}")
+          f"{info.index_bytes:,} | scales {info.scale_bytes:,} | other {info.other_bytes:,} | "
+          f"total {info.file_bytes:,}")
 
 
 def print_comparison(file_bytes: int, raw: int, compressed: dict[str, int]) -> None:

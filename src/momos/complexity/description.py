@@ -14,9 +14,15 @@ described by its motif table and one motif index per block. Four honest codes fo
   ``k·s·q`` when that is smaller; indices as in the bound. Needs the motifs.
 - ``combined``: the needed table plus entropy-coded indices.
 
+A normalized mosaic (``config.normalize``) also stores its power-of-two scales, one signed
+byte each (the ``.momos`` file's precision): every variant adds ``8·(number of scales)`` bits.
+
 The simplification factor of each is ``n·q / bits``: the trivial description of the
 unconstrained weights (``n`` values at ``q`` bits) over the mosaic's.
 With several codebooks (``scope="per_tensor"``) every term is summed over codebooks.
+
+The motifs of weights are found by :func:`momos.fileformat.decompose.decompose`, the
+decomposition the ``.momos`` file stores: blocks compared bit for bit, normalized first.
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..blocks import BlockLayout, layout_of, to_blocks
+from ..blocks import BlockLayout, layout_of
 from ..config import MoMosConfig
+from ..fileformat.decompose import Scales, decompose, num_scales
 from ..project import ProjectionStats, codebook_groups, select_parameters
+from ..scales import scale_exponents, scales_of
+
+SCALE_BITS = 8
+"""Bits per stored scale: the exponent ``e`` of ``2**e``, a signed byte as in the ``.momos`` file."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,12 @@ class DescriptionLength:
     index_bits: int                      # m·⌈log2 k⌉
     entropy_index_bits: float | None     # m·H(usage) + usage table
     needed_table_bits: int | None        # V·q + k·s·⌈log2 V⌉, at most k·s·q
+    num_scales: int = 0                  # power-of-two scales of a normalized mosaic
+
+    @property
+    def scale_bits(self) -> int:
+        """The scales at their stored precision, :data:`SCALE_BITS` each; in every variant."""
+        return self.num_scales * SCALE_BITS
 
     @property
     def raw_bits(self) -> int:
@@ -72,25 +88,29 @@ class DescriptionLength:
 
     @property
     def bound_bits(self) -> int:
-        return self.table_bits + self.index_bits
+        return self.table_bits + self.index_bits + self.scale_bits
 
     @property
     def entropy_coded_bits(self) -> float | None:
-        return None if self.entropy_index_bits is None else self.table_bits + self.entropy_index_bits
+        if self.entropy_index_bits is None:
+            return None
+        return self.table_bits + self.entropy_index_bits + self.scale_bits
 
     @property
     def needed_table_total_bits(self) -> int | None:
-        return None if self.needed_table_bits is None else self.needed_table_bits + self.index_bits
+        if self.needed_table_bits is None:
+            return None
+        return self.needed_table_bits + self.index_bits + self.scale_bits
 
     @property
     def combined_bits(self) -> float | None:
         if self.needed_table_bits is None or self.entropy_index_bits is None:
             return None
-        return self.needed_table_bits + self.entropy_index_bits
+        return self.needed_table_bits + self.entropy_index_bits + self.scale_bits
 
     @property
     def simplification_factor(self) -> float:
-        """The paper's ``n·q / (k·s·q + m·⌈log2 k⌉)``."""
+        """The paper's ``n·q / (k·s·q + m·⌈log2 k⌉)``, plus ``8`` bits per scale when normalized."""
         return self.raw_bits / self.bound_bits
 
     def factor(self, bits: float | None) -> float | None:
@@ -102,6 +122,7 @@ class DescriptionLength:
             "num_weights": self.num_weights, "num_blocks": self.num_blocks,
             "num_motifs": self.num_motifs, "block_size": self.block_size,
             "bits_per_value": self.bits_per_value, "raw_bits": self.raw_bits,
+            "num_scales": self.num_scales, "scale_bits": self.scale_bits,
         }
         for name, bits in (("bound", self.bound_bits), ("entropy_coded", self.entropy_coded_bits),
                            ("needed_table", self.needed_table_total_bits),
@@ -120,7 +141,7 @@ def index_width(num_motifs: int) -> int:
 
 def description_length(num_weights: int, num_blocks: int, num_motifs: int, block_size: int,
                        q: int = 32, *, motif_counts: torch.Tensor | None = None,
-                       motifs: torch.Tensor | None = None) -> DescriptionLength:
+                       motifs: torch.Tensor | None = None, num_scales: int = 0) -> DescriptionLength:
     """The description length of one mosaic with a single codebook.
 
     Args:
@@ -128,6 +149,7 @@ def description_length(num_weights: int, num_blocks: int, num_motifs: int, block
         q: bits per motif value (and per weight of the unconstrained model).
         motif_counts: ``(k,)`` blocks per motif, for the entropy-coded variant.
         motifs: ``(k, s)`` motif values, for the needed-table variant.
+        num_scales: the power-of-two scales of a normalized mosaic (8 bits each).
 
     Raises:
         ValueError: non-positive sizes, ``k > m``, ``n > m·s`` or ``n < m`` (every block holds
@@ -139,14 +161,18 @@ def description_length(num_weights: int, num_blocks: int, num_motifs: int, block
         raise ValueError(f"{num_weights} weights cannot fill {num_blocks} blocks of {block_size} "
                          f"(needs m <= n <= m·s)")
     usage = CodebookUsage(num_blocks, num_motifs, motif_counts, motifs)
-    return description_length_of_codebooks(num_weights, block_size, q, [usage])
+    return description_length_of_codebooks(num_weights, block_size, q, [usage], num_scales=num_scales)
 
 
 def description_length_of_codebooks(num_weights: int, block_size: int, q: int,
-                                    codebooks: list[CodebookUsage]) -> DescriptionLength:
-    """The description length of a mosaic with several codebooks: every term summed."""
+                                    codebooks: list[CodebookUsage], *,
+                                    num_scales: int = 0) -> DescriptionLength:
+    """The description length of a mosaic with several codebooks: every term summed, plus
+    :data:`SCALE_BITS` per scale of a normalized mosaic (``num_scales``)."""
     for name, value in (("num_weights", num_weights), ("block_size", block_size), ("q", q)):
         _check_positive(name, value)
+    if isinstance(num_scales, bool) or not isinstance(num_scales, int) or num_scales < 0:
+        raise ValueError(f"num_scales must be a non-negative int, got {num_scales!r}")
     if not codebooks:
         raise ValueError("a mosaic needs at least one codebook")
     for book in codebooks:
@@ -163,6 +189,7 @@ def description_length_of_codebooks(num_weights: int, block_size: int, q: int,
         index_bits=sum(b.num_blocks * index_width(b.num_motifs) for b in codebooks),
         entropy_index_bits=None if None in entropy else float(sum(entropy)),
         needed_table_bits=None if None in needed else sum(needed),
+        num_scales=num_scales,
     )
 
 
@@ -170,6 +197,7 @@ def description_length_from_stats(stats: ProjectionStats, q: int = 32) -> Descri
     """The description length of a projected model, counting only the motifs actually used.
 
     An unused motif need not be stored, so each codebook's ``k`` is its number of used motifs.
+    A normalized projection's scales (``stats.scales``) count 8 bits each.
     """
     books = []
     for book in stats.codebooks:
@@ -177,52 +205,64 @@ def description_length_from_stats(stats: ProjectionStats, q: int = 32) -> Descri
         used = counts > 0
         books.append(CodebookUsage(book.block_end - book.block_start, int(used.sum()),
                                    counts[used], stats.motifs[book.motif_start:book.motif_end][used].cpu()))
-    return description_length_of_codebooks(stats.num_weights, stats.block_size, q, books)
+    scales = 0 if stats.scales is None else sum(int(t.numel()) for t in stats.scales)
+    return description_length_of_codebooks(stats.num_weights, stats.block_size, q, books, num_scales=scales)
 
 
 def description_length_from_config(model: nn.Module, config: MoMosConfig,
                                    q: int | None = None) -> DescriptionLength:
     """The bound a projection with ``config`` would give ``model``, without projecting.
 
-    Uses only the shapes of the selected parameters: ``m`` from the block layout and ``k``
-    from the capacity, per codebook. ``q`` defaults to ``config.motif_bits`` when the motifs
-    are quantized, else 32. The usage and the motif values are unknown, so only the bound
-    (and its factor) is given.
+    Uses only the shapes of the selected parameters: ``m`` from the block layout, ``k`` from
+    the capacity, per codebook, and with ``config.normalize`` the number of scales (which
+    shapes alone tell; their values do not matter). ``q`` defaults to ``config.motif_bits``
+    when the motifs are quantized, else 32. The usage and the motif values are unknown, so
+    only the bound (and its factor) is given.
     """
-    layout = layout_of([p for _, p in select_parameters(model, config)], config.block_size,
-                       config.tile_shape)
+    tensors = [p for _, p in select_parameters(model, config)]
+    layout = layout_of(tensors, config.block_size, config.tile_shape, per_row=config.normalize == "channel")
     books = [CodebookUsage(m, config.motifs_for(m)) for m in _codebook_block_counts(layout, config)]
     return description_length_of_codebooks(layout.num_weights, config.block_size,
-                                           default_bits(config) if q is None else q, books)
+                                           default_bits(config) if q is None else q, books,
+                                           num_scales=num_scales(layout.shapes, config.normalize))
 
 
 def description_length_of_weights(tensors: list[torch.Tensor], config: MoMosConfig,
-                                  q: int | None = None) -> DescriptionLength:
+                                  q: int | None = None, *, scales: Scales | None = None) -> DescriptionLength:
     """The description length of ``tensors`` read as a mosaic of their distinct blocks.
 
     For a projected model the distinct blocks are the motifs actually used; for any other
     weights ``k`` is close to ``m`` and the factor falls below 1, which is the honest answer.
+    With ``config.normalize``, pass the projection's ``scales`` (see :func:`mosaic_codebooks`).
     """
     return description_length_of_codebooks(sum(t.numel() for t in tensors), config.block_size,
                                            default_bits(config) if q is None else q,
-                                           mosaic_codebooks(tensors, config))
+                                           mosaic_codebooks(tensors, config, scales),
+                                           num_scales=num_scales([t.shape for t in tensors], config.normalize))
 
 
-def mosaic_codebooks(tensors: list[torch.Tensor], config: MoMosConfig) -> list[CodebookUsage]:
+def mosaic_codebooks(tensors: list[torch.Tensor], config: MoMosConfig,
+                     scales: Scales | None = None, *, names: list[str] | None = None) -> list[CodebookUsage]:
     """Each codebook's distinct blocks (its motifs) with their counts, blocks as ``config`` cuts them.
 
-    A block that holds padding reuses a motif whose values on its real positions match.
+    The decomposition of the ``.momos`` file (blocks compared bit for bit), without its limit
+    on ``k``. A block that holds padding reuses a motif whose values on its real positions
+    match. With ``config.normalize`` the blocks are those of the tensors divided by their
+    ``scales`` (one tensor per tensor, or a mapping by ``names``; see
+    :func:`momos.fileformat.decompose.scale_exponents_of`); without them the scales are measured
+    from the weights as a projection would (``scales.scale_exponents``), which describes a
+    projected model exactly only when they are the ones it was projected with, so pass a
+    projection's own scales (``ProjectionStats.scales``, ``Projector.scales``) for its mosaic.
+
+    Raises:
+        ValueError: malformed scales, or weights that do not come back from their normalized
+            values (NotAMosaicError; see ``decompose``).
     """
-    blocks, layout = to_blocks(tensors, config.block_size, dtype=torch.float32,
-                               tile_shape=config.tile_shape)
-    blocks = blocks.cpu()
-    patterns = layout.padding_patterns()
-    books = []
-    for first, last in codebook_groups(layout, config):
-        start, end = layout.block_offsets[first], layout.block_offsets[last]
-        own = [(columns, rows[(rows >= start) & (rows < end)] - start) for columns, rows in patterns]
-        books.append(_distinct_blocks(blocks[start:end], own))
-    return books
+    if config.normalize != "none" and scales is None:
+        scales = [scales_of(scale_exponents(t.detach().cpu(), config.normalize)) for t in tensors]
+    mosaic = decompose(list(tensors), config, scales, names=names, bounded=False)
+    return [CodebookUsage(len(index), len(table), torch.bincount(index, minlength=len(table)), table)
+            for table, index in zip(mosaic.motifs, mosaic.indices)]
 
 
 def default_bits(config: MoMosConfig) -> int:
@@ -233,51 +273,6 @@ def default_bits(config: MoMosConfig) -> int:
 def _codebook_block_counts(layout: BlockLayout, config: MoMosConfig) -> list[int]:
     return [layout.block_offsets[last] - layout.block_offsets[first]
             for first, last in codebook_groups(layout, config)]
-
-
-def _distinct_blocks(blocks: torch.Tensor, patterns: list[tuple[torch.Tensor, torch.Tensor]]
-                     ) -> CodebookUsage:
-    """``(m, s)`` blocks -> their distinct rows with counts.
-
-    ``patterns``: ``(real_columns, block_indices)`` of the blocks that hold padding. Patterns
-    with more real columns go first; a padded block is counted for the lowest-index motif
-    that agrees on its real columns, or becomes a motif of its own (padding zero) when none
-    does. With tiles, whose padding patterns do not nest (a missing column, a missing row),
-    a motif used only by padded blocks can be counted more than once, so ``k`` is then an
-    upper bound of the projection's own count (exact for runs, where no pattern is alone).
-    """
-    full = torch.ones(len(blocks), dtype=torch.bool)
-    for _, rows in patterns:
-        full[rows] = False
-    motifs, _, counts = _unique_rows(blocks[full])
-    for columns, rows in sorted(patterns, key=lambda pattern: -len(pattern[0])):
-        if len(rows) == 0:
-            continue
-        values, _, value_counts = _unique_rows(blocks[rows][:, columns])
-        _, ids, _ = _unique_rows(torch.cat([motifs[:, columns], values]))
-        owner = torch.full((int(ids.max()) + 1,), len(motifs), dtype=torch.int64)
-        owner.scatter_reduce_(0, ids[:len(motifs)], torch.arange(len(motifs)), reduce="amin")
-        match = owner[ids[len(motifs):]]
-        found = match < len(motifs)
-        counts.index_add_(0, match[found], value_counts[found])
-        new = torch.zeros(int((~found).sum()), blocks.shape[1], dtype=blocks.dtype)
-        new[:, columns] = values[~found]
-        motifs = torch.cat([motifs, new])
-        counts = torch.cat([counts, value_counts[~found]])
-    return CodebookUsage(len(blocks), len(motifs), counts, motifs)
-
-
-def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(r, c)`` float32 -> distinct rows ``(u, c)``, each row's index ``(r,)``, counts ``(u,)``.
-
-    Rows are compared as raw bytes (several times faster than ``torch.unique(dim=0)``), after
-    adding 0.0 so that -0.0 and 0.0 are one value.
-    """
-    values = np.ascontiguousarray((rows + 0.0).numpy())
-    keys = values.view(np.dtype((np.void, values.itemsize * values.shape[1]))).reshape(-1)
-    _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
-    return (torch.from_numpy(values[first]), torch.from_numpy(inverse.reshape(-1)).long(),
-            torch.from_numpy(counts).long())
 
 
 def _check_positive(name: str, value) -> None:

@@ -7,6 +7,7 @@ The weights are the selected parameters (default: every parameter with ``require
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ from ..config import MoMosConfig
 from ..project import select_parameters
 from .block_decomposition import bdm, bdm_per_bit, quantize_levels
 from .compressors import COMPRESSORS, compressor_table, window_warning
+from ..fileformat.decompose import Scales, num_scales
 from .description import CodebookUsage, description_length_of_codebooks, default_bits, mosaic_codebooks
 
 PAYLOADS = {"": "float32", "_bin": "bin", "_bits": "bits"}   # metric-name suffix -> payload
@@ -44,8 +46,8 @@ class CompressorWindowWarning(UserWarning):
 
 def measure(model_or_tensor: nn.Module | torch.Tensor | Sequence[torch.Tensor],
             metrics: Iterable[str] | str = DEFAULT_METRICS, config: MoMosConfig | None = None, *,
-            fast: bool = False, bdm_tail: str = "recursive", q: int | None = None
-            ) -> dict[str, float | int]:
+            fast: bool = False, bdm_tail: str = "recursive", q: int | None = None,
+            scales: Scales | None = None) -> dict[str, float | int]:
     """Measure the complexity of a model's weights.
 
     Args:
@@ -56,6 +58,10 @@ def measure(model_or_tensor: nn.Module | torch.Tensor | Sequence[torch.Tensor],
         fast: faster compressor settings (``compressors.FAST_SETTINGS``).
         bdm_tail: how BDM treats the last ``n mod 12`` symbols (``"recursive"`` or ``"ignore"``).
         q: bits per value for ``mosaic`` (default: the config's motif bits, else 32).
+        scales: with ``config.normalize``, the mosaic's power-of-two scales for ``mosaic``: one
+            tensor per measured tensor (``ProjectionStats.scales``, ``Projector.scales``) or,
+            for a module, a mapping from parameter names to them. Without them they are
+            measured from the weights (see ``description.mosaic_codebooks``).
 
     Returns:
         ``num_weights`` and, per metric: compressors ``NAME`` (ratio raw/compressed),
@@ -74,11 +80,16 @@ def measure(model_or_tensor: nn.Module | torch.Tensor | Sequence[torch.Tensor],
     """
     names = check_metrics(metrics, config)
     tensors = measured_tensors(model_or_tensor, config)
+    tensor_names = None
+    if isinstance(scales, Mapping):
+        if not isinstance(model_or_tensor, nn.Module):
+            raise TypeError("scales by parameter name need a module; give a list for tensors")
+        tensor_names = [name for name, _ in select_parameters(model_or_tensor, config or _TRAINABLE)]
     weights = torch.cat([t.detach().reshape(-1).to("cpu", torch.float32) for t in tensors]).numpy()
     results: dict[str, float | int] = {"num_weights": int(weights.size)}
     codebooks = None
     if config is not None and ("mosaic" in names or set(names) & set(COMPRESSOR_METRICS)):
-        codebooks = mosaic_codebooks(tensors, config)
+        codebooks = mosaic_codebooks(tensors, config, scales, names=tensor_names)
     for name in names:
         if name in COMPRESSOR_METRICS:
             compressor, payload = _split_compressor_metric(name)
@@ -93,7 +104,8 @@ def measure(model_or_tensor: nn.Module | torch.Tensor | Sequence[torch.Tensor],
             results[f"{name}_normalized"] = bdm_of_weights(weights, alphabet, tail=bdm_tail, normalized=True)
         elif name == "mosaic":
             length = description_length_of_codebooks(
-                int(weights.size), config.block_size, default_bits(config) if q is None else q, codebooks)
+                int(weights.size), config.block_size, default_bits(config) if q is None else q, codebooks,
+                num_scales=num_scales([t.shape for t in tensors], config.normalize))
             results.update({f"mosaic_{key}": value for key, value in length.as_dict().items()
                             if key != "num_weights"})
         else:

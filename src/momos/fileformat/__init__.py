@@ -2,6 +2,7 @@
 
     momos.save(model, "model.momos", cfg)            # refuses a model that is not a mosaic
     momos.save(model, "model.momos", cfg, project=True)   # projects a copy first
+    momos.save(model, "model.momos", cfg, scales=stats.scales)   # a normalized mosaic: its scales
     state = momos.load("model.momos")                # a state dict, bit-exact
     momos.load("model.momos", model)                 # or straight into a model
 
@@ -22,28 +23,35 @@ from torch import nn
 from ..config import MoMosConfig
 from ..io import write_bytes_atomic
 from ..project import project_, select_parameters
-from .codec import DEFAULT_MAX_WEIGHTS, CodebookInfo, FileInfo, decode, encode
-from .decompose import NotAMosaicError
+from ..scales import scales_of
+from .codec import DEFAULT_MAX_WEIGHTS, CodebookInfo, FileInfo, decode, decode_with_scales, encode
+from .decompose import NotAMosaicError, Scales, scale_exponents_of
 from .errors import FormatError
 
 DEFAULT_MAX_BYTES = 1 << 32
 
 __all__ = ["CodebookInfo", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_WEIGHTS", "FileInfo", "FormatError",
-           "load", "module_of_state_dict", "read", "save"]
+           "load", "module_of_state_dict", "read", "read_scales", "save"]
 
 
 def save(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, config: MoMosConfig, *,
-         project: bool = False, motif_storage: str = "auto", index_coding: str = "auto",
-         metadata: dict[str, str] | None = None) -> FileInfo:
+         scales: Scales | None = None, project: bool = False, motif_storage: str = "auto",
+         index_coding: str = "auto", metadata: dict[str, str] | None = None) -> FileInfo:
     """Write ``model`` as a ``.momos`` file (atomically).
 
     Args:
         model: a module, or a state dict (its floating tensors are the candidate parameters).
-        config: the mosaic's block size, tile shape, scope, selection and ``k``; the
-            parameters it selects must be an exact mosaic: each codebook may hold at most
+        config: the mosaic's block size, tile shape, scope, normalization, selection and ``k``;
+            the parameters it selects must be an exact mosaic: each codebook may hold at most
             ``config.motifs_for(num_blocks)`` distinct blocks (a block holding padding only
-            has to match on its real values).
-        project: project a copy of the model with ``config`` first (the model is not changed).
+            has to match on its real values); normalized, at ``scales``.
+        scales: with ``config.normalize``, the power-of-two scales the mosaic was made with
+            (the weights alone do not tell them): ``ProjectionStats.scales`` or
+            ``Projector.scales`` (one tensor per selected parameter, in selection order), or a
+            mapping from parameter names to them (e.g. :func:`read_scales`). With ``project``
+            they are the scales to project at (default: measured, as ``project_`` does).
+        project: project a copy of the model with ``config`` first (the model is not changed);
+            the file then holds that projection, at its scales.
         motif_storage: ``"auto"`` (the smallest lossless form: a q-bit grid when the motifs
             lie on one, else float16/bfloat16/float32/float64), or a float dtype name to cast
             the motifs to (lossy when they do not fit; the file then holds the cast model).
@@ -56,23 +64,36 @@ def save(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
 
     Raises:
         ValueError: the selected parameters are not a mosaic (the message names the worst
-            tensor), or bad options. TypeError: unsupported dtypes. Nothing is written then.
+            tensor), a normalized configuration without ``scales`` and ``project``, scales that
+            do not fit, or bad options. TypeError: unsupported dtypes. Nothing is written then.
     """
     module = module_of_state_dict(model) if isinstance(model, Mapping) else model
+    if config.normalize == "none" and scales is not None:
+        raise ValueError("scales given, but the configuration has normalize='none'")
+    if config.normalize != "none" and scales is None and not project:
+        raise ValueError(f"normalize={config.normalize!r}: saving a normalized mosaic needs the scales it was "
+                         "made with, which the weights alone do not tell: pass scales=ProjectionStats.scales "
+                         "(or projector.scales), or use project=True to project a copy and save it with "
+                         "that projection's scales")
+    selected = select_parameters(module, config)
+    names = [name for name, _ in selected]
+    if scales is not None:  # checked (and shaped) now, before anything is projected
+        exponents = scale_exponents_of([p for _, p in selected], config, scales, names=names)
+        scales = [scales_of(e) for e in exponents]
     if project:
         module = copy.deepcopy(module)
-        project_(module, config)
-    names = [name for name, _ in select_parameters(module, config)]
+        scales = project_(module, config, scales=scales).scales
     state = module.state_dict()
     if isinstance(model, Mapping):
         state = {name: state[name] for name in model}
     try:
-        data, info = encode(state, names, config, motif_storage=motif_storage, index_coding=index_coding,
-                            metadata=metadata)
+        data, info = encode(state, names, config, scales=scales, motif_storage=motif_storage,
+                            index_coding=index_coding, metadata=metadata)
     except NotAMosaicError as error:
-        raise ValueError(f"parameter {names[error.tensor]!r} is not a mosaic under this configuration: "
+        at = " at the given scales" if config.normalize != "none" else ""
+        raise ValueError(f"parameter {names[error.tensor]!r} is not a mosaic under this configuration{at}: "
                          f"{error}; project the model first (momos.project_, or save(..., project=True)) "
-                         "or save with the configuration it was trained with") from None
+                         "or save with the configuration (and scales) it was trained with") from None
     write_bytes_atomic(data, path)
     return info
 
@@ -90,6 +111,10 @@ def read(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
         FormatError: the file is missing, empty, truncated, corrupt, of another format or
             version, inconsistent, or too large.
     """
+    return decode(_read_bytes(path, max_bytes), max_weights=max_weights)
+
+
+def _read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -100,7 +125,19 @@ def read(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
         raise FormatError(f"cannot read {path}: {error}") from None
     if len(data) > max_bytes:
         raise FormatError(f"{path} is larger than max_bytes={max_bytes}")
-    return decode(data, max_weights=max_weights)
+    return data
+
+
+def read_scales(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                max_weights: int = DEFAULT_MAX_WEIGHTS) -> dict[str, torch.Tensor] | None:
+    """The scales of a normalized mosaic file: mosaic tensor name -> its scales ``2**e``
+    (float32, shape ``()`` or ``(rows,)``), ready for ``save(..., scales=...)``; None when the
+    file is not normalized. The whole file is read and checked, as :func:`read` does.
+
+    Raises:
+        FormatError: a bad file (see :func:`read`).
+    """
+    return decode_with_scales(_read_bytes(path, max_bytes), max_weights=max_weights)[2]
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,

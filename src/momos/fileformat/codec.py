@@ -3,6 +3,7 @@
 Header (JSON, in the container's ``header`` tensor)::
 
     {"block_size": s, "tile_shape": null | [r, c], "scope": "global" | "per_tensor",
+     "normalize": "none" | "tensor" | "channel",                         # version 2 only
      "padding": "zero",
      "tensors": [{"name", "shape", "dtype", "mosaic": bool}, ...],      # state-dict order
      "codebooks": [{"tensors": [first, last], "motifs": k, "bytes": [start, end],
@@ -11,29 +12,43 @@ Header (JSON, in the container's ``header`` tensor)::
      "config": <MoMosConfig.to_dict()> | null, "metadata": {str: str}}
 
 Tensors: the motif table (``motifs``, or ``motif_levels`` + ``motif_scales``), ``indices``
-(every codebook's stream, back to back; ``bytes`` locates each) and, for the tensors that are
-not mosaics, ``plain/<dtype>``: their values as they are, flattened and concatenated in
+(every codebook's stream, back to back; ``bytes`` locates each), with ``normalize`` other than
+``"none"`` the int8 tensor ``scales``: the exponents ``e`` of every mosaic tensor's scales
+``2**e`` in header order (one per tensor, or one per dim-0 row of a tensor of two or more
+dimensions under ``"channel"``; each in ``scales.EXPONENT_RANGE``), and, for the tensors that
+are not mosaics, ``plain/<dtype>``: their values as they are, flattened and concatenated in
 header order, one tensor per dtype (one entry each would cost more header than a small
 tensor holds).
+
+A normalized mosaic tensor is ``2**e x`` its motif values, blocks cut as
+:class:`momos.blocks.BlockLayout` with ``per_row`` under ``"channel"``.
+
+Version 1 (no ``normalize`` key, no ``scales``) is read as ``"none"``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .. import scales as scaling
 from ..blocks import BlockLayout
-from ..config import SCOPES, MoMosConfig
+from ..config import NORMALIZATIONS, SCOPES, MoMosConfig
 from .container import DTYPE_NAMES, DTYPES, VERSION, as_uint8_tensor, read_container, write_container
-from .decompose import Mosaic, block_dtype, decompose, rebuild
+from .decompose import Mosaic, NotAMosaicError, Scales, block_dtype, decompose, rebuild, scale_shape
 from .errors import FormatError
 from .streams import decode_stream, encode_stream, span_end
 from .tables import decode_tables, encode_tables
 
 PLAIN_PREFIX = "plain/"
 MOTIF_ENTRIES = ("motifs", "motif_levels", "motif_scales")
+SCALES = "scales"
+HEADER_KEYS = {"block_size", "tile_shape", "scope", "padding", "tensors", "codebooks", "motif_storage",
+               "config", "metadata"}
+HEADER_KEYS_BY_VERSION = {1: HEADER_KEYS, 2: HEADER_KEYS | {"normalize"}}
 MAX_BLOCK_SIZE = 1 << 16
 DEFAULT_MAX_WEIGHTS = 1 << 28
 FLOAT_DTYPES = tuple(name for name, dtype in DTYPES.items() if dtype.is_floating_point)
@@ -67,42 +82,66 @@ class FileInfo:
     motif_bytes: int
     index_bytes: int
     other_bytes: int          # the plain tensors
+    normalize: str = "none"   # "none", "tensor" or "channel"
+    scale_bytes: int = 0      # the scale exponents, one byte each
     config: dict | None = None
     metadata: dict = field(default_factory=dict)
 
     @property
+    def num_scales(self) -> int:
+        return self.scale_bytes
+
+    @property
     def header_bytes(self) -> int:
         """Everything that is not tensor data: the JSON header, names, shapes, checksum."""
-        return self.file_bytes - self.motif_bytes - self.index_bytes - self.other_bytes
+        return self.file_bytes - self.motif_bytes - self.index_bytes - self.scale_bytes - self.other_bytes
 
     @property
     def bits_per_weight(self) -> float:
-        """File bits per value stored in it."""
+        """File bits per value stored in it (headers and scales included)."""
         return 8 * self.file_bytes / max(1, self.num_values)
 
     @property
     def mosaic_bits_per_weight(self) -> float:
-        """Motif and index bits per mosaic weight: the mosaic's own cost, without headers."""
-        return 8 * (self.motif_bytes + self.index_bytes) / max(1, self.mosaic_weights)
+        """Motif, index and scale bits per mosaic weight: the mosaic's own cost, without headers."""
+        return 8 * (self.motif_bytes + self.index_bytes + self.scale_bytes) / max(1, self.mosaic_weights)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(header_bytes=self.header_bytes, bits_per_weight=self.bits_per_weight,
+        d.update(header_bytes=self.header_bytes, num_scales=self.num_scales, bits_per_weight=self.bits_per_weight,
                  mosaic_bits_per_weight=self.mosaic_bits_per_weight)
         return d
 
 
 def encode(state: dict[str, torch.Tensor], mosaic_names: list[str], config: MoMosConfig, *,
-           motif_storage: str = "auto", index_coding: str = "auto",
+           scales: Scales | None = None, motif_storage: str = "auto", index_coding: str = "auto",
            metadata: dict[str, str] | None = None) -> tuple[bytes, FileInfo]:
     """The file's bytes for ``state``, whose ``mosaic_names`` tensors form a mosaic under ``config``.
 
+    Args:
+        scales: with ``config.normalize``, the mosaic tensors' power-of-two scales: one tensor
+            per name of ``mosaic_names`` (in that order), or a mapping from names to them.
+
     Raises:
-        NotAMosaicError (a ValueError): a codebook needs more than ``config``'s k motifs.
-        TypeError / ValueError: unsupported dtypes, unknown names or options.
+        NotAMosaicError (a ValueError): a codebook needs more than ``config``'s k motifs, or
+            a tensor is not ``scale x motif`` values at its scales (``tensor`` indexes
+            ``mosaic_names``).
+        TypeError / ValueError: unsupported dtypes, unknown names or options, missing or
+            malformed scales.
     """
     _check_state(state, mosaic_names, metadata)
-    mosaic = decompose([state[name] for name in mosaic_names], config)
+    if scales is not None and not isinstance(scales, Mapping):
+        scales = list(scales)
+        if len(scales) != len(mosaic_names):
+            raise ValueError(f"{len(scales)} scale tensors given for {len(mosaic_names)} mosaic tensors")
+        scales = dict(zip(mosaic_names, scales))
+    # The file lists tensors in state order, mosaic tensors too: decompose them in that order.
+    chosen = set(mosaic_names)
+    ordered = [name for name in state if name in chosen]
+    try:
+        mosaic = decompose([state[name] for name in ordered], config, scales, names=ordered)
+    except NotAMosaicError as error:
+        raise NotAMosaicError(str(error), list(mosaic_names).index(ordered[error.tensor])) from None
     motif_tensors, storage = encode_tables(list(mosaic.motifs), motif_storage)
     streams, codebooks, position = [], [], 0
     for (first, last), table, index in zip(mosaic.groups, mosaic.motifs, mosaic.indices):
@@ -111,11 +150,11 @@ def encode(state: dict[str, torch.Tensor], mosaic_names: list[str], config: MoMo
         codebooks.append({"tensors": [first, last], "motifs": len(table),
                           "bytes": [position, position + len(data)], "indices": desc})
         position += len(data)
-    chosen = set(mosaic_names)
     header = {
         "block_size": config.block_size,
         "tile_shape": list(config.tile_shape) if config.tile_shape else None,
         "scope": config.scope,
+        "normalize": config.normalize,
         "padding": "zero",
         "tensors": [{"name": name, "shape": list(t.shape), "dtype": DTYPE_NAMES[t.dtype],
                      "mosaic": name in chosen} for name, t in state.items()],
@@ -125,9 +164,11 @@ def encode(state: dict[str, torch.Tensor], mosaic_names: list[str], config: MoMo
         "metadata": dict(metadata or {}),
     }
     tensors = {**motif_tensors, "indices": as_uint8_tensor(b"".join(streams))}
+    if mosaic.exponents is not None:
+        tensors[SCALES] = torch.cat([e.reshape(-1) for e in mosaic.exponents]).to(torch.int8)
     tensors.update(_join_plain([(name, t) for name, t in state.items() if name not in chosen]))
     data = write_container(tensors, header)
-    return data, _info(header, tensors, mosaic.layout, len(data))
+    return data, _info(header, tensors, mosaic.layout, len(data), VERSION)
 
 
 def decode(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> tuple[dict[str, torch.Tensor], FileInfo]:
@@ -137,13 +178,22 @@ def decode(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> tuple[dict
         FormatError: the file is damaged, lies, or would decode to more than ``max_weights``
             values (counting block padding).
     """
-    header, tensors = read_container(data)
-    _expect_keys(header, {"block_size", "tile_shape", "scope", "padding", "tensors", "codebooks",
-                          "motif_storage", "config", "metadata"}, "header")
+    state, info, _ = decode_with_scales(data, max_weights=max_weights)
+    return state, info
+
+
+def decode_with_scales(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS
+                       ) -> tuple[dict[str, torch.Tensor], FileInfo, dict[str, torch.Tensor] | None]:
+    """:func:`decode`, plus each mosaic tensor's scales ``2**e`` (float32, shape ``()`` or
+    ``(rows,)``) by name; None for a mosaic without normalization."""
+    header, tensors, version = read_container(data)
+    _expect_keys(header, HEADER_KEYS_BY_VERSION[version], "header")
+    normalize = header.get("normalize", "none")
     block_size = _int(header["block_size"], "block_size", 1, MAX_BLOCK_SIZE)
     tile_shape = _tile_shape(header["tile_shape"], block_size)
-    if header["scope"] not in SCOPES or header["padding"] != "zero":
-        raise FormatError(f"unknown scope {header['scope']!r} or padding {header['padding']!r}")
+    if header["scope"] not in SCOPES or header["padding"] != "zero" or normalize not in NORMALIZATIONS:
+        raise FormatError(f"unknown scope {header['scope']!r}, padding {header['padding']!r} or "
+                          f"normalize {normalize!r}")
     if header["config"] is not None and not isinstance(header["config"], dict):
         raise FormatError("the header's config must be an object or null")
     if not isinstance(header["metadata"], dict) or not all(
@@ -151,21 +201,47 @@ def decode(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> tuple[dict
         raise FormatError("the header's metadata must map strings to strings")
     entries = _tensor_entries(header["tensors"])
     mosaic_entries = [e for e in entries if e["mosaic"]]
-    layout = BlockLayout(tuple(torch.Size(e["shape"]) for e in mosaic_entries), block_size, tile_shape)
+    try:
+        layout = BlockLayout(tuple(torch.Size(e["shape"]) for e in mosaic_entries), block_size, tile_shape,
+                             per_row=normalize == "channel")
+    except ValueError as error:
+        raise FormatError(f"impossible block layout: {error}") from None
     if layout.num_blocks * block_size > max_weights:
         raise FormatError(f"the file would decode to {layout.num_blocks * block_size} mosaic values, more "
                           f"than max_weights={max_weights}")
-    _expect_keys(tensors, _expected_tensors(header, entries), "file's tensors")
+    _expect_keys(tensors, _expected_tensors(header, entries, normalize), "file's tensors")
     state = _split_plain([e for e in entries if not e["mosaic"]], tensors)
-    mosaic = _decode_mosaic(header, tensors, layout, [DTYPES[e["dtype"]] for e in mosaic_entries])
+    exponents = _scale_exponents(tensors, mosaic_entries, normalize)
+    mosaic = _decode_mosaic(header, tensors, layout, [DTYPES[e["dtype"]] for e in mosaic_entries],
+                            normalize, exponents)
     if mosaic is not None:
         for e, value in zip(mosaic_entries, rebuild(mosaic)):
             state[e["name"]] = value
     state = {e["name"]: state[e["name"]] for e in entries}
-    return state, _info(header, tensors, layout, len(data))
+    scales = None if exponents is None else {
+        e["name"]: scaling.scales_of(exponent) for e, exponent in zip(mosaic_entries, exponents)}
+    return state, _info(header, tensors, layout, len(data), version), scales
 
 
-def _decode_mosaic(header, tensors, layout: BlockLayout, dtypes) -> Mosaic | None:
+def _scale_exponents(tensors, mosaic_entries, normalize: str) -> list[torch.Tensor] | None:
+    """Each mosaic tensor's exponents from the ``scales`` tensor, checked: count and range."""
+    if normalize == "none" or not mosaic_entries:
+        return None
+    stored = tensors[SCALES]
+    shapes = [scale_shape(e["shape"], normalize) for e in mosaic_entries]
+    count = sum(math.prod(shape) for shape in shapes)
+    if stored.dtype != torch.int8 or tuple(stored.shape) != (count,):
+        raise FormatError(f"the scales must be an int8 tensor of shape ({count},) for normalize="
+                          f"{normalize!r}, found {DTYPE_NAMES[stored.dtype]}{list(stored.shape)}")
+    low, high = scaling.EXPONENT_RANGE
+    if count and not (low <= int(stored.min()) and int(stored.max()) <= high):
+        raise FormatError(f"a scale exponent lies outside [{low}, {high}]")
+    return [part.reshape(shape).to(torch.int16)
+            for part, shape in zip(stored.split([math.prod(shape) for shape in shapes]), shapes)]
+
+
+def _decode_mosaic(header, tensors, layout: BlockLayout, dtypes, normalize: str,
+                   exponents: list[torch.Tensor] | None) -> Mosaic | None:
     if not isinstance(header["codebooks"], list):
         raise FormatError("the header's codebooks must be a list")
     if not layout.shapes:
@@ -184,7 +260,8 @@ def _decode_mosaic(header, tensors, layout: BlockLayout, dtypes) -> Mosaic | Non
         indices.append(torch.from_numpy(decode_stream(raw[start:end], desc, k, count)))
     dtype = block_dtype(dtypes)
     return Mosaic(layout, tuple(dtypes), tuple(group for group, _, _, _ in codebooks),
-                  tuple(t.to(dtype) for t in tables), tuple(indices))
+                  tuple(t.to(dtype) for t in tables), tuple(indices), normalize,
+                  None if exponents is None else tuple(exponents))
 
 
 def _codebooks(entries: list, layout: BlockLayout, index_bytes: int) -> list[tuple]:
@@ -276,12 +353,14 @@ def _split_plain(entries: list[dict], tensors: dict[str, torch.Tensor]) -> dict[
     return state
 
 
-def _expected_tensors(header, entries) -> set[str]:
+def _expected_tensors(header, entries, normalize: str) -> set[str]:
     names = {PLAIN_PREFIX + e["dtype"] for e in entries if not e["mosaic"]}
     if any(e["mosaic"] for e in entries):
         storage = header["motif_storage"]
         names |= {"indices"} | ({"motifs"} if isinstance(storage, dict) and "dtype" in storage
                                 else {"motif_levels", "motif_scales"})
+        if normalize != "none":
+            names.add(SCALES)
     return names
 
 
@@ -325,7 +404,8 @@ def _storage_name(storage: dict) -> str:
     return storage["dtype"] + (", byte planes entropy-coded" if coded else "")
 
 
-def _info(header: dict, tensors: dict[str, torch.Tensor], layout: BlockLayout, file_bytes: int) -> FileInfo:
+def _info(header: dict, tensors: dict[str, torch.Tensor], layout: BlockLayout, file_bytes: int,
+          version: int) -> FileInfo:
     nbytes = {name: t.numel() * t.element_size() for name, t in tensors.items()}
     storage = header["motif_storage"]
     mosaic_names = [e["name"] for e in header["tensors"] if e["mosaic"]]
@@ -335,7 +415,7 @@ def _info(header: dict, tensors: dict[str, torch.Tensor], layout: BlockLayout, f
                      c["indices"]["coding"], c["bytes"][1] - c["bytes"][0])
         for c in header["codebooks"])
     return FileInfo(
-        version=VERSION, block_size=header["block_size"],
+        version=version, block_size=header["block_size"],
         tile_shape=tuple(header["tile_shape"]) if header["tile_shape"] else None,
         scope=header["scope"], num_tensors=len(header["tensors"]),
         num_values=sum(math.prod(e["shape"]) for e in header["tensors"]),
@@ -346,4 +426,5 @@ def _info(header: dict, tensors: dict[str, torch.Tensor], layout: BlockLayout, f
         motif_bytes=sum(nbytes.get(name, 0) for name in MOTIF_ENTRIES),
         index_bytes=nbytes.get("indices", 0),
         other_bytes=sum(n for name, n in nbytes.items() if name.startswith(PLAIN_PREFIX)),
+        normalize=header.get("normalize", "none"), scale_bytes=nbytes.get(SCALES, 0),
         config=header["config"], metadata=dict(header["metadata"]))

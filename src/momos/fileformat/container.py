@@ -2,7 +2,8 @@
 
 Layout (safetensors): 8 bytes little-endian length ``N``, ``N`` bytes of JSON (the tensor
 table plus ``__metadata__``), then the tensor bytes. The metadata holds ``format = "momos"``
-(the magic), ``version`` and ``sha256``: the digest of every tensor (name, dtype, shape,
+(the magic), ``version`` (``"2"`` is written; ``"1"``, the format before normalized mosaics,
+is still read) and ``sha256``: the digest of every tensor (name, dtype, shape,
 bytes) in name order, so that no byte that matters can change without notice. The momos
 header is JSON, zlib-compressed, in the uint8 tensor ``header`` (tensor names repeat the same
 few words, so it shrinks about fivefold; decompression is bounded).
@@ -25,7 +26,8 @@ from .errors import FormatError
 
 MAGIC = "momos"
 HEADER = "header"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)     # the versions this reader knows
 MAX_HEADER_BYTES = 64 * 2**20
 MAX_DIMS = 16
 
@@ -38,13 +40,16 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
-def write_container(tensors: dict[str, torch.Tensor], header: dict) -> bytes:
-    """The file's bytes: ``tensors`` (CPU, contiguous, dtypes of :data:`DTYPES`) and ``header``."""
+def write_container(tensors: dict[str, torch.Tensor], header: dict, *, version: int = VERSION) -> bytes:
+    """The file's bytes: ``tensors`` (CPU, contiguous, dtypes of :data:`DTYPES`) and ``header``,
+    labelled with format ``version`` (the current one unless rewriting an older file)."""
     from safetensors.torch import save
 
+    if version not in VERSIONS:
+        raise ValueError(f"unknown .momos format version {version!r}")
     packed = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     tensors = {**tensors, HEADER: as_uint8_tensor(packed)}
-    metadata = {"format": MAGIC, "version": str(VERSION), "sha256": _digest(tensors)}
+    metadata = {"format": MAGIC, "version": str(version), "sha256": _digest(tensors)}
     return save({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, metadata=metadata)
 
 
@@ -53,8 +58,8 @@ def as_uint8_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
 
 
-def read_container(data: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The header and the tensors of a file's bytes.
+def read_container(data: bytes) -> tuple[dict, dict[str, torch.Tensor], int]:
+    """The header, the tensors and the format version of a file's bytes.
 
     Raises:
         FormatError: anything wrong: size, JSON, magic, version, tensor table, checksum.
@@ -69,7 +74,7 @@ def read_container(data: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
     if not isinstance(table, dict):
         raise FormatError("the safetensors header is not a JSON object")
     metadata = table.pop("__metadata__", None)
-    _check_magic(metadata)
+    version = _check_magic(metadata)
     buffer = memoryview(data)[8 + table_size:]
     spans = _check_table(table, len(buffer))
     tensors = {name: _tensor(buffer[start:end], dtype, shape) for name, (dtype, shape, start, end) in spans.items()}
@@ -81,7 +86,7 @@ def read_container(data: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
     header = _parse_json(_inflate(packed.numpy().tobytes()), "momos header")
     if not isinstance(header, dict):
         raise FormatError("the momos header is not a JSON object")
-    return header, tensors
+    return header, tensors, version
 
 
 def _inflate(packed: bytes) -> bytes:
@@ -103,12 +108,16 @@ def _parse_json(raw: bytes, what: str):
         raise FormatError(f"the {what} is not valid JSON: {error}") from None
 
 
-def _check_magic(metadata) -> None:
+def _check_magic(metadata) -> int:
+    """The file's format version."""
     if not isinstance(metadata, dict) or metadata.get("format") != MAGIC:
         raise FormatError("not a .momos file (its metadata does not say format=momos)")
     version = metadata.get("version")
-    if version != str(VERSION):
-        raise FormatError(f"unsupported .momos format version {version!r}; this reader knows version {VERSION}")
+    known = {str(v): v for v in VERSIONS}
+    if version not in known:
+        raise FormatError(f"unsupported .momos format version {version!r}; this reader knows versions "
+                          f"{', '.join(known)}")
+    return known[version]
 
 
 def _check_table(table: dict, buffer_size: int) -> dict[str, tuple[torch.dtype, list[int], int, int]]:

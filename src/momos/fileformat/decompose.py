@@ -3,40 +3,63 @@
 Pure functions on tensors. Blocks are compared by their bit patterns, so the decomposition
 is exact (``-0.0`` and ``0.0`` are different values here, as they are in the file), and a
 block that holds padding only has to match a motif on its real values.
+
+With ``config.normalize`` the tensors are first divided by their power-of-two scales (exact:
+only the exponents move) and blocks are cut per output channel under ``"channel"``; the motifs
+are in normalized units and :func:`rebuild` multiplies back. The same decomposition serves the
+file format and the description lengths of :mod:`momos.complexity`.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .. import scales as scaling
 from ..blocks import BlockLayout, from_blocks, to_blocks
 from ..config import MoMosConfig
 from ..project import codebook_groups
+from .tables import same_bits
 
 _BIT_VIEWS = {torch.float32: np.int32, torch.float64: np.int64}
+
+Scales = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class Mosaic:
     """Tensors as codebooks: codebook ``i`` covers tensors ``groups[i] = [first, last)`` and
-    holds ``motifs[i]`` ``(k_i, s)`` and ``indices[i]`` ``(m_i,)`` int64 (one per block)."""
+    holds ``motifs[i]`` ``(k_i, s)`` and ``indices[i]`` ``(m_i,)`` int64 (one per block).
+
+    ``exponents``: with ``normalize`` other than ``"none"``, each tensor's scale exponents
+    ``e`` (int16, shape :func:`scale_shape`): the tensor is ``2**e`` times its motif values.
+    """
 
     layout: BlockLayout
     dtypes: tuple[torch.dtype, ...]
     groups: tuple[tuple[int, int], ...]
     motifs: tuple[torch.Tensor, ...]
     indices: tuple[torch.Tensor, ...]
+    normalize: str = "none"
+    exponents: tuple[torch.Tensor, ...] | None = None
 
     @property
     def num_motifs(self) -> int:
         return sum(len(table) for table in self.motifs)
 
+    @property
+    def scales(self) -> tuple[torch.Tensor, ...] | None:
+        """Each tensor's scales ``2**e`` (float32), as ``ProjectionStats.scales``; None without normalization."""
+        return None if self.exponents is None else tuple(scaling.scales_of(e) for e in self.exponents)
+
 
 class NotAMosaicError(ValueError):
-    """The tensors need more motifs than allowed; ``tensor`` is the index of the worst offender."""
+    """The tensors need more motifs than allowed, or are not ``scale x motif`` values at the
+    given scales; ``tensor`` is the index of the worst offender."""
 
     def __init__(self, message: str, tensor: int) -> None:
         super().__init__(message)
@@ -51,30 +74,99 @@ def block_dtype(dtypes) -> torch.dtype:
     return dtype
 
 
-def decompose(tensors: list[torch.Tensor], config: MoMosConfig) -> Mosaic:
+def scale_shape(shape, normalize: str) -> tuple[int, ...]:
+    """The shape of a tensor's scales: ``(shape[0],)`` per output channel of a tensor of two or
+    more dimensions under ``"channel"``, else ``()`` (one per tensor)."""
+    if normalize == "none":
+        raise ValueError("no scales for normalize='none'")
+    return (int(shape[0]),) if normalize == "channel" and len(shape) >= 2 else ()
+
+
+def num_scales(shapes, normalize: str) -> int:
+    """How many scales tensors of these shapes have (0 without normalization)."""
+    if normalize == "none":
+        return 0
+    return sum(math.prod(scale_shape(shape, normalize)) for shape in shapes)
+
+
+def scale_exponents_of(tensors: list[torch.Tensor], config: MoMosConfig, scales: Scales | None, *,
+                       names: Sequence[str] | None = None) -> list[torch.Tensor] | None:
+    """The int16 exponents of given scales, one tensor of shape :func:`scale_shape` per tensor;
+    None when ``config.normalize == "none"``.
+
+    Args:
+        scales: one tensor of powers of two per tensor (``ProjectionStats.scales``,
+            ``Projector.scales``), or a mapping from ``names`` to them. A tensor of the right
+            number of values is reshaped (a checkpoint stores them flat).
+
+    Raises:
+        ValueError: scales missing under normalization, given without it, of the wrong number
+            or size, or not powers of two in ``scales.EXPONENT_RANGE``.
+    """
+    if config.normalize == "none":
+        if scales is not None:
+            raise ValueError("scales given, but the configuration has normalize='none'")
+        return None
+    if scales is None:
+        raise ValueError(f"normalize={config.normalize!r} needs the scales of the mosaic: the weights "
+                         "alone do not tell them (pass ProjectionStats.scales or Projector.scales)")
+    labels = [repr(n) for n in names] if names is not None else [f"tensor {i}" for i in range(len(tensors))]
+    if isinstance(scales, Mapping):
+        if names is None:
+            raise TypeError("scales given by name need the tensors' names")
+        missing = [name for name in names if name not in scales]
+        if missing:
+            raise ValueError(f"no scales given for {missing[:5]}")
+        scales = [scales[name] for name in names]
+    scales = list(scales)
+    if len(scales) != len(tensors):
+        raise ValueError(f"{len(scales)} scale tensors given for {len(tensors)} tensors")
+    exponents = []
+    for label, tensor, table in zip(labels, tensors, scales):
+        table = torch.as_tensor(table)
+        shape = scale_shape(tensor.shape, config.normalize)
+        if table.numel() != math.prod(shape):
+            raise ValueError(f"the scales of {label} hold {table.numel()} values; normalize="
+                             f"{config.normalize!r} gives its shape {tuple(tensor.shape)} {math.prod(shape)}")
+        exponents.append(scaling.exponents_of(table.reshape(shape), f"the scales of {label}"))
+    return exponents
+
+
+def decompose(tensors: list[torch.Tensor], config: MoMosConfig, scales: Scales | None = None, *,
+              names: Sequence[str] | None = None, bounded: bool = True) -> Mosaic:
     """Cut ``tensors`` into blocks as ``config`` says and find the motifs they are made of.
 
     Each codebook (one for ``scope="global"``, one per tensor for ``"per_tensor"``) gets the
-    distinct blocks it actually uses, at most ``config.motifs_for(num_blocks)`` of them.
+    distinct blocks it actually uses, at most ``config.motifs_for(num_blocks)`` of them
+    (any number with ``bounded=False``). With ``config.normalize``, the blocks are those of
+    the tensors divided by their ``scales`` (required; see :func:`scale_exponents_of`, which
+    also explains ``names``), cut per output channel under ``"channel"``.
+
+    The result is checked: :func:`rebuild` gives back every tensor bit for bit.
 
     Raises:
-        NotAMosaicError: a codebook needs more motifs than that.
+        NotAMosaicError: a codebook needs more motifs than allowed, or a tensor does not
+            come back exactly from its normalized values (not ``scale x motif`` values).
+        ValueError: missing or malformed scales (see :func:`scale_exponents_of`).
         TypeError: a tensor is not floating point.
     """
     for t in tensors:
         if not t.is_floating_point():
             raise TypeError(f"a mosaic tensor must be floating point, got {t.dtype}")
+    tensors = [t.detach().cpu() for t in tensors]
+    exponents = scale_exponents_of(tensors, config, scales, names=names)
     dtypes = tuple(t.dtype for t in tensors)
     dtype = block_dtype(dtypes)
-    blocks, layout = to_blocks([t.detach().cpu() for t in tensors], config.block_size, dtype=dtype,
-                               tile_shape=config.tile_shape)
+    normalized = tensors if exponents is None else [scaling.divide(t.to(dtype), e) for t, e in zip(tensors, exponents)]
+    blocks, layout = to_blocks(normalized, config.block_size, dtype=dtype, tile_shape=config.tile_shape,
+                               per_row=config.normalize == "channel")
     bits = blocks.numpy().view(_BIT_VIEWS[dtype])
     valid = layout.valid_mask().numpy()
     groups = tuple(codebook_groups(layout, config))
     motifs, indices = [], []
     for first, last in groups:
         b0, b1 = layout.block_offsets[first], layout.block_offsets[last]
-        limit = config.motifs_for(b1 - b0)
+        limit = config.motifs_for(b1 - b0) if bounded else b1 - b0
         try:
             table, index = _codebook(bits[b0:b1], valid[b0:b1], limit)
         except _TooManyMotifs as error:
@@ -84,17 +176,28 @@ def decompose(tensors: list[torch.Tensor], config: MoMosConfig) -> Mosaic:
                 int(np.bincount(owners).argmax())) from None
         motifs.append(torch.from_numpy(table.view(blocks.numpy().dtype)))
         indices.append(torch.from_numpy(index))
-    return Mosaic(layout, dtypes, groups, tuple(motifs), tuple(indices))
+    mosaic = Mosaic(layout, dtypes, groups, tuple(motifs), tuple(indices), config.normalize,
+                    None if exponents is None else tuple(exponents))
+    for i, (again, tensor) in enumerate(zip(rebuild(mosaic), tensors)):
+        if not same_bits(again, tensor):
+            raise NotAMosaicError(
+                "its values do not come back bit for bit from scale x motif values: dividing by its "
+                "scales and multiplying back changes them (values too small or too large for their "
+                "scales)" if exponents is not None else "its values do not survive the block dtype", i)
+    return mosaic
 
 
 def rebuild(mosaic: Mosaic) -> list[torch.Tensor]:
-    """The tensors a mosaic describes, each in its own dtype."""
+    """The tensors a mosaic describes, each in its own dtype (``scale x motif`` when normalized)."""
     layout = mosaic.layout
     dtype = mosaic.motifs[0].dtype if mosaic.motifs else block_dtype(mosaic.dtypes)
     blocks = torch.zeros(layout.num_blocks, layout.block_size, dtype=dtype)
     for (first, last), table, index in zip(mosaic.groups, mosaic.motifs, mosaic.indices):
         blocks[layout.block_offsets[first]:layout.block_offsets[last]] = table.to(dtype)[index]
-    return [t.to(d) for t, d in zip(from_blocks(blocks, layout), mosaic.dtypes)]
+    values = from_blocks(blocks, layout)
+    if mosaic.exponents is not None:
+        values = [scaling.multiply(v, e) for v, e in zip(values, mosaic.exponents)]
+    return [t.to(d) for t, d in zip(values, mosaic.dtypes)]
 
 
 class _TooManyMotifs(Exception):
