@@ -7,9 +7,12 @@ from momos.cli import main
 
 
 def test_project_command_writes_mosaic(tmp_path, capsys):
+    torch.manual_seed(0)
     src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
     save_file({"w": torch.randn(10, 4), "b": torch.randn(3), "steps": torch.arange(2)}, src)
-    assert main(["project", str(src), "-o", str(out), "--num-motifs", "3", "--block-size", "2"]) == 0
+    # without force_zero: with the zero motif, 2 others may leave "b" all zeros, which project_ refuses
+    assert main(["project", str(src), "-o", str(out), "--num-motifs", "3", "--block-size", "2",
+                 "--no-force-zero"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["num_motifs"] == 3 and stats["num_blocks"] == 22
     projected = load_file(out)
@@ -29,6 +32,7 @@ def test_project_command_bad_input_exit_2(tmp_path, capsys):
 
 
 def test_project_command_exclude_matches_real_names(tmp_path):
+    torch.manual_seed(0)
     src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
     bias = torch.randn(7)
     save_file({"layer.weight": torch.randn(8, 4), "layer.bias": bias}, src)
@@ -37,6 +41,7 @@ def test_project_command_exclude_matches_real_names(tmp_path):
 
 
 def test_project_command_motif_options(tmp_path, capsys):
+    torch.manual_seed(0)
     src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
     save_file({"conv": torch.randn(4, 2, 3, 3)}, src)
     args = ["project", str(src), "-o", str(out), "--block-size", "9", "--tile-shape", "3x3", "--num-motifs", "3",
@@ -46,3 +51,28 @@ def test_project_command_motif_options(tmp_path, capsys):
     assert len(torch.unique(kernels, dim=0)) <= 3
     assert main(args[:-6] + ["--tile-shape", "3by3"]) == 2
     assert "--tile-shape" in capsys.readouterr().err
+
+
+def test_project_a_run_with_calibration_then_export_it(tmp_path, capsys):
+    from momos.fileformat import load
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", "baseline", "--epochs", "1", "--quiet", "--out", str(run)]) == 0
+    out, mosaic = tmp_path / "projected.safetensors", tmp_path / "m.momos"
+    options = ["--block-size", "4", "--capacity", "0.05", "--normalize", "channel", "--parameters", "matrices"]
+    capsys.readouterr()
+    assert main(["project", str(run), "-o", str(out), "--calibration", "64", *options]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["max_relative_error"] < 0.5
+    projected = load_file(out)
+    assert projected["1.bias"].equal(load_file(run / "final.safetensors")["1.bias"])  # not a matrix
+    # the scales travel in the file's metadata, so the mosaic exports without projecting again
+    assert main(["export", str(out), "-o", str(mosaic), *options]) == 0
+    state = load(mosaic)
+    for name, tensor in projected.items():
+        assert torch.equal(state[name], tensor), name
+    # calibration needs a model that runs, and a positive number of images
+    assert main(["project", str(out), "-o", str(tmp_path / "x.safetensors"), "--calibration", "8"]) == 2
+    assert main(["project", str(run), "-o", str(tmp_path / "x.safetensors"), "--calibration", "0"]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()

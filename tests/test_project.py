@@ -287,3 +287,20 @@ def test_projection_property(shapes, block_size, capacity, force_zero, scope, se
     for c in stats.codebooks:
         assert c.num_motifs == cfg.motifs_for(c.block_end - c.block_start)
     assert momos.project_(model, cfg, motifs=stats.codebook_motifs()).changed_weights == 0
+
+
+def test_kmeans_refines_with_the_approximate_search_when_asked(monkeypatch):
+    import momos.project as project
+
+    calls = []
+    search = project.nearest_motif_approximate
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(project, "nearest_motif_approximate", counting)
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.2, motifs="kmeans", kmeans_iterations=3,
+                            assignment="approximate")
+    momos.project_(make_model(), cfg, keep_nonzero=False, warn_relative_error=None)
+    assert len(calls) == 3 + 1  # every Lloyd iteration, then the final assignment

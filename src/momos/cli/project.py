@@ -4,15 +4,32 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+
+DESCRIPTION = """\
+momos project CHECKPOINT.safetensors -o OUT.safetensors   every floating tensor of a state dict
+momos project RUN_DIR -o OUT.safetensors                  the parameters of a `momos train` run's
+                                                          model (--checkpoint final by default)
+
+Projects the weights onto a mosaic (post-training) and prints the statistics as JSON; a
+UserWarning names the tensors the projection moved far (relative error above 0.3).
+--calibration N (run folders only) weighs every weight by how strongly its input drives the
+layer's output, measured on N training images of the run's data set."""
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "project", help="project the weights of a safetensors checkpoint onto a mosaic",
-        description="Load a safetensors state dict, project every floating tensor onto a mosaic "
-                    "and write the result to another safetensors file.")
-    parser.add_argument("checkpoint", help="input .safetensors file")
+        "project", help="project the weights of a checkpoint or run onto a mosaic",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", metavar="CHECKPOINT_OR_RUN_DIR", help="a .safetensors file or a run folder")
     parser.add_argument("-o", "--out", required=True, help="output .safetensors file")
+    parser.add_argument("--checkpoint", choices=("init", "best", "final"), default="final",
+                        help="which checkpoint of a run folder (default final)")
+    parser.add_argument("--calibration", type=int, metavar="N",
+                        help="calibrate the assignment on N training images (run folders only)")
+    parser.add_argument("--data-dir", help="folder of the data sets, for --calibration "
+                                           "(default: the run's, else $MOMOS_DATA)")
     add_projection_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -28,6 +45,11 @@ def add_projection_arguments(parser: argparse.ArgumentParser, *,
                         help="make motif 0 the zero block (default: on)")
     parser.add_argument("--scope", choices=("global", "per_tensor"), default="global",
                         help="one codebook for the model, or one per tensor")
+    parser.add_argument("--normalize", choices=("none", "tensor", "channel"), default="none",
+                        help="divide each tensor (or output channel) by a power-of-two scale before "
+                             "it meets the shared codebook (default none, the paper's)")
+    parser.add_argument("--parameters", choices=("all", "matrices"), default="all",
+                        help="project every trainable parameter (default), or only those of 2+ dimensions")
     parser.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                         help="leave parameters whose name matches free (repeatable)")
     parser.add_argument("--motif-bits", type=int, help="quantize the motifs to this many bits")
@@ -59,6 +81,7 @@ def config_from_args(args):
     try:
         return MoMosConfig(block_size=args.block_size, capacity=capacity, num_motifs=args.num_motifs,
                            force_zero=args.force_zero, scope=args.scope, exclude=tuple(args.exclude),
+                           normalize=args.normalize, parameters=args.parameters,
                            motif_bits=args.motif_bits, seed=args.seed, motifs=args.motifs,
                            kmeans_iterations=args.kmeans_iterations, tile_shape=tile_shape,
                            assignment=args.assignment)
@@ -67,26 +90,63 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    from momos import project_
+    from momos.cli import UsageError
+    from momos.io import save_safetensors_atomic
+    from momos.train import plain_state_dict, scale_metadata
+
+    config = config_from_args(args)
+    path = Path(args.source)
+    if args.calibration is not None and args.calibration < 1:
+        raise UsageError(f"--calibration must be a positive number of images, got {args.calibration}")
+    if path.is_dir():
+        module, calibration = _run_model(path, args)
+    else:
+        if args.calibration is not None:
+            raise UsageError("--calibration needs a run folder: the model has to run on the images")
+        module, calibration = _state_dict_module(path), None
+    try:
+        stats = project_(module, config, calibration=calibration)
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    # the scales of a normalized mosaic are not in its weights: recorded as a checkpoint records them
+    metadata = None if stats.scales is None else scale_metadata(list(stats.parameter_names), stats.scales)
+    save_safetensors_atomic(plain_state_dict(module), args.out, metadata=metadata)
+    print(json.dumps(stats.summary(), indent=2))
+    return 0
+
+
+def _run_model(run_dir: Path, args):
+    """The run's model with the chosen checkpoint's weights, and its calibration batches (or None)."""
+    from momos.cli import UsageError
+    from momos.cli.complexity import load_source
+
+    model, _ = load_source(run_dir, argparse.Namespace(**{**vars(args), "block_size": None}))
+    if args.calibration is None:
+        return model, None
+    from momos.data import DatasetError, batches, load_dataset, random_subset
+    from momos.train import TrainConfig
+
+    config = TrainConfig.from_dict(json.loads((run_dir / "results.json").read_text())["config"])
+    try:
+        data = load_dataset(config.dataset, args.data_dir or config.data_dir, val_fraction=config.val_fraction,
+                            split_seed=config.split_seed, download=False)
+        images = random_subset(data.train, args.calibration, seed=config.split_seed)
+    except (DatasetError, ValueError) as error:
+        raise UsageError(f"--calibration: {error}") from None
+    return model, [x for x, _ in batches(images, data.info, 64)]
+
+
+def _state_dict_module(path: Path):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from momos import project_
-    from momos.fileformat import module_of_state_dict
     from momos.cli import UsageError
-    from momos.io import save_safetensors_atomic
+    from momos.fileformat import module_of_state_dict
 
-    config = config_from_args(args)
     try:
-        state = load_file(args.checkpoint)
+        state = load_file(path)
     except (OSError, SafetensorError) as error:
-        raise UsageError(f"cannot read {args.checkpoint}: {error}") from None
+        raise UsageError(f"cannot read {path}: {error}") from None
     # Real names, so that --exclude patterns match the checkpoint's tensor names.
-    module = module_of_state_dict(state)
-    try:
-        stats = project_(module, config)
-    except (TypeError, ValueError) as error:
-        raise UsageError(str(error)) from None
-    projected = {name: module.state_dict()[name] for name in state}
-    save_safetensors_atomic(projected, args.out)
-    print(json.dumps(stats.summary(), indent=2))
-    return 0
+    return module_of_state_dict(state)
