@@ -23,7 +23,7 @@ from .calibration import Calibration, input_importance
 from .config import MoMosConfig
 from .motifs import refine_motifs_kmeans, sample_motifs
 from .quantization import fake_quantize
-from .scales import divide, exponents_of, multiply, scale_exponents, scales_of
+from .scales import divide, given_exponents, multiply, scale_exponents, scales_of
 
 # project_ warns about tensors whose relative error ||new - old|| / ||old|| exceeds this.
 DEFAULT_WARN_RELATIVE_ERROR = 0.3
@@ -294,22 +294,9 @@ def _plan(model, config, *, generator=None, motifs=None, scales=None, init_motif
 
 def _scale_exponents(tensors, names, config, given) -> list[torch.Tensor] | None:
     """Each tensor's scale exponents, measured or from ``given`` scales; None without normalization."""
-    if config.normalize == "none":
-        if given is not None:
-            raise ValueError("scales given, but the configuration has normalize='none'")
-        return None
-    if given is None:
+    if config.normalize != "none" and given is None:
         return [scale_exponents(t, config.normalize) for t in tensors]
-    if len(given) != len(tensors):
-        raise ValueError(f"{len(given)} scale tensors given for {len(tensors)} parameters")
-    exponents = []
-    for name, t, table in zip(names, tensors, given):
-        expected = scale_exponents(t, config.normalize).shape
-        if tuple(table.shape) != tuple(expected):
-            raise ValueError(f"scales of {name!r} have shape {tuple(table.shape)}, normalize="
-                             f"{config.normalize!r} needs {tuple(expected)}")
-        exponents.append(exponents_of(table, f"the scales of {name!r}"))
-    return exponents
+    return given_exponents(tensors, config.normalize, given, names=names)
 
 
 def _refuse_zero_codebooks(sizes, groups, tensors, names, config) -> None:

@@ -90,7 +90,7 @@ def export_scales(model, config, path: Path, args):
     """
     from momos.cli import UsageError
     from momos.cli.complexity import recorded_scales
-    from momos.fileformat.decompose import scale_exponents_of
+    from momos.scales import given_exponents
     from momos.project import select_parameters
 
     if config.normalize == "none":
@@ -104,7 +104,7 @@ def export_scales(model, config, path: Path, args):
                          "momos train run records them once it has projected); use --project to project it")
     try:
         selected = select_parameters(model, config)
-        scale_exponents_of([p for _, p in selected], config, recorded, names=[n for n, _ in selected])
+        given_exponents([p for _, p in selected], config.normalize, recorded, names=[n for n, _ in selected])
     except (TypeError, ValueError) as error:
         if args.project:
             return None

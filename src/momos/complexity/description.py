@@ -35,7 +35,8 @@ from torch import nn
 
 from ..blocks import BlockLayout, layout_of
 from ..config import MoMosConfig
-from ..fileformat.decompose import Scales, decompose, num_scales
+from ..fileformat.decompose import decompose
+from ..scales import Scales, num_scales
 from ..project import ProjectionStats, codebook_groups, select_parameters
 from ..scales import scale_exponents, scales_of
 
@@ -249,7 +250,7 @@ def mosaic_codebooks(tensors: list[torch.Tensor], config: MoMosConfig,
     on ``k``. A block that holds padding reuses a motif whose values on its real positions
     match. With ``config.normalize`` the blocks are those of the tensors divided by their
     ``scales`` (one tensor per tensor, or a mapping by ``names``; see
-    :func:`momos.fileformat.decompose.scale_exponents_of`); without them the scales are measured
+    :func:`momos.scales.given_exponents`); without them the scales are measured
     from the weights as a projection would (``scales.scale_exponents``), which describes a
     projected model exactly only when they are the ones it was projected with, so pass a
     projection's own scales (``ProjectionStats.scales``, ``Projector.scales``) for its mosaic.

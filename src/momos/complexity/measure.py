@@ -18,7 +18,7 @@ from ..config import MoMosConfig
 from ..project import select_parameters
 from .block_decomposition import bdm, bdm_per_bit, quantize_levels
 from .compressors import COMPRESSORS, compressor_table, window_warning
-from ..fileformat.decompose import Scales, num_scales
+from ..scales import Scales, num_scales
 from .description import CodebookUsage, description_length_of_codebooks, default_bits, mosaic_codebooks
 
 PAYLOADS = {"": "float32", "_bin": "bin", "_bits": "bits"}   # metric-name suffix -> payload

@@ -25,7 +25,8 @@ from ..io import write_bytes_atomic
 from ..project import project_, select_parameters
 from ..scales import scales_of
 from .codec import DEFAULT_MAX_WEIGHTS, CodebookInfo, FileInfo, decode, decode_with_scales, encode
-from .decompose import NotAMosaicError, Scales, scale_exponents_of
+from ..scales import Scales, given_exponents
+from .decompose import NotAMosaicError
 from .errors import FormatError
 
 DEFAULT_MAX_BYTES = 1 << 32
@@ -78,7 +79,7 @@ def save(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
     selected = select_parameters(module, config)
     names = [name for name, _ in selected]
     if scales is not None:  # checked (and shaped) now, before anything is projected
-        exponents = scale_exponents_of([p for _, p in selected], config, scales, names=names)
+        exponents = given_exponents([p for _, p in selected], config.normalize, scales, names=names)
         scales = [scales_of(e) for e in exponents]
     if project:
         module = copy.deepcopy(module)

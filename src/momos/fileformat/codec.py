@@ -38,7 +38,8 @@ from .. import scales as scaling
 from ..blocks import BlockLayout
 from ..config import NORMALIZATIONS, SCOPES, MoMosConfig
 from .container import DTYPE_NAMES, DTYPES, VERSION, as_uint8_tensor, read_container, write_container
-from .decompose import Mosaic, NotAMosaicError, Scales, block_dtype, decompose, rebuild, scale_shape
+from ..scales import Scales, scale_shape
+from .decompose import Mosaic, NotAMosaicError, block_dtype, decompose, rebuild
 from .errors import FormatError
 from .streams import decode_stream, encode_stream, span_end
 from .tables import decode_tables, encode_tables

@@ -12,14 +12,14 @@ file format and the description lengths of :mod:`momos.complexity`.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .. import scales as scaling
+from ..scales import Scales, given_exponents
 from ..blocks import BlockLayout, from_blocks, to_blocks
 from ..config import MoMosConfig
 from ..project import codebook_groups
@@ -27,16 +27,13 @@ from .tables import same_bits
 
 _BIT_VIEWS = {torch.float32: np.int32, torch.float64: np.int64}
 
-Scales = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
-
-
 @dataclass(frozen=True)
 class Mosaic:
     """Tensors as codebooks: codebook ``i`` covers tensors ``groups[i] = [first, last)`` and
     holds ``motifs[i]`` ``(k_i, s)`` and ``indices[i]`` ``(m_i,)`` int64 (one per block).
 
     ``exponents``: with ``normalize`` other than ``"none"``, each tensor's scale exponents
-    ``e`` (int16, shape :func:`scale_shape`): the tensor is ``2**e`` times its motif values.
+    ``e`` (int16, shape :func:`momos.scales.scale_shape`): the tensor is ``2**e`` times its motif values.
     """
 
     layout: BlockLayout
@@ -74,64 +71,6 @@ def block_dtype(dtypes) -> torch.dtype:
     return dtype
 
 
-def scale_shape(shape, normalize: str) -> tuple[int, ...]:
-    """The shape of a tensor's scales: ``(shape[0],)`` per output channel of a tensor of two or
-    more dimensions under ``"channel"``, else ``()`` (one per tensor)."""
-    if normalize == "none":
-        raise ValueError("no scales for normalize='none'")
-    return (int(shape[0]),) if normalize == "channel" and len(shape) >= 2 else ()
-
-
-def num_scales(shapes, normalize: str) -> int:
-    """How many scales tensors of these shapes have (0 without normalization)."""
-    if normalize == "none":
-        return 0
-    return sum(math.prod(scale_shape(shape, normalize)) for shape in shapes)
-
-
-def scale_exponents_of(tensors: list[torch.Tensor], config: MoMosConfig, scales: Scales | None, *,
-                       names: Sequence[str] | None = None) -> list[torch.Tensor] | None:
-    """The int16 exponents of given scales, one tensor of shape :func:`scale_shape` per tensor;
-    None when ``config.normalize == "none"``.
-
-    Args:
-        scales: one tensor of powers of two per tensor (``ProjectionStats.scales``,
-            ``Projector.scales``), or a mapping from ``names`` to them. A tensor of the right
-            number of values is reshaped (a checkpoint stores them flat).
-
-    Raises:
-        ValueError: scales missing under normalization, given without it, of the wrong number
-            or size, or not powers of two in ``scales.EXPONENT_RANGE``.
-    """
-    if config.normalize == "none":
-        if scales is not None:
-            raise ValueError("scales given, but the configuration has normalize='none'")
-        return None
-    if scales is None:
-        raise ValueError(f"normalize={config.normalize!r} needs the scales of the mosaic: the weights "
-                         "alone do not tell them (pass ProjectionStats.scales or Projector.scales)")
-    labels = [repr(n) for n in names] if names is not None else [f"tensor {i}" for i in range(len(tensors))]
-    if isinstance(scales, Mapping):
-        if names is None:
-            raise TypeError("scales given by name need the tensors' names")
-        missing = [name for name in names if name not in scales]
-        if missing:
-            raise ValueError(f"no scales given for {missing[:5]}")
-        scales = [scales[name] for name in names]
-    scales = list(scales)
-    if len(scales) != len(tensors):
-        raise ValueError(f"{len(scales)} scale tensors given for {len(tensors)} tensors")
-    exponents = []
-    for label, tensor, table in zip(labels, tensors, scales):
-        table = torch.as_tensor(table)
-        shape = scale_shape(tensor.shape, config.normalize)
-        if table.numel() != math.prod(shape):
-            raise ValueError(f"the scales of {label} hold {table.numel()} values; normalize="
-                             f"{config.normalize!r} gives its shape {tuple(tensor.shape)} {math.prod(shape)}")
-        exponents.append(scaling.exponents_of(table.reshape(shape), f"the scales of {label}"))
-    return exponents
-
-
 def decompose(tensors: list[torch.Tensor], config: MoMosConfig, scales: Scales | None = None, *,
               names: Sequence[str] | None = None, bounded: bool = True) -> Mosaic:
     """Cut ``tensors`` into blocks as ``config`` says and find the motifs they are made of.
@@ -139,7 +78,7 @@ def decompose(tensors: list[torch.Tensor], config: MoMosConfig, scales: Scales |
     Each codebook (one for ``scope="global"``, one per tensor for ``"per_tensor"``) gets the
     distinct blocks it actually uses, at most ``config.motifs_for(num_blocks)`` of them
     (any number with ``bounded=False``). With ``config.normalize``, the blocks are those of
-    the tensors divided by their ``scales`` (required; see :func:`scale_exponents_of`, which
+    the tensors divided by their ``scales`` (required; see :func:`momos.scales.given_exponents`, which
     also explains ``names``), cut per output channel under ``"channel"``.
 
     The result is checked: :func:`rebuild` gives back every tensor bit for bit.
@@ -147,14 +86,14 @@ def decompose(tensors: list[torch.Tensor], config: MoMosConfig, scales: Scales |
     Raises:
         NotAMosaicError: a codebook needs more motifs than allowed, or a tensor does not
             come back exactly from its normalized values (not ``scale x motif`` values).
-        ValueError: missing or malformed scales (see :func:`scale_exponents_of`).
+        ValueError: missing or malformed scales (see :func:`momos.scales.given_exponents`).
         TypeError: a tensor is not floating point.
     """
     for t in tensors:
         if not t.is_floating_point():
             raise TypeError(f"a mosaic tensor must be floating point, got {t.dtype}")
     tensors = [t.detach().cpu() for t in tensors]
-    exponents = scale_exponents_of(tensors, config, scales, names=names)
+    exponents = given_exponents(tensors, config.normalize, scales, names=names)
     dtypes = tuple(t.dtype for t in tensors)
     dtype = block_dtype(dtypes)
     normalized = tensors if exponents is None else [scaling.divide(t.to(dtype), e) for t, e in zip(tensors, exponents)]
