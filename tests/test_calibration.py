@@ -133,3 +133,16 @@ def test_weighted_assignment_minimizes_the_weighted_distance():
     h = importance.reshape(-1, 4).double()
     distances = (h[:, None] * (blocks.double()[:, None] - stats.motifs.double()[None]) ** 2).sum(-1)
     assert torch.equal(stats.assignments, distances.argmin(dim=1))
+
+
+def test_projector_calibrates_every_projection():
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 8, bias=False)
+    x = torch.randn(64, 16) * torch.logspace(-1.5, 0.5, 16)[torch.randperm(16)]
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.3, force_zero=False)
+    calibrated, plain = copy.deepcopy(layer), copy.deepcopy(layer)
+    projector = momos.Projector(calibrated, cfg, calibration=[x])
+    stats = projector.project()
+    expected = momos.project_(plain, cfg, calibration=[x], warn_relative_error=None)
+    assert torch.equal(stats.assignments, expected.assignments)
+    assert not torch.equal(stats.assignments, momos.project_(copy.deepcopy(layer), cfg).assignments)

@@ -16,6 +16,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from .calibration import Calibration
 from .config import MoMosConfig
 from .distributed import broadcast_parameters_
 from .project import ProjectionStats, is_mosaic, project_, select_parameters
@@ -35,11 +36,14 @@ class Projector:
         anneal_from: start at this capacity and shrink geometrically to ``config.capacity``
             over the first ``anneal_epochs`` epochs (a gentler start for low capacities).
         anneal_epochs: length of the annealing, in epochs.
+        calibration: calibration inputs for every projection (see ``momos.project_``); the
+            input statistics are measured again each time, since the weights before them change.
     """
 
     def __init__(self, model: nn.Module, config: MoMosConfig, *,
                  every_n_steps: int | None = None, warmup_epochs: int = 0,
-                 anneal_from: float | None = None, anneal_epochs: int = 0) -> None:
+                 anneal_from: float | None = None, anneal_epochs: int = 0,
+                 calibration: Calibration | None = None) -> None:
         if every_n_steps is not None and (isinstance(every_n_steps, bool) or every_n_steps < 1):
             raise ValueError(f"every_n_steps must be a positive int or None, got {every_n_steps!r}")
         if warmup_epochs < 0:
@@ -59,6 +63,7 @@ class Projector:
         self.config = config
         self.every_n_steps = every_n_steps
         self.warmup_epochs = warmup_epochs
+        self.calibration = calibration
         self.generator = torch.Generator().manual_seed(config.seed)
         self.steps = 0
         self.epochs = 0  # epochs ended so far; the epoch in progress is number epochs + 1
@@ -72,12 +77,16 @@ class Projector:
         """True once the warm-up epochs have all ended."""
         return self.epochs >= self.warmup_epochs
 
+    @property
+    def projects_at_next_step(self) -> bool:
+        """True when the next call of :meth:`step` projects (a caller may check the weights first)."""
+        return bool(self.every_n_steps) and self.warmed_up and (self.steps + 1) % self.every_n_steps == 0
+
     def step(self) -> ProjectionStats | None:
         """Call after each optimizer step."""
+        projects = self.projects_at_next_step
         self.steps += 1
-        if self.every_n_steps and self.warmed_up and self.steps % self.every_n_steps == 0:
-            return self.project()
-        return None
+        return self.project() if projects else None
 
     def epoch_end(self) -> ProjectionStats | None:
         """Call after an epoch's last optimizer step, before validation."""
@@ -98,7 +107,7 @@ class Projector:
         """Project now (a new codebook; refined from the last one when ``motifs="persistent"``)."""
         config = self.current_config()
         stats = project_(self.model, config, generator=self.generator, init_motifs=self.codebooks,
-                         warn_relative_error=None, keep_nonzero=False)
+                         calibration=self.calibration, warn_relative_error=None, keep_nonzero=False)
         broadcast_parameters_([p for _, p in select_parameters(self.model, config)])
         self.last = stats
         self.codebooks = stats.codebook_motifs()
