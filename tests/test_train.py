@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -305,3 +306,76 @@ def test_resume_may_read_the_data_from_another_folder(tmp_path):
     fit(prepare(TrainConfig(epochs=2), out), quiet=True, stop_after_epoch=1)
     run = momos.train.prepare_resume(out, data_dir=tmp_path / "moved")
     assert run.config.data_dir == str(tmp_path / "moved") and run.epoch == 1
+
+
+# --- divergence: stop in one line, keep the last good epoch, resume with another lr ---------------
+
+@pytest.fixture
+def one_thread():
+    """``--threads 1`` (tiny steps are many times faster without thread contention), undone after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield ["--threads", "1"]
+    torch.set_num_threads(threads)
+
+
+def run_files(out):
+    """Every run file but results.json (which a divergence marks), as bytes."""
+    return {p.name: p.read_bytes() for p in Path(out).iterdir() if p.name != "results.json"}
+
+
+def diverges(out, argv, capsys, *, epoch):
+    """``momos train argv`` exits 3 with one line naming ``epoch`` and the fix, and marks results.json."""
+    capsys.readouterr()
+    assert main(["train", *argv, "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    where = re.search(rf"diverged at epoch {epoch}, step (\d+) \(training loss (nan|inf)\)", err)
+    assert where and f"keeps epoch {epoch - 1}: " in err and f"momos train --resume {out} --lr" in err, err
+    summary = results(out)["summary"]
+    assert summary["stopped"] == "diverged" and not summary["complete"] and summary["epochs_done"] == epoch - 1
+    assert summary["stopped_at"]["epoch"] == epoch and summary["stopped_at"]["step"] == int(where[1])
+
+
+@pytest.mark.parametrize("method", ["baseline", "momos"])
+def test_divergence_exits_3_keeps_the_last_good_epoch_and_resumes_with_a_new_lr(tmp_path, capsys, method,
+                                                                                   one_thread):
+    out = tmp_path / "run"
+    small = ["--epochs", "2", "--train-subset", "320", *one_thread]
+    diverges(out, ["--method", method, *small, "--lr", "1e6", "--out", str(out)], capsys, epoch=1)
+    assert not (out / "best.safetensors").exists() and not (out / "final.safetensors").exists()
+    resume_ = ["train", "--resume", str(out), *one_thread, "--quiet"]
+    assert main([*resume_, "--lr", "1e-3", "--stop-after-epoch", "1"]) == 0
+    good, good_epochs = run_files(out), results(out)["epochs"]
+    diverges(out, ["--resume", str(out), *one_thread, "--lr", "1e6"], capsys, epoch=2)
+    assert run_files(out) == good and results(out)["epochs"] == good_epochs     # state, best, counts untouched
+    assert main([*resume_, "--lr", "2e-3"]) == 0
+    record = results(out)
+    assert record["summary"]["complete"] and record["summary"]["stopped"] is None
+    assert record["summary"]["lr_changes"] == [{"epoch": 0, "lr": 1e-3}, {"epoch": 1, "lr": 2e-3}]
+    assert [e["lr"] for e in record["epochs"][1:]] == pytest.approx([1e-3, 1e-3])   # cosine: 2e-3 halved
+    assert record["config"]["lr"] == 1e6                              # the config the run was started with
+
+
+@pytest.mark.parametrize("every_n_steps, poisoned_step", [(None, 10), (5, 5)])
+def test_non_finite_weights_stop_before_the_projection(tmp_path, every_n_steps, poisoned_step, one_thread):
+    """A NaN weight after a step whose loss was finite: caught before the projection refuses it."""
+    from momos.train import TrainingDiverged
+
+    out = tmp_path / "run"
+    run = prepare(TrainConfig(epochs=1, train_subset=320, every_n_steps=every_n_steps), out)
+    step, steps = run.optimizer.step, []
+
+    def poisoned_step_():
+        step()
+        steps.append(1)
+        if len(steps) == poisoned_step:
+            with torch.no_grad():
+                run.model[1].weight[0, 0] = float("nan")
+
+    run.optimizer.step = poisoned_step_
+    with pytest.raises(TrainingDiverged, match=f"epoch 1, step {poisoned_step} .*'1.weight' holds NaN"):
+        fit(run, quiet=True)
+    assert results(out)["summary"]["stopped_at"] == {
+        "epoch": 1, "step": poisoned_step, "cause": "parameter '1.weight' holds NaN or Inf values"}
+    assert not (out / "best.safetensors").exists()

@@ -19,6 +19,11 @@ Every file is written atomically, so a run killed at any moment leaves complete 
 :func:`resume` restarts from the last completed epoch with the same weights, optimizer,
 scheduler, motif generator, RNG and data order as the uninterrupted run.
 
+A NaN or infinite training loss (checked at every step) or weight (checked before every
+projection and at every epoch end) stops the run with :class:`TrainingDiverged`: the run files
+of the last completed epoch stay as they are, ``results.json`` is marked ``summary.stopped =
+"diverged"``, and :func:`resume` (with a lower ``lr``) continues from that epoch.
+
 Under ``torch.distributed`` (``torchrun ... -m momos train``) every rank draws the same
 shuffled global batches and trains on its equal share of each through DistributedDataParallel,
 so the gradients are those of the whole batch, as in one process; every rank projects and rank
@@ -70,6 +75,18 @@ RESULTS, STATE = "results.json", "state.safetensors"
 INIT, BEST, FINAL, MOTIF_COUNTS = "init.safetensors", "best.safetensors", "final.safetensors", \
     "motif_counts.safetensors"
 RUN_FILES = (RESULTS, STATE, INIT, BEST, FINAL, MOTIF_COUNTS)
+
+
+class TrainingDiverged(RuntimeError):
+    """A NaN or infinite training loss or weight; the run folder keeps its last completed epoch.
+
+    ``epoch``, ``step``: where it happened (the epoch in progress, 1-based optimizer step in it);
+    ``cause``: what was found.
+    """
+
+    def __init__(self, message: str, *, epoch: int, step: int, cause: str):
+        super().__init__(message)
+        self.epoch, self.step, self.cause = epoch, step, cause
 
 
 @dataclass(frozen=True)
@@ -221,6 +238,7 @@ class Run:
     epochs_log: list[dict] = field(default_factory=list)
     best: dict | None = None             # {"epoch", "val_acc"} of best.safetensors
     elapsed: float = 0.0                 # seconds spent in earlier sessions of this run
+    lr_changes: list[dict] = field(default_factory=list)   # {"epoch", "lr"}: --lr given to a resume
     warned: set[str] = field(default_factory=set)   # warnings already shown
 
 
@@ -270,14 +288,19 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
 
 
 def prepare_resume(out_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
-                   data_dir: str | os.PathLike | None = None) -> Run:
+                   data_dir: str | os.PathLike | None = None, lr: float | None = None) -> Run:
     """The run in ``out_dir`` rebuilt at its last completed epoch, on ``device``; writes nothing.
 
     ``data_dir``: read the data set from here instead of where the run first read it.
+    ``lr``: a new base learning rate from here on (e.g. after the run diverged); the schedule
+    goes on from where it is, scaled to it, and ``summary.lr_changes`` records the change.
 
     Raises:
-        ValueError: ``out_dir`` holds no resumable run, or its data set is no longer readable.
+        ValueError: ``out_dir`` holds no resumable run, its data set is no longer readable, or
+            ``lr`` is not positive.
     """
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be positive, got {lr}")
     out_dir = Path(out_dir)
     if not (out_dir / STATE).is_file() or not (out_dir / RESULTS).is_file():
         raise ValueError(f"{out_dir} holds no run to resume (no {STATE} and {RESULTS})")
@@ -302,7 +325,22 @@ def prepare_resume(out_dir: str | os.PathLike, *, device: str | torch.device = "
     run.epochs_log = json.loads(state["epochs_log"])
     run.best = json.loads(state["best"])
     run.elapsed = state["elapsed"]
+    run.lr_changes = json.loads(state.get("lr_changes", "[]"))   # absent from states of older versions
+    if lr is not None:
+        set_base_lr_(run, lr)
     return run
+
+
+def set_base_lr_(run: Run, lr: float) -> None:
+    """Make ``lr`` the base learning rate of the optimizer and the scheduler from the current
+    epoch on: every current rate is scaled by ``lr / base``, so the schedule keeps its shape."""
+    scheduler = run.scheduler
+    for group, base in zip(run.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] *= lr / base
+        group["initial_lr"] = lr
+    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+    scheduler._last_lr = [group["lr"] for group in run.optimizer.param_groups]   # what get_last_lr() reports
+    run.lr_changes.append({"epoch": run.epoch, "lr": lr})
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -371,9 +409,10 @@ def train(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, over
 
 
 def resume(out_dir: str | os.PathLike, *, quiet: bool = False, device: str | torch.device = "cpu",
-           data_dir: str | os.PathLike | None = None) -> dict:
-    """Continue the run in ``out_dir`` from its last completed epoch; returns ``results.json``."""
-    return fit(prepare_resume(out_dir, device=device, data_dir=data_dir), quiet=quiet)
+           data_dir: str | os.PathLike | None = None, lr: float | None = None) -> dict:
+    """Continue the run in ``out_dir`` from its last completed epoch (with the base learning rate
+    ``lr`` from there on, when given); returns ``results.json``."""
+    return fit(prepare_resume(out_dir, device=device, data_dir=data_dir, lr=lr), quiet=quiet)
 
 
 def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -> dict | None:
@@ -382,6 +421,10 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
     Returns the content of ``results.json`` (None on ranks other than 0 under torch.distributed).
 
     ``stop_after_epoch``: return after that epoch as if the process had been killed there.
+
+    Raises:
+        TrainingDiverged: a NaN or infinite loss or weight (on every rank at the same step);
+            ``results.json`` is marked, the other run files keep the last completed epoch.
     """
     start = time.perf_counter() - run.elapsed
     config = run.config
@@ -399,7 +442,13 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
     for epoch in range(run.epoch + 1, config.epochs + 1):
         epoch_start = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
-        train_stats, projection = train_one_epoch(run, trained, epoch, quiet=quiet)
+        try:
+            train_stats, projection = train_one_epoch(run, trained, epoch, quiet=quiet)
+        except TrainingDiverged as error:
+            if writer:
+                save_divergence(run, start, error)
+            distributed.barrier()   # no rank exits (torchrun then stops the others) before rank 0 has written
+            raise
         if run.projector is not None:
             projection = keeping_threads(run.projector.epoch_end) or projection
         checksums = checksums_after_projection(run, projection)
@@ -486,24 +535,66 @@ def train_one_epoch(run: Run, trained: nn.Module, epoch: int, *, quiet: bool
     progress = tqdm(total=num_batches(run.data.train, config.batch_size, drop_last=True),
                     desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, disable=quiet,
                     dynamic_ncols=True)
-    for x, y in batches(run.data.train, run.data.info, config.batch_size, generator=run.data_generator,
-                        augment=config.augment, randaugment=config.randaugment, drop_last=True):
-        x, y = x.chunk(processes)[rank].to(run.device), y.chunk(processes)[rank].to(run.device)   # this process's share
-        logits = trained(x)
-        loss = F.cross_entropy(logits, y)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        if run.projector is not None and config.every_n_steps:
-            projection = keeping_threads(run.projector.step) or projection
-        loss_sum += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
-    progress.close()
+    step = 0
+    # ``with``: a divergence closes the bar, so that its one-line message stands alone
+    with progress:
+        for x, y in batches(run.data.train, run.data.info, config.batch_size, generator=run.data_generator,
+                            augment=config.augment, randaugment=config.randaugment, drop_last=True):
+            # this process's share
+            x, y = x.chunk(processes)[rank].to(run.device), y.chunk(processes)[rank].to(run.device)
+            step += 1
+            logits = trained(x)
+            loss = F.cross_entropy(logits, y)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            loss_value = loss.item()
+            check_finite_loss(run, loss_value, step)
+            if run.projector is not None and config.every_n_steps:
+                if run.projector.projects_at_next_step:
+                    check_finite_weights(run, step)
+                projection = keeping_threads(run.projector.step) or projection
+            loss_sum += loss_value * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+    check_finite_weights(run, step)   # before the epoch-end projection, validation and checkpoints
     loss_sum, correct, seen = distributed.sum_over_ranks([loss_sum, correct, seen])
     return (loss_sum / seen, correct / seen), projection
+
+
+def check_finite_loss(run: Run, loss: float, step: int) -> None:
+    """Raise :class:`TrainingDiverged` when the training loss of ``step`` is NaN or infinite on
+    any process (all of them stop at the same step, so none waits for the others forever)."""
+    bad = not math.isfinite(loss)
+    if distributed.sum_over_ranks([float(bad)])[0]:
+        raise diverged(run, step, f"training loss {loss}" if bad else "non-finite training loss on another process")
+
+
+def check_finite_weights(run: Run, step: int) -> None:
+    """Raise :class:`TrainingDiverged` when a parameter holds NaN or Inf (under DDP the ranks'
+    parameters are identical, so they agree). One synchronization for all parameters."""
+    params = list(run.model.named_parameters())
+    if torch.stack([torch.isfinite(p.detach()).all() for _, p in params]).all():
+        return
+    name = next(name for name, p in params if not torch.isfinite(p.detach()).all())
+    raise diverged(run, step, f"parameter {plain_name(name)!r} holds NaN or Inf values")
+
+
+def diverged(run: Run, step: int, cause: str) -> TrainingDiverged:
+    """The error of a divergence at ``step`` of the epoch in progress: what, where, and the fix."""
+    epoch, lr = run.epoch + 1, run.scheduler.base_lrs[0]
+    return TrainingDiverged(
+        f"training diverged at epoch {epoch}, step {step} ({cause}); {run.out_dir} keeps epoch "
+        f"{run.epoch}: lower the learning rate, e.g. momos train --resume {run.out_dir} --lr {lr / 10:.3g}",
+        epoch=epoch, step=step, cause=cause)
+
+
+def save_divergence(run: Run, start: float, error: TrainingDiverged) -> None:
+    """Mark ``results.json`` as stopped by ``error``; the other run files stay at the last completed epoch."""
+    stopped = {"epoch": error.epoch, "step": error.step, "cause": error.cause}
+    write_json_atomic(results_of(run, start, stopped=stopped), run.out_dir / RESULTS)
 
 
 @torch.no_grad()
@@ -599,11 +690,12 @@ def remove_temporaries(out_dir: Path) -> None:
 
 
 def results_of(run: Run, start: float, test: tuple[float, float] | None = None,
-               final_projection: ProjectionStats | None = None) -> dict:
+               final_projection: ProjectionStats | None = None, stopped: dict | None = None) -> dict:
     """The content of ``results.json``: config, data, epochs and summary.
 
     ``final_projection``: a projection made after the last epoch to guarantee an exact mosaic
     (only when the last epoch did not project).
+    ``stopped``: ``{"epoch", "step", "cause"}`` of a divergence that stopped the run.
     """
     trained = run.epochs_log[1:]
     final = trained[-1] if trained else None
@@ -621,6 +713,9 @@ def results_of(run: Run, start: float, test: tuple[float, float] | None = None,
         "wall_seconds": time.perf_counter() - start,
         "threads": torch.get_num_threads(),
         "processes": distributed.world_size(),
+        "stopped": "diverged" if stopped is not None else None,
+        "stopped_at": stopped,
+        "lr_changes": run.lr_changes,
     }
     return {
         "config": {**run.config.to_dict(), "versions": versions()},
@@ -648,6 +743,7 @@ def save_progress(run: Run, start: float) -> None:
         "epochs_log": json.dumps(run.epochs_log),
         "best": json.dumps(run.best),
         "elapsed": time.perf_counter() - start,
+        "lr_changes": json.dumps(run.lr_changes),
         "model": plain_state_dict(run.model),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
@@ -691,7 +787,7 @@ def scale_metadata(names: list[str], scales) -> dict[str, str]:
     ``names`` (plain names are used for parametrized ones) and their power-of-two ``scales``."""
     if len(names) != len(scales):
         raise ValueError(f"{len(scales)} scale tensors for {len(names)} parameters")
-    record = {_PARAMETRIZED.sub(r".\1", n): [int(e) for e in exponents_of(table).reshape(-1)]
+    record = {plain_name(n): [int(e) for e in exponents_of(table).reshape(-1)]
               for n, table in zip(names, scales)}
     return {SCALE_EXPONENTS: json.dumps(record, separators=(",", ":"))}
 
@@ -731,14 +827,19 @@ def checkpoint_scales(path: str | os.PathLike) -> dict[str, torch.Tensor] | None
 _PARAMETRIZED = re.compile(r"\.parametrizations\.(\w+)\.original$")
 
 
+def plain_name(name: str) -> str:
+    """A parameter's name without the parametrization (QAT) path: ``1.weight``."""
+    return _PARAMETRIZED.sub(r".\1", name)
+
+
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` with parametrized (QAT) weights under their plain names, latent values."""
-    return {_PARAMETRIZED.sub(r".\1", name): tensor for name, tensor in model.state_dict().items()}
+    return {plain_name(name): tensor for name, tensor in model.state_dict().items()}
 
 
 def load_model_weights_(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Load a :func:`plain_state_dict` into ``model``, parametrized or not."""
-    names = {_PARAMETRIZED.sub(r".\1", name): name for name in model.state_dict()}
+    names = {plain_name(name): name for name in model.state_dict()}
     missing = sorted(set(names) - set(tensors))
     unexpected = sorted(set(tensors) - set(names))
     if missing or unexpected:

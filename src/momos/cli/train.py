@@ -18,7 +18,15 @@ Without arguments: MoMos (s=4, capacity 0.01, force-zero) on an MLP, on scikit-l
 Optimizer defaults follow the paper: SGD lr 0.1, momentum 0.9, weight decay 1e-4 for ResNets;
 AdamW lr 3e-4, weight decay 1e-2 otherwise; cosine schedule; batch 128 and 10 epochs except on
 digits. Data sets other than digits are read from --data-dir or $MOMOS_DATA (default
-~/.cache/momos/data) and downloaded there when missing, unless --no-download."""
+~/.cache/momos/data) and downloaded there when missing, unless --no-download.
+
+Exit codes: 0 the run is complete; 2 bad input (one line, nothing written); 3 the training
+diverged (a NaN or infinite loss or weight): one line names the epoch and step, results.json
+says summary.stopped "diverged", and the other run files keep the last completed epoch;
+continue with a lower learning rate: momos train --resume DIR --lr X."""
+
+# The exit code of a diverged run (2 is bad input).
+EXIT_DIVERGED = 3
 
 
 def register(subparsers) -> None:
@@ -74,7 +82,9 @@ def register(subparsers) -> None:
     run = parser.add_argument_group("run folder")
     run.add_argument("--out", help="run folder (default: the next runs/NNN)")
     run.add_argument("--overwrite", action="store_true", help="replace the run held in --out")
-    run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (no other options)")
+    run.add_argument("--resume", metavar="DIR",
+                     help="continue the interrupted run in DIR (no other options but --lr, which sets a new "
+                          "base learning rate from there on)")
     run.add_argument("--device", default="cpu",
                      help="cpu (default) or cuda (under torchrun: each process's own GPU, nccl), cuda:N")
     run.add_argument("--threads", type=int,
@@ -95,13 +105,15 @@ def _dests(group) -> tuple[str, ...]:
 
 # Namespace entries that are not options, and the options --resume accepts.
 _NOT_OPTIONS = ("handler", "parser", "projection_dests", "command")
-_RESUME_OPTIONS = ("resume", "quiet", "threads", "device", "data_dir", "stop_after_epoch")
+_RESUME_OPTIONS = ("resume", "quiet", "threads", "device", "data_dir", "stop_after_epoch", "lr")
 
 
 def run_command(args) -> int:
+    import sys
+
     import torch
 
-    from momos import train
+    from momos import distributed, train
     from momos.cli import UsageError
 
     if args.threads is not None and args.threads < 1:
@@ -121,7 +133,7 @@ def run_command(args) -> int:
             if conflicting:
                 raise UsageError("--resume continues a run with its own configuration; drop "
                                  + ", ".join(conflicting))
-            run = train.prepare_resume(args.resume, device=args.device, data_dir=args.data_dir)
+            run = train.prepare_resume(args.resume, device=args.device, data_dir=args.data_dir, lr=args.lr)
         else:
             run = train.prepare(config_from_args(args, given), args.out, overwrite=args.overwrite,
                                 device=args.device)
@@ -130,6 +142,11 @@ def run_command(args) -> int:
     torch.set_num_threads(threads)
     try:
         train.fit(run, quiet=args.quiet, stop_after_epoch=args.stop_after_epoch)
+    except train.TrainingDiverged as error:
+        if distributed.rank() == 0:   # every rank stops; one line is enough
+            print(f"momos train: error: {error}", file=sys.stderr, flush=True)
+        distributed.barrier()   # the line is out before any rank exits and torchrun stops the others
+        return EXIT_DIVERGED
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
