@@ -4,6 +4,7 @@ import gzip
 import os
 import struct
 import tarfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,9 @@ def test_read_idx_and_corrupt_files(tmp_path):
              "t10k-images-idx3-ubyte": array, "t10k-labels-idx1-ubyte": torch.zeros(3, dtype=torch.uint8)}
     for stem, values in stems.items():
         (folder / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(values)))
-    data = load_dataset("mnist", tmp_path, val_fraction=0.34, download=False)
+    with pytest.warns(UserWarning, match=r"mnist/train-images-idx3-ubyte.gz: not the original mnist") as caught:
+        data = load_dataset("mnist", tmp_path, val_fraction=0.34, download=False)
+    assert len(caught) == 4                                           # one per file of unknown content
     assert data.train.images.shape == (2, 1, 4, 5) and len(data.val) == 1 and len(data.test) == 3
     (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
     with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz"):
@@ -105,7 +108,7 @@ def write_tree(root, per_class=2):
     from PIL import Image
 
     for split in ("train", "test"):
-        for label in CIFAR10_CLASSES[:3]:
+        for label in CIFAR10_CLASSES:
             folder = root / split / label
             folder.mkdir(parents=True)
             for i in range(per_class):
@@ -115,8 +118,8 @@ def write_tree(root, per_class=2):
 def test_cifar10_from_an_image_tree_and_its_tarball(tmp_path):
     write_tree(tmp_path / "tree")
     from_tree = load_dataset("cifar10", tmp_path / "tree", val_fraction=0.2, download=False)
-    assert from_tree.train.images.shape[1:] == (3, 32, 32) and len(from_tree.test) == 6
-    assert from_tree.test.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert from_tree.train.images.shape[1:] == (3, 32, 32) and len(from_tree.test) == 20
+    assert from_tree.test.labels.tolist() == [label for label in range(10) for _ in range(2)]
     assert abs(int(from_tree.test.images[1, 0, 5, 5]) - 50) <= 2      # JPEG round trip
     with tarfile.open(tmp_path / "cifar10_jpg.tar.gz", "w:gz") as archive:
         archive.add(tmp_path / "tree" / "train", arcname="train")
@@ -136,9 +139,47 @@ def test_cifar10_from_an_image_tree_and_its_tarball(tmp_path):
         load_dataset("cifar10", tmp_path / "tree", download=False)
 
 
+def test_a_cifar10_tree_needs_all_ten_classes(tmp_path):
+    """Labels come from folder names: a tree lacking classes is not CIFAR-10 (nor trained as it)."""
+    write_tree(tmp_path, per_class=1)
+    for image in (tmp_path / "train" / "ship").iterdir():
+        image.unlink()
+    (tmp_path / "train" / "ship").rmdir()
+    with pytest.raises(DatasetError, match="train/ has no images of the CIFAR-10 classes ship;"):
+        load_dataset("cifar10", tmp_path, download=False)
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(root, train, download):
+        (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)   # as torchvision does first
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(DatasetError, match="downloading it failed .no network"):
+        load_dataset("mnist", tmp_path / "new" / "data")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError):
+        load_dataset("mnist", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "notes.txt"]   # what was there stays
+
+
+def test_a_folder_of_the_other_idx_data_set_is_refused():
+    """Fashion-MNIST's files have MNIST's names and shapes: only their content tells them apart."""
+    fashion = shared("fashion-mnist") / "fashion-mnist"
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte.gz is fashion-mnist's train-images-idx3-ubyte, "
+                                           r"not mnist's"):
+        load_dataset("mnist", fashion, download=False)
+
+
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
 def test_offline_idx_data_sets(name):
-    data = load_dataset(name, shared(name), download=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                               # the originals: no unknown content
+        data = load_dataset(name, shared(name), download=False)
     assert data.info.shape == (1, 28, 28)
     assert (len(data.train), len(data.val), len(data.test)) == (57000, 3000, 10000)
     train_counts = (data.train.labels.bincount() + data.val.labels.bincount()).tolist()

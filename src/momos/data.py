@@ -10,16 +10,24 @@ environment variable, else ``~/.cache/momos/data``) and downloaded there through
 when they are missing and ``download`` is true. CIFAR-10 is read from the original python
 batches, from an ImageFolder tree of images (``train|test/<class>/*.jpg``) or from a tarball
 of such a tree.
+
+Nothing wrong is read silently: MNIST and Fashion-MNIST idx files are checked against the
+SHA-256 of their original content (decompressed, since equal content may come in different
+``.gz`` wrappers): the other data set's file is an error, content of unknown origin a warning.
+A CIFAR-10 tree must hold exactly the ten class folders. A failed download leaves no empty
+folders behind.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import io
 import math
 import os
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,6 +219,22 @@ def _load_digits() -> tuple[ImageSplit, ImageSplit, str]:
 _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 _TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+# SHA-256 of the decompressed original idx files. The two data sets share file names and shapes,
+# so only the content tells an MNIST folder from a Fashion-MNIST one.
+IDX_SHA256 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+}
 
 
 def _load_idx_dataset(name: str, data_dir: Path, download: bool) -> tuple[ImageSplit, ImageSplit, str]:
@@ -224,12 +248,12 @@ def _load_idx_dataset(name: str, data_dir: Path, download: bool) -> tuple[ImageS
             f"{name} not found: looked for train-images-idx3-ubyte[.gz] and the other idx files in "
             f"{', '.join(str(f) for f in candidates)}; put the four idx files in {data_dir / name} "
             f"(or point --data-dir / MOMOS_DATA at their parent folder) or allow a download")
-    return _read_idx_split(folder, "train"), _read_idx_split(folder, "test"), str(folder)
+    return _read_idx_split(folder, "train", name), _read_idx_split(folder, "test", name), str(folder)
 
 
-def _read_idx_split(folder: Path, split: str) -> ImageSplit:
+def _read_idx_split(folder: Path, split: str, name: str) -> ImageSplit:
     images_stem, labels_stem = _IDX_FILES[split]
-    images, labels = _read_idx_file(folder, images_stem), _read_idx_file(folder, labels_stem)
+    images, labels = _read_idx_file(folder, images_stem, name), _read_idx_file(folder, labels_stem, name)
     if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
         raise DatasetError(f"{folder}: {split} images of shape {tuple(images.shape)} do not match "
                            f"labels of shape {tuple(labels.shape)}")
@@ -255,7 +279,8 @@ def read_idx(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _read_idx_file(folder: Path, stem: str) -> torch.Tensor:
+def _read_idx_file(folder: Path, stem: str, name: str) -> torch.Tensor:
+    """The idx file ``stem`` of data set ``name``, its content checked (:func:`check_idx_content`)."""
     path = _idx_path(folder, stem)
     if path is None:
         raise DatasetError(f"missing {stem}[.gz] in {folder}")
@@ -263,9 +288,31 @@ def _read_idx_file(folder: Path, stem: str) -> torch.Tensor:
         raw = path.read_bytes()
         if path.suffix == ".gz":
             raw = gzip.decompress(raw)
-        return torch.from_numpy(read_idx(raw).copy())
+        array = read_idx(raw)
     except (OSError, EOFError, ValueError) as error:
         raise DatasetError(f"cannot read {path}: {error}") from None
+    check_idx_content(raw, path, stem, name)
+    return torch.from_numpy(array.copy())
+
+
+def check_idx_content(raw: bytes, path: Path, stem: str, name: str) -> None:
+    """Is ``raw`` (decompressed) the original ``stem`` of data set ``name``?
+
+    Raises:
+        DatasetError: it is a file of another data set (an MNIST folder given for Fashion-MNIST).
+    Warns:
+        UserWarning: it is no known original file (a modified or foreign copy); it is used as is.
+    """
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest == IDX_SHA256[name][stem]:
+        return
+    for other, files in IDX_SHA256.items():
+        for other_stem, known in files.items():
+            if digest == known:
+                raise DatasetError(f"{path} is {other}'s {other_stem}, not {name}'s {stem}: point --data-dir / "
+                                   f"MOMOS_DATA at the folder that holds the {name} files")
+    warnings.warn(f"{path}: not the original {name} {stem} (unknown SHA-256 {digest[:16]}...); "
+                  f"using it as is", stacklevel=2)
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------------
@@ -324,7 +371,11 @@ def _files_in_tarball(path: Path):
 
 
 def _read_image_tree(files, source: Path) -> tuple[ImageSplit, ImageSplit]:
-    """Decode ``<prefix>/train|test/<class>/<name>`` images; ordered by split, class, file name."""
+    """Decode ``<prefix>/train|test/<class>/<name>`` images; ordered by split, class, file name.
+
+    Both splits must hold images of exactly the ten CIFAR-10 classes: the labels come from the
+    folder names, so another tree (CIFAR-100, a subset) would otherwise train as CIFAR-10.
+    """
     items = {"train": [], "test": []}
     for name, data in files:
         parts = Path(name).parts
@@ -332,12 +383,18 @@ def _read_image_tree(files, source: Path) -> tuple[ImageSplit, ImageSplit]:
             continue
         split, label = parts[-3], parts[-2]
         if label not in CIFAR10_CLASSES:
-            raise DatasetError(f"{source}: unknown CIFAR-10 class folder {label!r} ({name})")
+            raise DatasetError(f"{source}: unknown CIFAR-10 class folder {label!r} ({name}); CIFAR-10's "
+                               f"classes are {', '.join(CIFAR10_CLASSES)}")
         items[split].append((CIFAR10_CLASSES.index(label), parts[-1], data))
     result = []
     for split, entries in items.items():
         if not entries:
             raise DatasetError(f"{source}: no images in {split}/<class>/")
+        present = {label for label, _, _ in entries}
+        missing = [c for label, c in enumerate(CIFAR10_CLASSES) if label not in present]
+        if missing:
+            raise DatasetError(f"{source}: {split}/ has no images of the CIFAR-10 classes {', '.join(missing)}; "
+                               f"a CIFAR-10 tree holds {split}/<class>/ for all ten")
         entries.sort(key=lambda e: (e[0], e[1]))
         images = [_decode_rgb(data, f"{split}/{CIFAR10_CLASSES[label]}/{name}", source)
                   for label, name, data in entries]
@@ -361,13 +418,29 @@ def _decode_rgb(data: bytes, name: str, source: Path) -> np.ndarray:
 
 
 def _download(name: str, data_dir: Path) -> None:
-    """Fetch the originals through torchvision into ``data_dir``; a failure becomes a DatasetError."""
+    """Fetch the originals through torchvision into ``data_dir``; a failure becomes a DatasetError
+    and removes the empty folders the attempt created."""
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
+    new_parents = [p for p in (data_dir, *data_dir.parents) if not p.exists()]
+    existing = set(data_dir.iterdir()) if data_dir.is_dir() else set()
     try:
         for train in (True, False):
             cls(str(data_dir), train=train, download=True)
     except Exception as error:  # noqa: BLE001 - any network or disk failure means "not available"
+        _remove_empty_folders([p for p in data_dir.iterdir() if p not in existing] if data_dir.is_dir() else [])
+        _remove_empty_folders(new_parents)
         raise DatasetError(f"{name} is not in {data_dir} and downloading it failed ({error}); "
                            f"copy the files there or point --data-dir / MOMOS_DATA at them") from None
+
+
+def _remove_empty_folders(paths: list[Path]) -> None:
+    """Remove every empty folder among ``paths`` and beneath them, deepest first; files, and the
+    folders that hold them, stay."""
+    folders = [f for p in paths if p.is_dir() for f in (*p.rglob("*"), p) if f.is_dir()]
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:   # not empty
+            pass
