@@ -56,7 +56,7 @@ def test_export_and_inspect_a_normalized_checkpoint(tmp_path, capsys):
     for name, table in zip(stats.parameter_names, stats.scales):
         assert torch.equal(stored[name], table), name
     capsys.readouterr()
-    assert main(["inspect", str(out), "--json", "--fast"]) == 0
+    assert main(["inspect", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["version"] == 2 and report["normalize"] == "channel"
     assert report["scale_bytes"] == report["num_scales"] == 5 + 1 + 7 + 1  # conv rows, bias, linear rows, bias
@@ -142,7 +142,7 @@ def test_a_normalized_training_run_exports_bit_exactly(tmp_path, capsys):
     assert list(stored) == list(recorded)
     assert all(torch.equal(stored[name].reshape(-1), recorded[name]) for name in stored)
     capsys.readouterr()
-    assert main(["inspect", str(out), "--json", "--fast"]) == 0
+    assert main(["inspect", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["normalize"] == "channel" and report["scale_bytes"] == sum(t.numel() for t in recorded.values())
     # the description length of the run's checkpoint uses the recorded scales: the projection's own

@@ -76,3 +76,39 @@ def test_project_a_run_with_calibration_then_export_it(tmp_path, capsys):
     assert main(["project", str(run), "-o", str(tmp_path / "x.safetensors"), "--calibration", "0"]) == 2
     assert "--calibration" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_project_command_leaves_a_checkpoints_running_statistics_unless_included(tmp_path, capsys):
+    torch.manual_seed(0)
+    src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    state = {"conv.weight": torch.randn(8, 4), "bn.weight": torch.randn(8), "bn.running_mean": torch.randn(8),
+             "bn.running_var": torch.rand(8) + 0.5, "bn.num_batches_tracked": torch.tensor(7)}
+    save_file(state, src)
+    args = ["project", str(src), "-o", str(out), "--num-motifs", "2", "--no-force-zero"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["num_weights"] == 40
+    assert captured.err.count("\n") == 1 and "projected 2 of 5 tensors (40 values)" in captured.err
+    assert "left out 3 buffers (bn.running_mean, bn.running_var, bn.num_batches_tracked;" in captured.err
+    projected = load_file(out)
+    for name in ("bn.running_mean", "bn.running_var", "bn.num_batches_tracked"):
+        assert torch.equal(projected[name], state[name]), name
+    # included by name, running statistics are projected like weights
+    assert main([*args, "--include", "weight$", "--include", "running_"]) == 0
+    assert "projected 4 of 5 tensors (56 values); left out 1 buffer (" in capsys.readouterr().err
+    assert not torch.equal(load_file(out)["bn.running_mean"], state["bn.running_mean"])
+
+
+def test_project_command_nprobe(tmp_path, capsys):
+    from momos.cli import build_parser
+    from momos.cli.project import config_from_args
+
+    args = build_parser().parse_args(["project", "x.safetensors", "-o", "y", "--assignment", "approximate",
+                                      "--nprobe", "7"])
+    assert config_from_args(args).nprobe == 7
+    src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    save_file({"w": torch.randn(64, 4)}, src)
+    assert main(["project", str(src), "-o", str(out), "--nprobe", "7"]) == 2
+    assert "--nprobe tunes --assignment approximate" in capsys.readouterr().err and not out.exists()
+    assert main(["project", str(src), "-o", str(out), "--num-motifs", "16", "--assignment", "approximate",
+                 "--nprobe", "2"]) == 0

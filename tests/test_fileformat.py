@@ -818,13 +818,13 @@ def test_export_and_inspect_a_checkpoint(tmp_path, capsys):
     # safetensors files keep their own tensor order
     assert_same_state(load(out), model.state_dict(), ordered=False)
     capsys.readouterr()
-    assert main(["inspect", str(out), "--json", "--fast"]) == 0
+    assert main(["inspect", str(out), "--json", "--compare", "--fast"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["version"] == 2 and report["block_size"] == 4
     assert report["normalize"] == "none" and report["scale_bytes"] == 0
     assert report["float32_bytes"] == 4 * sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
     assert set(report["compressed_bytes"]) == {"gzip", "bz2", "lzma", "zstd"}
-    assert main(["inspect", str(out)]) == 0
+    assert main(["inspect", str(out), "--compare", "--fast"]) == 0
     text = capsys.readouterr().out
     for word in ("version 2", "bits per weight", "motifs", "indices", "vs float32", "vs lzma"):
         assert word in text

@@ -42,10 +42,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()   # now, so that a closed pipe shows up here and not at exit
+        return code
     except UsageError as error:
         print(f"momos {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``momos export ... | head -1``): stop quietly.
+
+    Python's recipe: point stdout at devnull, so that flushing it at exit raises no second
+    BrokenPipeError and no traceback; exit code 1, as for any output that could not be written.
+    """
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 if __name__ == "__main__":

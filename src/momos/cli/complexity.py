@@ -61,7 +61,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from momos.cli import UsageError
 
-    if (args.path is None) == (args.model is None):
+    if args.path is None and args.model is None:
+        raise UsageError("nothing to measure: give PATH (a run folder or .safetensors checkpoint) "
+                         "or --model NAME (a configuration's simplification factor)")
+    if args.path is not None and args.model is not None:
         raise UsageError("give either PATH (a run folder or checkpoint) or --model NAME, not both")
     if args.q is not None and args.q < 1:
         raise UsageError(f"--q must be a positive integer, got {args.q}")

@@ -57,10 +57,22 @@ def run(args) -> int:
         info = save(model, args.out, config, scales=scales, project=args.project,
                     motif_storage=args.motif_storage, index_coding=args.index_coding, metadata=metadata)
     except (TypeError, ValueError) as error:
-        raise UsageError(str(error)) from None
+        raise UsageError(cli_hint(str(error))) from None
     print(f"wrote {args.out}")
     print_summary(info)
     return 0
+
+
+# momos.save's advice for a model that is not a mosaic names the Python API; this is the CLI's.
+_API_HINT = "; project the model first (momos.project_"
+_CLI_HINT = ("; add --project to project it first, or give the MoMos options (and a checkpoint with the "
+             "scales) it was trained with")
+
+
+def cli_hint(message: str) -> str:
+    """``message`` with the Python API's fix replaced by the command line's."""
+    head, found, _ = message.partition(_API_HINT)
+    return head + _CLI_HINT if found else message
 
 
 def load_model_and_config(path: Path, args):

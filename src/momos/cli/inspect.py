@@ -1,22 +1,26 @@
-"""``momos inspect``: what a ``.momos`` file holds, where its bytes go, and how it compares with
-generic compressors applied to the same weights."""
+"""``momos inspect``: what a ``.momos`` file holds, where its bytes go, and (``--compare``) how it
+compares with generic compressors applied to the same weights."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "inspect", help="describe a .momos file and compare it with gzip/bz2/lzma/zstd",
+        "inspect", help="describe a .momos file (--compare: against gzip/bz2/lzma/zstd)",
         description="Read a .momos file (checking it completely) and print its format version, "
-                    "block size, normalization and scales, motifs, bits per weight, size breakdown, and its size against "
-                    "float32 and against gzip -9, bz2 -9, lzma -9 and zstd at its maximum level "
-                    "applied to the float32 bytes of the same weights.")
+                    "block size, normalization and scales, motifs, bits per weight, size breakdown and its "
+                    "size against float32. --compare adds its size against gzip -9, bz2 -9, lzma -9 and "
+                    "zstd at its maximum level applied to the float32 bytes of the same weights (slow on "
+                    "big models: minutes for lzma -9 on hundreds of MB).")
     parser.add_argument("file", help=".momos file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--compare", action="store_true",
+                        help="also compress the dense float32 weights with gzip, bz2, lzma and zstd")
     parser.add_argument("--fast", action="store_true",
-                        help="faster compressor settings (gzip 6, lzma preset 0, zstd 15)")
+                        help="with --compare: faster compressor settings (gzip 6, lzma preset 0, zstd 15)")
     parser.set_defaults(handler=run)
 
 
@@ -24,19 +28,37 @@ def run(args) -> int:
     from momos.cli import UsageError
     from momos.fileformat import FormatError, read
 
+    if args.fast and not args.compare:
+        raise UsageError("--fast sets the compressors of --compare; add --compare")
     try:
         state, info = read(args.file)
     except FormatError as error:
         raise UsageError(str(error)) from None
-    raw, compressed = generic_sizes(state, fast=args.fast)
     if args.json:
-        print(json.dumps({"file": args.file, **info.to_dict(), "float32_bytes": raw,
-                          "compressed_bytes": compressed}, indent=2))
-    else:
-        print(f"file             {args.file}")
-        print_summary(info)
-        print_comparison(info.file_bytes, raw, compressed)
+        raw, compressed = sizes(state, args)
+        report = {"file": args.file, **info.to_dict(), "float32_bytes": raw}
+        if compressed is not None:
+            report["compressed_bytes"] = compressed
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"file             {args.file}")
+    print_summary(info)
+    sys.stdout.flush()   # the file's own breakdown now; the compressors may take minutes
+    raw, compressed = sizes(state, args)
+    print_comparison(info.file_bytes, raw, compressed or {})
     return 0
+
+
+def sizes(state, args) -> tuple[int, dict[str, int] | None]:
+    """The dense float32 bytes of ``state``, and with --compare their generic compressed sizes."""
+    if args.compare:
+        return generic_sizes(state, fast=args.fast)
+    return float32_bytes(state), None
+
+
+def float32_bytes(state) -> int:
+    """The size of every floating tensor of ``state`` as float32: the dense weights' bytes."""
+    return 4 * sum(t.numel() for t in state.values() if t.is_floating_point())
 
 
 def generic_sizes(state, *, fast: bool = False) -> tuple[int, dict[str, int]]:

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+# Tensor names of BatchNorm's running statistics: state, not weights, though as floating as them.
+BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked")
 
 DESCRIPTION = """\
-momos project CHECKPOINT.safetensors -o OUT.safetensors   every floating tensor of a state dict
+momos project CHECKPOINT.safetensors -o OUT.safetensors   every floating tensor of a state dict but
+                                                          BatchNorm's running statistics
 momos project RUN_DIR -o OUT.safetensors                  the parameters of a `momos train` run's
                                                           model (--checkpoint final by default)
 
-Projects the weights onto a mosaic (post-training) and prints the statistics as JSON; a
-UserWarning names the tensors the projection moved far (relative error above 0.3).
+Projects the weights onto a mosaic (post-training) and prints the statistics as JSON; one line
+on stderr says what was projected and which tensors were left out as buffers (running_mean,
+running_var, num_batches_tracked: a checkpoint's are projected only when --include names them);
+a UserWarning names the tensors the projection moved far (relative error above 0.3).
 --calibration N (run folders only) weighs every weight by how strongly its input drives the
 layer's output, measured on N training images of the run's data set."""
 
@@ -50,6 +56,9 @@ def add_projection_arguments(parser: argparse.ArgumentParser, *,
                              "it meets the shared codebook (default none, the paper's)")
     parser.add_argument("--parameters", choices=("all", "matrices"), default="all",
                         help="project every trainable parameter (default), or only those of 2+ dimensions")
+    parser.add_argument("--include", action="append", metavar="REGEX",
+                        help="project exactly the parameters whose name matches (repeatable; frozen ones and "
+                             "a checkpoint's running statistics too); --exclude then removes names")
     parser.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                         help="leave parameters whose name matches free (repeatable)")
     parser.add_argument("--motif-bits", type=int, help="quantize the motifs to this many bits")
@@ -61,6 +70,9 @@ def add_projection_arguments(parser: argparse.ArgumentParser, *,
                         help="cut tensors of 2+ dimensions into RxC tiles (R*C = block size), e.g. 3x3")
     parser.add_argument("--assignment", choices=("exact", "approximate"), default="exact",
                         help="nearest-motif search: exact, or an inverted file for huge codebooks")
+    parser.add_argument("--nprobe", type=int, metavar="N",
+                        help="cells of the inverted file searched per block by --assignment approximate; more "
+                             "is slower and closer to exact (default 4)")
     parser.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
@@ -72,6 +84,10 @@ def config_from_args(args):
     capacity = args.capacity
     if capacity is None and args.num_motifs is None:
         capacity = 0.01
+    if args.nprobe is not None and args.assignment != "approximate":
+        raise UsageError("--nprobe tunes --assignment approximate; add it or drop --nprobe")
+    # Unset options keep MoMosConfig's defaults.
+    optional = {"nprobe": args.nprobe} if args.nprobe is not None else {}
     tile_shape = None
     if args.tile_shape is not None:
         try:
@@ -81,10 +97,11 @@ def config_from_args(args):
     try:
         return MoMosConfig(block_size=args.block_size, capacity=capacity, num_motifs=args.num_motifs,
                            force_zero=args.force_zero, scope=args.scope, exclude=tuple(args.exclude),
+                           include=tuple(args.include) if args.include else None,
                            normalize=args.normalize, parameters=args.parameters,
                            motif_bits=args.motif_bits, seed=args.seed, motifs=args.motifs,
                            kmeans_iterations=args.kmeans_iterations, tile_shape=tile_shape,
-                           assignment=args.assignment)
+                           assignment=args.assignment, **optional)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
 
@@ -111,9 +128,27 @@ def run(args) -> int:
         raise UsageError(str(error)) from None
     # the scales of a normalized mosaic are not in its weights: recorded as a checkpoint records them
     metadata = None if stats.scales is None else scale_metadata(list(stats.parameter_names), stats.scales)
-    save_safetensors_atomic(plain_state_dict(module), args.out, metadata=metadata)
+    state = plain_state_dict(module)
+    save_safetensors_atomic(state, args.out, metadata=metadata)
+    print(selection_line(state, stats), file=sys.stderr)
     print(json.dumps(stats.summary(), indent=2))
     return 0
+
+
+def selection_line(state: dict, stats) -> str:
+    """What the projection selected: tensors and values, and the buffers it left out."""
+    buffers = [name for name in state if _is_buffer(name) and name not in stats.parameter_names]
+    line = (f"momos project: projected {len(stats.parameter_names)} of {len(state)} tensors "
+            f"({stats.num_weights:,} values)")
+    if buffers:
+        shown = ", ".join(buffers[:3]) + (", ..." if len(buffers) > 3 else "")
+        plural = "s" if len(buffers) > 1 else ""
+        line += f"; left out {len(buffers)} buffer{plural} ({shown}; --include REGEX selects running statistics)"
+    return line
+
+
+def _is_buffer(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in BUFFER_NAMES
 
 
 def _run_model(run_dir: Path, args):
@@ -149,4 +184,10 @@ def _state_dict_module(path: Path):
     except (OSError, SafetensorError) as error:
         raise UsageError(f"cannot read {path}: {error}") from None
     # Real names, so that --exclude patterns match the checkpoint's tensor names.
-    return module_of_state_dict(state)
+    module = module_of_state_dict(state)
+    # Running statistics become parameters like every floating tensor; frozen, only --include
+    # (which selects by name, frozen parameters too) projects them.
+    for name, param in module.named_parameters():
+        if _is_buffer(name):
+            param.requires_grad_(False)
+    return module
