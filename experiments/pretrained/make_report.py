@@ -28,31 +28,26 @@ downloaded. One thread; a model whose run has no ``final.safetensors`` yet is sk
 
 from __future__ import annotations
 
+import argparse
+import copy
+import csv
+import io
+import json
+import math
 import os
-
-for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
-
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import csv  # noqa: E402
-import inspect  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
-import rtn  # noqa: E402
+import rtn
 
 # run folder name -> test images evaluated (None: the whole official test split)
 MODELS = {"mlp-fashion-mnist": None, "vit-fashion-mnist": 2000, "resnet20-cifar10": 2000}
@@ -123,20 +118,6 @@ def grid(model: str, variants=tuple(VARIANTS)) -> list[Point]:
     points += [Point(model, "momos", v, s=s, capacity=c, parameters=p)
                for v in variants for p in PARAMETER_SETS for s in BLOCK_SIZES for c in CAPACITIES]
     return points
-
-
-def save_takes_scales() -> bool:
-    """Whether ``momos.save`` stores normalized mosaics (its ``scales=`` argument)."""
-    import momos
-
-    return "scales" in inspect.signature(momos.save).parameters
-
-
-def runnable_variants() -> tuple[str, ...]:
-    """The variants this momos can store: the normalized ones need ``save(..., scales=)``."""
-    if save_takes_scales():
-        return tuple(VARIANTS)
-    return tuple(v for v, (fields, _) in VARIANTS.items() if fields["normalize"] == "none")
 
 
 # --- the cache ---------------------------------------------------------------------------------
@@ -785,9 +766,6 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     cache = args.out / "points.csv"
     if not args.report_only:
-        variants = runnable_variants()
-        if len(variants) < len(VARIANTS):
-            print("momos.save has no scales= argument yet: measuring only " + ", ".join(variants), flush=True)
         for model in args.models:
             run_dir = args.runs / model
             if not (run_dir / "final.safetensors").is_file():
@@ -795,7 +773,7 @@ def main(argv=None) -> None:
                 continue
             start = time.perf_counter()
             setup = load_setup(run_dir, MODELS[model], args.data_dir)
-            sweep(setup, grid(model, variants), cache, retry_failed=args.retry_failed)
+            sweep(setup, grid(model), cache, retry_failed=args.retry_failed)
             print(f"{model}: sweep done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     rows = read_rows(cache)
     if not rows:
