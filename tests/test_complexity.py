@@ -446,7 +446,7 @@ def test_cli_bad_input(tmp_path, capsys):
     for argv, message in (
             (["complexity", str(path), "--metrics", "gzp"], "unknown metric"),
             (["complexity", str(path), "--metrics", "mosaic"], "needs a block size"),
-            (["complexity"], "either PATH"),
+            (["complexity"], "nothing to measure: give PATH"),
             (["complexity", str(path), "--model", "mlp"], "either PATH"),
             (["complexity", str(tmp_path / "missing")], "does not exist"),
             (["complexity", str(tmp_path)], "not a run folder"),
