@@ -120,6 +120,8 @@ def checkpoint_report(args) -> dict:
         raise UsageError("metric mosaic needs a block size: give --block-size (a MoMos run has its own)")
     scales = None
     if config is not None and config.normalize != "none":
+        from momos.train import plain_name
+
         recorded = recorded_scales(Path(args.path), args)
         if recorded is not None:  # by the model's own names (QAT parametrizes them)
             scales = {name: recorded[plain_name(name)] for name, _ in source.named_parameters()
@@ -150,24 +152,24 @@ def load_source(path: Path, args):
     return _load_state_dict(path), _projection_config(args) if args.block_size else None
 
 
+def checkpoint_path(path: Path, args) -> Path:
+    """The safetensors file a path names: a run folder's chosen checkpoint, or the file itself."""
+    return path / f"{args.checkpoint}.safetensors" if path.is_dir() else path
+
+
 def recorded_scales(path: Path, args):
     """The scales recorded in the checkpoint that ``path`` names (a run folder: its
     ``--checkpoint``), by plain parameter name; None when it records none."""
     from momos.cli import UsageError
     from momos.train import checkpoint_scales
 
-    file = path / f"{args.checkpoint}.safetensors" if path.is_dir() else path
+    file = checkpoint_path(path, args)
     if not file.is_file():
         return None
     try:
         return checkpoint_scales(file)
     except ValueError as error:
         raise UsageError(str(error)) from None
-
-
-def plain_name(name: str) -> str:
-    """A parameter's name without QAT's parametrization: ``fc.weight``, not ``fc.parametrizations.weight.original``."""
-    return re.sub(r"\.parametrizations\.(\w+)\.original$", r".\1", name)
 
 
 def _load_run(run_dir: Path, checkpoint: str, args):

@@ -101,7 +101,7 @@ def export_scales(model, config, path: Path, args):
     the projection measures its own. Without --project a normalized export needs them.
     """
     from momos.cli import UsageError
-    from momos.cli.complexity import recorded_scales
+    from momos.cli.complexity import checkpoint_path, recorded_scales
     from momos.scales import given_exponents
     from momos.project import select_parameters
 
@@ -123,11 +123,6 @@ def export_scales(model, config, path: Path, args):
         raise UsageError(f"the scales recorded in {checkpoint_path(path, args)} do not fit this configuration: "
                          f"{error}") from None
     return recorded
-
-
-def checkpoint_path(path: Path, args) -> Path:
-    """The safetensors file a path names: a run folder's chosen checkpoint, or the file itself."""
-    return path / f"{args.checkpoint}.safetensors" if path.is_dir() else path
 
 
 def _is_run_checkpoint(path: Path) -> bool:

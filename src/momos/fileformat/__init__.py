@@ -69,8 +69,6 @@ def save(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
             do not fit, or bad options. TypeError: unsupported dtypes. Nothing is written then.
     """
     module = module_of_state_dict(model) if isinstance(model, Mapping) else model
-    if config.normalize == "none" and scales is not None:
-        raise ValueError("scales given, but the configuration has normalize='none'")
     if config.normalize != "none" and scales is None and not project:
         raise ValueError(f"normalize={config.normalize!r}: saving a normalized mosaic needs the scales it was "
                          "made with, which the weights alone do not tell: pass scales=ProjectionStats.scales "
@@ -78,7 +76,7 @@ def save(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
                          "that projection's scales")
     selected = select_parameters(module, config)
     names = [name for name, _ in selected]
-    if scales is not None:  # checked (and shaped) now, before anything is projected
+    if scales is not None:  # checked (and shaped) now, before anything is projected; refused without normalize
         exponents = given_exponents([p for _, p in selected], config.normalize, scales, names=names)
         scales = [scales_of(e) for e in exponents]
     if project:
