@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from momos.cli.project import add_projection_arguments
+from momos.cli.project import add_projection_arguments, state_dict_module
 
 DESCRIPTION = """\
 momos export RUN_DIR -o model.momos          the final checkpoint of a `momos train` run, cut into
@@ -83,7 +83,7 @@ def load_model_and_config(path: Path, args):
 
     if path.is_file() and not _is_run_checkpoint(path):
         config = config_from_args(args) if args.block_size else None
-        return _state_dict_module(path), config, {"source": path.name}
+        return state_dict_module(path), config, {"source": path.name}
     model, config = load_source(path, args)
     metadata = {"source": path.resolve().name}
     bits = {m.bits for m in model.modules() if isinstance(m, FakeQuantize)}
@@ -127,17 +127,3 @@ def export_scales(model, config, path: Path, args):
 
 def _is_run_checkpoint(path: Path) -> bool:
     return path.stem in ("init", "best", "final") and (path.parent / "results.json").is_file()
-
-
-def _state_dict_module(path: Path):
-    """Every tensor of a safetensors file (floating ones as parameters), names kept."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from momos.cli import UsageError
-    from momos.fileformat import module_of_state_dict
-
-    try:
-        return module_of_state_dict(load_file(path))
-    except (OSError, SafetensorError) as error:
-        raise UsageError(f"cannot read {path} as safetensors: {error}") from None

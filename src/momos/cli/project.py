@@ -121,7 +121,7 @@ def run(args) -> int:
     else:
         if args.calibration is not None:
             raise UsageError("--calibration needs a run folder: the model has to run on the images")
-        module, calibration = _state_dict_module(path), None
+        module, calibration = _checkpoint_module(path), None
     try:
         stats = project_(module, config, calibration=calibration)
     except (TypeError, ValueError) as error:
@@ -172,7 +172,9 @@ def _run_model(run_dir: Path, args):
     return model, [x for x, _ in batches(images, data.info, 64)]
 
 
-def _state_dict_module(path: Path):
+def state_dict_module(path: Path):
+    """Every tensor of a safetensors file (floating ones as parameters), names kept, so that
+    --include/--exclude patterns match the checkpoint's tensor names."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -180,11 +182,14 @@ def _state_dict_module(path: Path):
     from momos.fileformat import module_of_state_dict
 
     try:
-        state = load_file(path)
+        return module_of_state_dict(load_file(path))
     except (OSError, SafetensorError) as error:
-        raise UsageError(f"cannot read {path}: {error}") from None
-    # Real names, so that --exclude patterns match the checkpoint's tensor names.
-    module = module_of_state_dict(state)
+        raise UsageError(f"cannot read {path} as safetensors: {error}") from None
+
+
+def _checkpoint_module(path: Path):
+    """A checkpoint as a module whose BatchNorm running statistics are frozen (not selected)."""
+    module = state_dict_module(path)
     # Running statistics become parameters like every floating tensor; frozen, only --include
     # (which selects by name, frozen parameters too) projects them.
     for name, param in module.named_parameters():
