@@ -4,6 +4,10 @@ Attached with ``torch.nn.utils.parametrize``: the module keeps a full-precision 
 weight (``<module>.parametrizations.weight.original``), the forward pass sees it rounded
 to ``q`` bits, and the rounding is skipped in the backward pass (straight-through
 estimator). MoMos projects the latent weight.
+
+A fake-quantized weight has two names: its plain name ``<module>.weight`` (without QAT, in a
+run's checkpoints and in a ``.momos`` file) and the name of its latent parameter
+(:func:`latent_name`), which ``named_parameters()`` and ``state_dict()`` show.
 """
 
 from __future__ import annotations
@@ -87,3 +91,52 @@ def remove_qat_(model: nn.Module, *, keep_quantized: bool = True) -> nn.Module:
                 isinstance(p, FakeQuantize) for p in module.parametrizations["weight"]):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=keep_quantized)
     return model
+
+
+def fake_quantized(model: nn.Module) -> dict[str, int]:
+    """``q`` of every weight whose one parametrization is fake quantization, by plain name."""
+    bits = {}
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            chain = module.parametrizations["weight"]
+            if len(chain) == 1 and isinstance(chain[0], FakeQuantize):
+                bits[_dotted(name, "weight")] = chain[0].bits
+    return bits
+
+
+def latent_name(plain: str) -> str:
+    """``fc.weight`` -> ``fc.parametrizations.weight.original``: where QAT keeps the latent weight."""
+    owner, _, tensor = plain.rpartition(".")
+    return _dotted(owner, f"parametrizations.{tensor}.original")
+
+
+def latent_names(model: nn.Module) -> dict[str, str]:
+    """Latent parameter name -> plain name, for every fake-quantized weight of ``model``.
+
+    Raises:
+        ValueError: a parametrization other than fake quantization alone, which plain names
+            cannot express.
+    """
+    plain = {latent_name(name): name for name in fake_quantized(model)}
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for tensor in module.parametrizations:
+                if latent_name(_dotted(name, tensor)) not in plain:
+                    raise ValueError(f"{_dotted(name, tensor)!r} is parametrized by something other than "
+                                     "fake quantization alone (momos.add_qat_); remove that parametrization first")
+    return plain
+
+
+def latent_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """``model.state_dict()`` with every fake-quantized weight's latent value under its plain
+    name, and the ``q`` of those names (:func:`fake_quantized`).
+
+    Raises:
+        ValueError: as :func:`latent_names`.
+    """
+    plain = latent_names(model)
+    return {plain.get(name, name): t for name, t in model.state_dict().items()}, fake_quantized(model)
+
+
+def _dotted(owner: str, name: str) -> str:
+    return f"{owner}.{name}" if owner else name

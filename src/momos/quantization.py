@@ -9,7 +9,10 @@ def symmetric_scale(x: torch.Tensor, bits: int) -> torch.Tensor:
     """The step of a ``bits``-bit symmetric grid covering ``[-max|x|, max|x|]`` (a 0-d tensor)."""
     if bits < 2:
         raise ValueError(f"quantization needs at least 2 bits, got {bits}")
-    return x.detach().abs().max() / (2 ** (bits - 1) - 1)
+    # Divide by a tensor on x's device, not by a Python number: CUDA divides by a number as a
+    # multiplication by its reciprocal (an ulp off at times). The step must be the same on every
+    # device, so that a .momos reader recomputes the very step the training forward used.
+    return x.detach().abs().max() / x.new_full((), 2 ** (bits - 1) - 1)
 
 
 def quantize_symmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,12 +120,13 @@ def checkpoint_report(args) -> dict:
         raise UsageError("metric mosaic needs a block size: give --block-size (a MoMos run has its own)")
     scales = None
     if config is not None and config.normalize != "none":
-        from momos.train import plain_name
+        from momos.qat import latent_names
 
         recorded = recorded_scales(Path(args.path), args)
         if recorded is not None:  # by the model's own names (QAT parametrizes them)
-            scales = {name: recorded[plain_name(name)] for name, _ in source.named_parameters()
-                      if plain_name(name) in recorded}
+            plain = latent_names(source)
+            scales = {name: recorded[plain.get(name, name)] for name, _ in source.named_parameters()
+                      if plain.get(name, name) in recorded}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

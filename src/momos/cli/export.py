@@ -20,7 +20,11 @@ projects them first. The projection options override a run's own configuration.
 A normalized mosaic (--normalize tensor/channel) is made of scale x motif values, and the
 scales are not in the weights: a checkpoint of a normalized `momos train` run records them
 (safetensors metadata scale_exponents) and export uses them. A checkpoint without them
-needs --project (which measures fresh scales)."""
+needs --project (which measures fresh scales).
+
+A `momos+qat` run is exported as the model its forward pass computes with: the latent
+weights (the mosaic) plus its fake quantization (which weights, how many bits), so that
+momos.load gives back the quantized weights bit for bit (format version 3)."""
 
 
 def register(subparsers) -> None:
@@ -76,22 +80,18 @@ def cli_hint(message: str) -> str:
 
 
 def load_model_and_config(path: Path, args):
-    """``(module, MoMosConfig or None, metadata)`` for a run folder, a run's checkpoint or a state dict."""
+    """``(module, MoMosConfig or None, metadata)`` for a run folder, a run's checkpoint or a state dict.
+
+    A run's model keeps its fake quantization (QAT): momos.save records it in the file.
+    """
     from momos.cli.complexity import load_source
     from momos.cli.project import config_from_args
-    from momos.qat import FakeQuantize, remove_qat_
 
     if path.is_file() and not _is_run_checkpoint(path):
         config = config_from_args(args) if args.block_size else None
         return state_dict_module(path), config, {"source": path.name}
     model, config = load_source(path, args)
-    metadata = {"source": path.resolve().name}
-    bits = {m.bits for m in model.modules() if isinstance(m, FakeQuantize)}
-    if bits:
-        # The mosaic is on the latent weights; the file keeps them under their plain names.
-        remove_qat_(model, keep_quantized=False)
-        metadata["qat_bits"] = str(max(bits))
-    return model, config, metadata
+    return model, config, {"source": path.resolve().name}
 
 
 def export_scales(model, config, path: Path, args):
@@ -102,8 +102,9 @@ def export_scales(model, config, path: Path, args):
     """
     from momos.cli import UsageError
     from momos.cli.complexity import checkpoint_path, recorded_scales
-    from momos.scales import given_exponents
     from momos.project import select_parameters
+    from momos.qat import latent_names
+    from momos.scales import given_exponents
 
     if config.normalize == "none":
         return None
@@ -116,7 +117,9 @@ def export_scales(model, config, path: Path, args):
                          "momos train run records them once it has projected); use --project to project it")
     try:
         selected = select_parameters(model, config)
-        given_exponents([p for _, p in selected], config.normalize, recorded, names=[n for n, _ in selected])
+        plain = latent_names(model)  # the checkpoint records a fake-quantized weight by its plain name
+        given_exponents([p for _, p in selected], config.normalize, recorded,
+                        names=[plain.get(n, n) for n, _ in selected])
     except (TypeError, ValueError) as error:
         if args.project:
             return None

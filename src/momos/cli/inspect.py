@@ -11,10 +11,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "inspect", help="describe a .momos file (--compare: against gzip/bz2/lzma/zstd)",
         description="Read a .momos file (checking it completely) and print its format version, "
-                    "block size, normalization and scales, motifs, bits per weight, size breakdown and its "
-                    "size against float32. --compare adds its size against gzip -9, bz2 -9, lzma -9 and "
-                    "zstd at its maximum level applied to the float32 bytes of the same weights (slow on "
-                    "big models: minutes for lzma -9 on hundreds of MB).")
+                    "block size, normalization and scales, quantization (QAT), motifs, bits per weight, "
+                    "size breakdown and its size against float32. --compare adds its size against gzip -9, "
+                    "bz2 -9, lzma -9 and zstd at its maximum level applied to the float32 bytes of the same "
+                    "weights (slow on big models: minutes for lzma -9 on hundreds of MB).")
     parser.add_argument("file", help=".momos file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--compare", action="store_true",
@@ -88,6 +88,7 @@ def print_summary(info) -> None:
         per = "tensor" if info.normalize == "tensor" else "output channel (1-D tensors: per tensor)"
         print(f"normalize        {info.normalize}: {info.num_scales:,} power-of-two scales, one per {per}, "
               f"{info.scale_bytes:,} bytes")
+    print(f"quantization     {quantization_line(info.quantization)}")
     print(f"weights          {info.mosaic_weights:,} in the mosaic, {info.num_values:,} values in "
           f"{info.num_tensors} tensors")
     own = "motifs + indices + scales" if info.normalize != "none" else "motifs + indices"
@@ -96,6 +97,16 @@ def print_summary(info) -> None:
     print(f"size (bytes)     header {info.header_bytes:,} | motifs {info.motif_bytes:,} | indices "
           f"{info.index_bytes:,} | scales {info.scale_bytes:,} | other {info.other_bytes:,} | "
           f"total {info.file_bytes:,}")
+
+
+def quantization_line(bits: dict[str, int]) -> str:
+    """E.g. ``8-bit symmetric per tensor (QAT) of 3 tensors: a.weight, b.weight, c.weight; ...``."""
+    if not bits:
+        return "none (the weights as stored)"
+    qs = "/".join(str(q) for q in sorted(set(bits.values())))
+    names = ", ".join(list(bits)[:4]) + (", ..." if len(bits) > 4 else "")
+    return (f"{qs}-bit symmetric per tensor (QAT) of {len(bits)} tensors: {names}; stored latent, loaded "
+            "quantized; steps derived from the weights (0 bytes)")
 
 
 def print_comparison(file_bytes: int, raw: int, compressed: dict[str, int]) -> None:

@@ -10,10 +10,10 @@ exact description length of a mosaic.
 from .block_decomposition import BDM_ALPHABETS, bdm, bdm_per_bit, quantize_levels
 from .compressors import (COMPRESSORS, FAST_COMPRESSORS, FAST_SETTINGS, WINDOW_BYTES,
                           compressed_sizes, window_warning)
-from .description import (SCALE_BITS, CodebookUsage, DescriptionLength, description_length,
-                          description_length_from_config, description_length_from_stats,
-                          description_length_of_codebooks, description_length_of_weights,
-                          mosaic_codebooks)
+from .description import (QUANTIZATION_BITS, SCALE_BITS, CodebookUsage, DescriptionLength,
+                          description_length, description_length_from_config,
+                          description_length_from_stats, description_length_of_codebooks,
+                          description_length_of_weights, mosaic_codebooks, num_quantized)
 from .measure import (BDM_METRICS, COMPRESSOR_METRICS, DEFAULT_METRICS, METRICS,
                       CompressorWindowWarning, bdm_of_weights, check_metrics, compression,
                       empirical_entropy, l2_norm, measure, measured_tensors, payload_bytes, sparsity)
@@ -21,10 +21,10 @@ from .measure import (BDM_METRICS, COMPRESSOR_METRICS, DEFAULT_METRICS, METRICS,
 __all__ = [
     "BDM_ALPHABETS", "BDM_METRICS", "COMPRESSORS", "COMPRESSOR_METRICS", "CodebookUsage",
     "CompressorWindowWarning", "DEFAULT_METRICS", "DescriptionLength", "FAST_COMPRESSORS",
-    "FAST_SETTINGS", "METRICS", "SCALE_BITS", "WINDOW_BYTES", "bdm", "bdm_of_weights", "bdm_per_bit",
-    "check_metrics", "compressed_sizes", "compression", "description_length",
-    "description_length_from_config", "description_length_from_stats",
+    "FAST_SETTINGS", "METRICS", "QUANTIZATION_BITS", "SCALE_BITS", "WINDOW_BYTES", "bdm",
+    "bdm_of_weights", "bdm_per_bit", "check_metrics", "compressed_sizes", "compression",
+    "description_length", "description_length_from_config", "description_length_from_stats",
     "description_length_of_codebooks", "description_length_of_weights", "empirical_entropy",
-    "l2_norm", "measure", "measured_tensors", "mosaic_codebooks", "payload_bytes",
+    "l2_norm", "measure", "measured_tensors", "mosaic_codebooks", "num_quantized", "payload_bytes",
     "quantize_levels", "sparsity", "window_warning",
 ]

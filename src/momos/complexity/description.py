@@ -16,6 +16,10 @@ described by its motif table and one motif index per block. Four honest codes fo
 
 A normalized mosaic (``config.normalize``) also stores its power-of-two scales, one signed
 byte each (the ``.momos`` file's precision): every variant adds ``8·(number of scales)`` bits.
+A quantized (QAT) mosaic, whose model is its tensors fake-quantized to ``q`` bits each (the
+mosaic is on the latent weights), also states each quantized tensor's ``q``, one byte: every
+variant adds ``8·(number of quantized tensors)`` bits. The quantization steps cost nothing:
+they follow from the weights (as in the ``.momos`` file).
 
 The simplification factor of each is ``n·q / bits``: the trivial description of the
 unconstrained weights (``n`` values at ``q`` bits) over the mosaic's.
@@ -38,10 +42,14 @@ from ..config import MoMosConfig
 from ..fileformat.decompose import decompose
 from ..scales import Scales, num_scales
 from ..project import ProjectionStats, codebook_groups, select_parameters
+from ..qat import fake_quantized, latent_name
 from ..scales import scale_exponents, scales_of
 
 SCALE_BITS = 8
 """Bits per stored scale: the exponent ``e`` of ``2**e``, a signed byte as in the ``.momos`` file."""
+
+QUANTIZATION_BITS = 8
+"""Bits per quantized (QAT) tensor: its ``q``, a byte; its step follows from its weights."""
 
 
 @dataclass(frozen=True)
@@ -76,11 +84,22 @@ class DescriptionLength:
     entropy_index_bits: float | None     # m·H(usage) + usage table
     needed_table_bits: int | None        # V·q + k·s·⌈log2 V⌉, at most k·s·q
     num_scales: int = 0                  # power-of-two scales of a normalized mosaic
+    num_quantized: int = 0               # tensors fake-quantized by QAT
 
     @property
     def scale_bits(self) -> int:
         """The scales at their stored precision, :data:`SCALE_BITS` each; in every variant."""
         return self.num_scales * SCALE_BITS
+
+    @property
+    def quantization_bits(self) -> int:
+        """Each quantized tensor's ``q``, :data:`QUANTIZATION_BITS` each; in every variant."""
+        return self.num_quantized * QUANTIZATION_BITS
+
+    @property
+    def extra_bits(self) -> int:
+        """What every variant adds to its motifs and indices: scales and quantization."""
+        return self.scale_bits + self.quantization_bits
 
     @property
     def raw_bits(self) -> int:
@@ -89,29 +108,30 @@ class DescriptionLength:
 
     @property
     def bound_bits(self) -> int:
-        return self.table_bits + self.index_bits + self.scale_bits
+        return self.table_bits + self.index_bits + self.extra_bits
 
     @property
     def entropy_coded_bits(self) -> float | None:
         if self.entropy_index_bits is None:
             return None
-        return self.table_bits + self.entropy_index_bits + self.scale_bits
+        return self.table_bits + self.entropy_index_bits + self.extra_bits
 
     @property
     def needed_table_total_bits(self) -> int | None:
         if self.needed_table_bits is None:
             return None
-        return self.needed_table_bits + self.index_bits + self.scale_bits
+        return self.needed_table_bits + self.index_bits + self.extra_bits
 
     @property
     def combined_bits(self) -> float | None:
         if self.needed_table_bits is None or self.entropy_index_bits is None:
             return None
-        return self.needed_table_bits + self.entropy_index_bits + self.scale_bits
+        return self.needed_table_bits + self.entropy_index_bits + self.extra_bits
 
     @property
     def simplification_factor(self) -> float:
-        """The paper's ``n·q / (k·s·q + m·⌈log2 k⌉)``, plus ``8`` bits per scale when normalized."""
+        """The paper's ``n·q / (k·s·q + m·⌈log2 k⌉)``, plus ``8`` bits per scale when normalized
+        and per quantized tensor under QAT."""
         return self.raw_bits / self.bound_bits
 
     def factor(self, bits: float | None) -> float | None:
@@ -124,6 +144,7 @@ class DescriptionLength:
             "num_motifs": self.num_motifs, "block_size": self.block_size,
             "bits_per_value": self.bits_per_value, "raw_bits": self.raw_bits,
             "num_scales": self.num_scales, "scale_bits": self.scale_bits,
+            "num_quantized": self.num_quantized, "quantization_bits": self.quantization_bits,
         }
         for name, bits in (("bound", self.bound_bits), ("entropy_coded", self.entropy_coded_bits),
                            ("needed_table", self.needed_table_total_bits),
@@ -142,7 +163,8 @@ def index_width(num_motifs: int) -> int:
 
 def description_length(num_weights: int, num_blocks: int, num_motifs: int, block_size: int,
                        q: int = 32, *, motif_counts: torch.Tensor | None = None,
-                       motifs: torch.Tensor | None = None, num_scales: int = 0) -> DescriptionLength:
+                       motifs: torch.Tensor | None = None, num_scales: int = 0,
+                       num_quantized: int = 0) -> DescriptionLength:
     """The description length of one mosaic with a single codebook.
 
     Args:
@@ -151,6 +173,7 @@ def description_length(num_weights: int, num_blocks: int, num_motifs: int, block
         motif_counts: ``(k,)`` blocks per motif, for the entropy-coded variant.
         motifs: ``(k, s)`` motif values, for the needed-table variant.
         num_scales: the power-of-two scales of a normalized mosaic (8 bits each).
+        num_quantized: the tensors QAT quantizes (8 bits each: their ``q``).
 
     Raises:
         ValueError: non-positive sizes, ``k > m``, ``n > m·s`` or ``n < m`` (every block holds
@@ -162,18 +185,21 @@ def description_length(num_weights: int, num_blocks: int, num_motifs: int, block
         raise ValueError(f"{num_weights} weights cannot fill {num_blocks} blocks of {block_size} "
                          f"(needs m <= n <= m·s)")
     usage = CodebookUsage(num_blocks, num_motifs, motif_counts, motifs)
-    return description_length_of_codebooks(num_weights, block_size, q, [usage], num_scales=num_scales)
+    return description_length_of_codebooks(num_weights, block_size, q, [usage], num_scales=num_scales,
+                                           num_quantized=num_quantized)
 
 
 def description_length_of_codebooks(num_weights: int, block_size: int, q: int,
-                                    codebooks: list[CodebookUsage], *,
-                                    num_scales: int = 0) -> DescriptionLength:
+                                    codebooks: list[CodebookUsage], *, num_scales: int = 0,
+                                    num_quantized: int = 0) -> DescriptionLength:
     """The description length of a mosaic with several codebooks: every term summed, plus
-    :data:`SCALE_BITS` per scale of a normalized mosaic (``num_scales``)."""
+    :data:`SCALE_BITS` per scale of a normalized mosaic (``num_scales``) and
+    :data:`QUANTIZATION_BITS` per tensor that QAT quantizes (``num_quantized``)."""
     for name, value in (("num_weights", num_weights), ("block_size", block_size), ("q", q)):
         _check_positive(name, value)
-    if isinstance(num_scales, bool) or not isinstance(num_scales, int) or num_scales < 0:
-        raise ValueError(f"num_scales must be a non-negative int, got {num_scales!r}")
+    for name, value in (("num_scales", num_scales), ("num_quantized", num_quantized)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     if not codebooks:
         raise ValueError("a mosaic needs at least one codebook")
     for book in codebooks:
@@ -191,14 +217,17 @@ def description_length_of_codebooks(num_weights: int, block_size: int, q: int,
         entropy_index_bits=None if None in entropy else float(sum(entropy)),
         needed_table_bits=None if None in needed else sum(needed),
         num_scales=num_scales,
+        num_quantized=num_quantized,
     )
 
 
-def description_length_from_stats(stats: ProjectionStats, q: int = 32) -> DescriptionLength:
+def description_length_from_stats(stats: ProjectionStats, q: int = 32, *,
+                                  num_quantized: int = 0) -> DescriptionLength:
     """The description length of a projected model, counting only the motifs actually used.
 
     An unused motif need not be stored, so each codebook's ``k`` is its number of used motifs.
-    A normalized projection's scales (``stats.scales``) count 8 bits each.
+    A normalized projection's scales (``stats.scales``) count 8 bits each, and so do the
+    ``num_quantized`` tensors of a QAT model (:func:`num_quantized`; the statistics do not tell).
     """
     books = []
     for book in stats.codebooks:
@@ -207,7 +236,8 @@ def description_length_from_stats(stats: ProjectionStats, q: int = 32) -> Descri
         books.append(CodebookUsage(book.block_end - book.block_start, int(used.sum()),
                                    counts[used], stats.motifs[book.motif_start:book.motif_end][used].cpu()))
     scales = 0 if stats.scales is None else sum(int(t.numel()) for t in stats.scales)
-    return description_length_of_codebooks(stats.num_weights, stats.block_size, q, books, num_scales=scales)
+    return description_length_of_codebooks(stats.num_weights, stats.block_size, q, books, num_scales=scales,
+                                           num_quantized=num_quantized)
 
 
 def description_length_from_config(model: nn.Module, config: MoMosConfig,
@@ -216,16 +246,25 @@ def description_length_from_config(model: nn.Module, config: MoMosConfig,
 
     Uses only the shapes of the selected parameters: ``m`` from the block layout, ``k`` from
     the capacity, per codebook, and with ``config.normalize`` the number of scales (which
-    shapes alone tell; their values do not matter). ``q`` defaults to ``config.motif_bits``
-    when the motifs are quantized, else 32. The usage and the motif values are unknown, so
-    only the bound (and its factor) is given.
+    shapes alone tell; their values do not matter), and the tensors QAT quantizes
+    (:func:`num_quantized`). ``q`` defaults to ``config.motif_bits`` when the motifs are
+    quantized, else 32. The usage and the motif values are unknown, so only the bound (and its
+    factor) is given.
     """
     tensors = [p for _, p in select_parameters(model, config)]
     layout = layout_of(tensors, config.block_size, config.tile_shape, per_row=config.normalize == "channel")
     books = [CodebookUsage(m, config.motifs_for(m)) for m in _codebook_block_counts(layout, config)]
     return description_length_of_codebooks(layout.num_weights, config.block_size,
                                            default_bits(config) if q is None else q, books,
-                                           num_scales=num_scales(layout.shapes, config.normalize))
+                                           num_scales=num_scales(layout.shapes, config.normalize),
+                                           num_quantized=num_quantized(model, config))
+
+
+def num_quantized(model: nn.Module, config: MoMosConfig) -> int:
+    """How many of the parameters ``config`` selects QAT fake-quantizes (their latent weights
+    are selected, and the model's are those quantized)."""
+    latent = {latent_name(name) for name in fake_quantized(model)}
+    return sum(name in latent for name, _ in select_parameters(model, config))
 
 
 def description_length_of_weights(tensors: list[torch.Tensor], config: MoMosConfig,

@@ -19,7 +19,8 @@ from ..project import select_parameters
 from .block_decomposition import bdm, bdm_per_bit, quantize_levels
 from .compressors import COMPRESSORS, compressor_table, window_warning
 from ..scales import Scales, num_scales
-from .description import CodebookUsage, description_length_of_codebooks, default_bits, mosaic_codebooks
+from .description import (CodebookUsage, description_length_of_codebooks, default_bits, mosaic_codebooks,
+                          num_quantized)
 
 PAYLOADS = {"": "float32", "_bin": "bin", "_bits": "bits"}   # metric-name suffix -> payload
 PAYLOAD_DESCRIPTIONS = {"float32": "float32", "bin": "binarized byte-per-weight",
@@ -62,6 +63,8 @@ def measure(model_or_tensor: nn.Module | torch.Tensor | Sequence[torch.Tensor],
             tensor per measured tensor (``ProjectionStats.scales``, ``Projector.scales``) or,
             for a module, a mapping from parameter names to them. Without them they are
             measured from the weights (see ``description.mosaic_codebooks``).
+            A module with fake quantization attached (QAT) is measured on its latent weights,
+            the mosaic, and ``mosaic`` counts the quantization (``q`` per quantized tensor).
 
     Returns:
         ``num_weights`` and, per metric: compressors ``NAME`` (ratio raw/compressed),
@@ -103,9 +106,10 @@ def measure(model_or_tensor: nn.Module | torch.Tensor | Sequence[torch.Tensor],
             results[f"{name}_per_bit"] = bdm_per_bit(value, weights.size, alphabet)
             results[f"{name}_normalized"] = bdm_of_weights(weights, alphabet, tail=bdm_tail, normalized=True)
         elif name == "mosaic":
+            quantized = num_quantized(model_or_tensor, config) if isinstance(model_or_tensor, nn.Module) else 0
             length = description_length_of_codebooks(
                 int(weights.size), config.block_size, default_bits(config) if q is None else q, codebooks,
-                num_scales=num_scales([t.shape for t in tensors], config.normalize))
+                num_scales=num_scales([t.shape for t in tensors], config.normalize), num_quantized=quantized)
             results.update({f"mosaic_{key}": value for key, value in length.as_dict().items()
                             if key != "num_weights"})
         else:

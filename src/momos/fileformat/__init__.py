@@ -6,8 +6,16 @@
     state = momos.load("model.momos")                # a state dict, bit-exact
     momos.load("model.momos", model)                 # or straight into a model
 
+A model with fake quantization attached (``momos.add_qat_``, a ``momos+qat`` run) is saved as
+what its forward pass computes with: its latent weights, which form the mosaic, plus which
+weights are quantized to how many bits (format version 3). ``load`` returns the quantized
+weights, bit for bit those of the forward pass; loaded into a model with the same fake
+quantization attached, the latent weights go back into the parametrizations (training can go
+on, and the forward pass quantizes them to the same weights).
+
 The file is a standard safetensors file (no pickle; loading never runs code). Its layout is
-described in :mod:`.codec`, :mod:`.container`, :mod:`.tables` and :mod:`.streams`.
+described in :mod:`.codec`, :mod:`.container`, :mod:`.tables`, :mod:`.streams` and
+:mod:`.quantized`.
 """
 
 from __future__ import annotations
@@ -23,11 +31,13 @@ from torch import nn
 from ..config import MoMosConfig
 from ..io import write_bytes_atomic
 from ..project import project_, select_parameters
+from ..qat import fake_quantized, latent_name, latent_names, latent_state_dict
 from ..scales import scales_of
-from .codec import DEFAULT_MAX_WEIGHTS, CodebookInfo, FileInfo, decode, decode_with_scales, encode
+from .codec import DEFAULT_MAX_WEIGHTS, CodebookInfo, FileInfo, decode, decode_stored, encode
 from ..scales import Scales, given_exponents
 from .decompose import NotAMosaicError
 from .errors import FormatError
+from .quantized import apply as apply_quantization
 
 DEFAULT_MAX_BYTES = 1 << 32
 
@@ -42,6 +52,10 @@ def save(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
 
     Args:
         model: a module, or a state dict (its floating tensors are the candidate parameters).
+            A module with fake quantization attached (``momos.add_qat_``) is saved with it: its
+            latent weights must form the mosaic (they do after ``project_`` or a ``momos+qat``
+            run), and the file records which weights are quantized to how many bits, so that
+            :func:`load` gives back the quantized weights its forward pass uses.
         config: the mosaic's block size, tile shape, scope, normalization, selection and ``k``;
             the parameters it selects must be an exact mosaic: each codebook may hold at most
             ``config.motifs_for(num_blocks)`` distinct blocks (a block holding padding only
@@ -49,7 +63,8 @@ def save(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
         scales: with ``config.normalize``, the power-of-two scales the mosaic was made with
             (the weights alone do not tell them): ``ProjectionStats.scales`` or
             ``Projector.scales`` (one tensor per selected parameter, in selection order), or a
-            mapping from parameter names to them (e.g. :func:`read_scales`). With ``project``
+            mapping from parameter names to them (e.g. :func:`read_scales`; a fake-quantized
+            weight by its plain or its latent parameter name). With ``project``
             they are the scales to project at (default: measured, as ``project_`` does).
         project: project a copy of the model with ``config`` first (the model is not changed);
             the file then holds that projection, at its scales.
@@ -66,7 +81,8 @@ def save(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
     Raises:
         ValueError: the selected parameters are not a mosaic (the message names the worst
             tensor), a normalized configuration without ``scales`` and ``project``, scales that
-            do not fit, or bad options. TypeError: unsupported dtypes. Nothing is written then.
+            do not fit, a parametrization other than fake quantization, or bad options.
+            TypeError: unsupported dtypes. Nothing is written then.
     """
     module = module_of_state_dict(model) if isinstance(model, Mapping) else model
     if config.normalize != "none" and scales is None and not project:
@@ -74,20 +90,24 @@ def save(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
                          "made with, which the weights alone do not tell: pass scales=ProjectionStats.scales "
                          "(or projector.scales), or use project=True to project a copy and save it with "
                          "that projection's scales")
+    # Selected as a projection selects them; a fake-quantized weight by its plain name, as in the file.
     selected = select_parameters(module, config)
-    names = [name for name, _ in selected]
+    plain = latent_names(module)
+    names = [plain.get(name, name) for name, _ in selected]
     if scales is not None:  # checked (and shaped) now, before anything is projected; refused without normalize
+        if isinstance(scales, Mapping):
+            scales = {plain.get(name, name): table for name, table in scales.items()}
         exponents = given_exponents([p for _, p in selected], config.normalize, scales, names=names)
         scales = [scales_of(e) for e in exponents]
     if project:
         module = copy.deepcopy(module)
         scales = project_(module, config, scales=scales).scales
-    state = module.state_dict()
+    state, bits = latent_state_dict(module)
     if isinstance(model, Mapping):
         state = {name: state[name] for name in model}
     try:
         data, info = encode(state, names, config, scales=scales, motif_storage=motif_storage,
-                            index_coding=index_coding, metadata=metadata)
+                            index_coding=index_coding, metadata=metadata, quantization=bits)
     except NotAMosaicError as error:
         at = " at the given scales" if config.normalize != "none" else ""
         raise ValueError(f"parameter {names[error.tensor]!r} is not a mosaic under this configuration{at}: "
@@ -99,7 +119,8 @@ def save(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
 
 def read(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
          max_weights: int = DEFAULT_MAX_WEIGHTS) -> tuple[dict[str, torch.Tensor], FileInfo]:
-    """The state dict stored in a ``.momos`` file and the file's description.
+    """The state dict of the model in a ``.momos`` file (quantized weights as the forward pass
+    uses them) and the file's description (``FileInfo.quantization``: which, at how many bits).
 
     Args:
         max_bytes: refuse larger files without reading them.
@@ -136,21 +157,30 @@ def read_scales(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
     Raises:
         FormatError: a bad file (see :func:`read`).
     """
-    return decode_with_scales(_read_bytes(path, max_bytes), max_weights=max_weights)[2]
+    return decode_stored(_read_bytes(path, max_bytes), max_weights=max_weights)[2]
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
          max_weights: int = DEFAULT_MAX_WEIGHTS):
-    """The state dict of a ``.momos`` file, bit-exact to what was saved; with ``model``, load
-    it into the model (``strict``: same names and shapes) and return the model.
+    """The state dict of a ``.momos`` file, bit-exact to what was saved (quantized weights as
+    the forward pass used them); with ``model``, load it into the model (``strict``: same
+    names and shapes) and return the model.
+
+    Into a model with fake quantization attached, the file's quantization must be the same
+    (weights and bits) and the latent weights are loaded: the forward pass then quantizes
+    them to the file's weights, bit for bit, and training can go on from where it was (the
+    quantized values as latent weights would lose the latent state). A model without fake
+    quantization gets the quantized weights.
 
     Raises:
         FormatError: a bad file (see :func:`read`, which also explains the limits).
-        ValueError: the file does not fit ``model`` (the model is not changed).
+        ValueError: the file does not fit ``model``, or the model's fake quantization is not
+            the file's (the model is not changed).
     """
-    state, _ = read(path, max_bytes=max_bytes, max_weights=max_weights)
+    stored, info, _ = decode_stored(_read_bytes(path, max_bytes), max_weights=max_weights)
     if model is None:
-        return state
+        return apply_quantization(stored, info.quantization)
+    state = _state_for(model, stored, info.quantization)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [name for name in expected if name in state and expected[name].shape != state[name].shape]
@@ -180,3 +210,19 @@ def module_of_state_dict(state: Mapping[str, torch.Tensor]) -> nn.Module:
         else:
             owner.register_buffer(leaf, value)
     return root
+
+
+def _state_for(model: nn.Module, stored: dict[str, torch.Tensor], bits: dict[str, int]) -> dict[str, torch.Tensor]:
+    """What ``model`` loads from a file's ``stored`` tensors, whose quantization is ``bits``:
+    with fake quantization attached, the latent weights under their parametrized names; else
+    the quantized weights."""
+    attached = fake_quantized(model)
+    if not attached:
+        return apply_quantization(stored, bits)
+    if attached != bits:
+        differ = [f"{name}: {attached.get(name, 'none')} vs {bits.get(name, 'none')}"
+                  for name in sorted(set(attached) | set(bits)) if attached.get(name) != bits.get(name)]
+        raise ValueError(f"the model's fake quantization is not the file's (bits, model vs file: "
+                         f"{', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''}): load into a model "
+                         "with the file's quantization attached (momos.add_qat_) or with none")
+    return {latent_name(name) if name in bits else name: t for name, t in stored.items()}

@@ -3,13 +3,15 @@
 Header (JSON, in the container's ``header`` tensor)::
 
     {"block_size": s, "tile_shape": null | [r, c], "scope": "global" | "per_tensor",
-     "normalize": "none" | "tensor" | "channel",                         # version 2 only
+     "normalize": "none" | "tensor" | "channel",                         # from version 2
      "padding": "zero",
      "tensors": [{"name", "shape", "dtype", "mosaic": bool}, ...],      # state-dict order
      "codebooks": [{"tensors": [first, last], "motifs": k, "bytes": [start, end],
                     "indices": <see streams.py>}, ...],                  # over the mosaic tensors
      "motif_storage": <see tables.py>,
-     "config": <MoMosConfig.to_dict()> | null, "metadata": {str: str}}
+     "config": <MoMosConfig.to_dict()> | null, "metadata": {str: str},
+     "quantization": null | {"scheme": "symmetric_per_tensor",           # from version 3
+                             "tensors": {name: q, ...}}}
 
 Tensors: the motif table (``motifs``, or ``motif_levels`` + ``motif_scales``), ``indices``
 (every codebook's stream, back to back; ``bytes`` locates each), with ``normalize`` other than
@@ -23,7 +25,12 @@ tensor holds).
 A normalized mosaic tensor is ``2**e x`` its motif values, blocks cut as
 :class:`momos.blocks.BlockLayout` with ``per_row`` under ``"channel"``.
 
-Version 1 (no ``normalize`` key, no ``scales``) is read as ``"none"``.
+A quantized tensor (one ``quantization`` names: a weight a QAT model fake-quantizes) is
+stored as its latent values, a mosaic or plain tensor like any other, and the file's model
+holds those values fake-quantized to ``q`` bits; see :mod:`.quantized`.
+
+Version 1 (no ``normalize`` key, no ``scales``) is read as ``"none"``; versions 1 and 2 have no
+``quantization`` key (no quantized tensors).
 """
 
 from __future__ import annotations
@@ -37,9 +44,10 @@ import torch
 from .. import scales as scaling
 from ..blocks import BlockLayout
 from ..config import NORMALIZATIONS, SCOPES, MoMosConfig
-from .container import DTYPE_NAMES, DTYPES, VERSION, as_uint8_tensor, read_container, write_container
+from .container import DTYPE_NAMES, DTYPES, as_uint8_tensor, read_container, write_container
 from ..scales import Scales, scale_shape
 from .decompose import Mosaic, NotAMosaicError, block_dtype, decompose, rebuild
+from . import quantized
 from .errors import FormatError
 from .streams import decode_stream, encode_stream, span_end
 from .tables import decode_tables, encode_tables
@@ -49,7 +57,8 @@ MOTIF_ENTRIES = ("motifs", "motif_levels", "motif_scales")
 SCALES = "scales"
 HEADER_KEYS = {"block_size", "tile_shape", "scope", "padding", "tensors", "codebooks", "motif_storage",
                "config", "metadata"}
-HEADER_KEYS_BY_VERSION = {1: HEADER_KEYS, 2: HEADER_KEYS | {"normalize"}}
+HEADER_KEYS_BY_VERSION = {1: HEADER_KEYS, 2: HEADER_KEYS | {"normalize"},
+                          3: HEADER_KEYS | {"normalize", "quantization"}}
 MAX_BLOCK_SIZE = 1 << 16
 DEFAULT_MAX_WEIGHTS = 1 << 28
 FLOAT_DTYPES = tuple(name for name, dtype in DTYPES.items() if dtype.is_floating_point)
@@ -87,6 +96,7 @@ class FileInfo:
     scale_bytes: int = 0      # the scale exponents, one byte each
     config: dict | None = None
     metadata: dict = field(default_factory=dict)
+    quantization: dict = field(default_factory=dict)   # quantized tensor name -> q (QAT)
 
     @property
     def num_scales(self) -> int:
@@ -116,12 +126,15 @@ class FileInfo:
 
 def encode(state: dict[str, torch.Tensor], mosaic_names: list[str], config: MoMosConfig, *,
            scales: Scales | None = None, motif_storage: str = "auto", index_coding: str = "auto",
-           metadata: dict[str, str] | None = None) -> tuple[bytes, FileInfo]:
+           metadata: dict[str, str] | None = None,
+           quantization: dict[str, int] | None = None) -> tuple[bytes, FileInfo]:
     """The file's bytes for ``state``, whose ``mosaic_names`` tensors form a mosaic under ``config``.
 
     Args:
         scales: with ``config.normalize``, the mosaic tensors' power-of-two scales: one tensor
             per name of ``mosaic_names`` (in that order), or a mapping from names to them.
+        quantization: tensor name -> q of the tensors that the model fake-quantizes; ``state``
+            holds their latent values. A file with them is version 3, without them version 2.
 
     Raises:
         NotAMosaicError (a ValueError): a codebook needs more than ``config``'s k motifs, or
@@ -131,6 +144,7 @@ def encode(state: dict[str, torch.Tensor], mosaic_names: list[str], config: MoMo
             malformed scales.
     """
     _check_state(state, mosaic_names, metadata)
+    quantization = quantized.header_field(dict(quantization or {}), state)
     if scales is not None and not isinstance(scales, Mapping):
         scales = list(scales)
         if len(scales) != len(mosaic_names):
@@ -164,29 +178,33 @@ def encode(state: dict[str, torch.Tensor], mosaic_names: list[str], config: MoMo
         "config": config.to_dict(),
         "metadata": dict(metadata or {}),
     }
+    if quantization is not None:  # version 3; a file without stays readable by version-2 readers
+        header["quantization"] = quantization
+    version = 3 if quantization is not None else 2
     tensors = {**motif_tensors, "indices": as_uint8_tensor(b"".join(streams))}
     if mosaic.exponents is not None:
         tensors[SCALES] = torch.cat([e.reshape(-1) for e in mosaic.exponents]).to(torch.int8)
     tensors.update(_join_plain([(name, t) for name, t in state.items() if name not in chosen]))
-    data = write_container(tensors, header)
-    return data, _info(header, tensors, mosaic.layout, len(data), VERSION)
+    data = write_container(tensors, header, version=version)
+    return data, _info(header, tensors, mosaic.layout, len(data), version)
 
 
 def decode(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> tuple[dict[str, torch.Tensor], FileInfo]:
-    """The state dict a file holds, and its description.
+    """The state dict of the file's model (quantized tensors fake-quantized), and the file's description.
 
     Raises:
         FormatError: the file is damaged, lies, or would decode to more than ``max_weights``
             values (counting block padding).
     """
-    state, info, _ = decode_with_scales(data, max_weights=max_weights)
-    return state, info
+    stored, info, _ = decode_stored(data, max_weights=max_weights)
+    return quantized.apply(stored, info.quantization), info
 
 
-def decode_with_scales(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS
-                       ) -> tuple[dict[str, torch.Tensor], FileInfo, dict[str, torch.Tensor] | None]:
-    """:func:`decode`, plus each mosaic tensor's scales ``2**e`` (float32, shape ``()`` or
-    ``(rows,)``) by name; None for a mosaic without normalization."""
+def decode_stored(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS
+                  ) -> tuple[dict[str, torch.Tensor], FileInfo, dict[str, torch.Tensor] | None]:
+    """:func:`decode`, but the tensors as stored (a quantized tensor: its latent values), plus
+    each mosaic tensor's scales ``2**e`` (float32, shape ``()`` or ``(rows,)``) by name; None
+    for a mosaic without normalization."""
     header, tensors, version = read_container(data)
     _expect_keys(header, HEADER_KEYS_BY_VERSION[version], "header")
     normalize = header.get("normalize", "none")
@@ -201,6 +219,7 @@ def decode_with_scales(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS
             isinstance(k, str) and isinstance(v, str) for k, v in header["metadata"].items()):
         raise FormatError("the header's metadata must map strings to strings")
     entries = _tensor_entries(header["tensors"])
+    quantized.read_field(header.get("quantization"), entries)
     mosaic_entries = [e for e in entries if e["mosaic"]]
     try:
         layout = BlockLayout(tuple(torch.Size(e["shape"]) for e in mosaic_entries), block_size, tile_shape,
@@ -428,4 +447,5 @@ def _info(header: dict, tensors: dict[str, torch.Tensor], layout: BlockLayout, f
         index_bytes=nbytes.get("indices", 0),
         other_bytes=sum(n for name, n in nbytes.items() if name.startswith(PLAIN_PREFIX)),
         normalize=header.get("normalize", "none"), scale_bytes=nbytes.get(SCALES, 0),
-        config=header["config"], metadata=dict(header["metadata"]))
+        config=header["config"], metadata=dict(header["metadata"]),
+        quantization=dict((header.get("quantization") or {}).get("tensors", {})))

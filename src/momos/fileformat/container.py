@@ -2,11 +2,14 @@
 
 Layout (safetensors): 8 bytes little-endian length ``N``, ``N`` bytes of JSON (the tensor
 table plus ``__metadata__``), then the tensor bytes. The metadata holds ``format = "momos"``
-(the magic), ``version`` (``"2"`` is written; ``"1"``, the format before normalized mosaics,
-is still read) and ``sha256``: the digest of every tensor (name, dtype, shape,
+(the magic), ``version`` and ``sha256``: the digest of every tensor (name, dtype, shape,
 bytes) in name order, so that no byte that matters can change without notice. The momos
 header is JSON, zlib-compressed, in the uint8 tensor ``header`` (tensor names repeat the same
 few words, so it shrinks about fivefold; decompression is bounded).
+
+Versions: ``"1"`` (the first), ``"2"`` (adds normalized mosaics) and ``"3"`` (adds quantized,
+QAT, mosaics) are read. Version 3 is written only for a file that holds a quantization, every
+other file as version 2, so that version-2 readers keep reading every file they can.
 
 The reader parses the container itself instead of calling the safetensors library, because it
 must check every length and offset before it allocates anything and because it hashes the
@@ -26,8 +29,8 @@ from .errors import FormatError
 
 MAGIC = "momos"
 HEADER = "header"
-VERSION = 2
-VERSIONS = (1, 2)     # the versions this reader knows
+VERSION = 3           # the newest
+VERSIONS = (1, 2, 3)  # the versions this reader knows
 MAX_HEADER_BYTES = 64 * 2**20
 MAX_DIMS = 16
 
