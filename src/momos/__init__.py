@@ -9,6 +9,7 @@ from .blocks import BlockLayout, from_blocks, to_blocks
 from .config import MoMosConfig
 from .cost import CostEstimate
 from .fileformat import FormatError, load, save
+from .finetune import FinetuneConfig, FinetuneResult, finetune
 from .project import Codebook, ProjectionStats, estimate_cost, is_mosaic, project_, select_parameters
 from .projector import Projector
 from .qat import QATConfig, add_qat_, remove_qat_
@@ -16,7 +17,7 @@ from .qat import QATConfig, add_qat_, remove_qat_
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockLayout", "Codebook", "CostEstimate", "FormatError", "MoMosConfig", "ProjectionStats", "Projector", "QATConfig",
-    "add_qat_", "estimate_cost", "from_blocks", "is_mosaic", "load", "project_", "remove_qat_", "save", "select_parameters",
+    "BlockLayout", "Codebook", "CostEstimate", "FinetuneConfig", "FinetuneResult", "FormatError", "MoMosConfig", "ProjectionStats", "Projector", "QATConfig",
+    "add_qat_", "estimate_cost", "finetune", "from_blocks", "is_mosaic", "load", "project_", "remove_qat_", "save", "select_parameters",
     "to_blocks", "__version__",
 ]
