@@ -117,6 +117,8 @@ class TrainConfig:
         warmup_epochs, anneal_from, anneal_epochs: the Projector's schedule options.
         metrics: complexity metrics (``momos.complexity.METRICS``) logged at every epoch.
         data_dir, download: where data sets are read from, and whether missing ones are fetched.
+        init_from: start from the weights of a run folder or a ``.safetensors`` state dict of
+            the same model and data set (see ``momos.sources``) instead of a random initialization.
     """
 
     dataset: str = "digits"
@@ -144,6 +146,7 @@ class TrainConfig:
     metrics: tuple[str, ...] = field(default_factory=tuple)
     data_dir: str | None = None
     download: bool = True
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(self.metrics))
@@ -270,7 +273,10 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
         data.train = random_subset(data.train, config.train_subset, seed=config.split_seed)
     torch.manual_seed(config.seed)
     c, h, _ = data.info.shape
-    model = build_model(config.model, channels=c, image_size=h, num_classes=data.info.num_classes).to(device)
+    model = build_model(config.model, channels=c, image_size=h, num_classes=data.info.num_classes)
+    if config.init_from is not None:
+        init_weights_(model, config)
+    model.to(device)
     if config.qat_bits is not None:
         add_qat_(model, QATConfig(bits=config.qat_bits))
     projector = None
@@ -285,6 +291,21 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
               torch.Generator().manual_seed(config.seed), device)
     check_process_split(run)
     return run
+
+
+def init_weights_(model: nn.Module, config: TrainConfig) -> None:
+    """Fill ``model`` with the weights of ``config.init_from`` (a run folder or a state dict)."""
+    from .sources import load_source
+
+    source = load_source(config.init_from, model_name=config.model, dataset=config.dataset)
+    if source.kind not in ("run", "checkpoint"):
+        raise ValueError(f"init_from {config.init_from}: momos train builds its own models and takes the weights "
+                         "of a run folder or a .safetensors state dict; compress other models with momos compress")
+    try:
+        load_model_weights_(model, plain_state_dict(source.model))
+    except (RuntimeError, ValueError) as error:   # load_state_dict raises RuntimeError on shapes
+        raise ValueError(f"init_from {config.init_from} does not fit model {config.model} on {config.dataset}: "
+                         f"{error}") from None
 
 
 def prepare_resume(out_dir: str | os.PathLike, *, device: str | torch.device = "cpu",

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order ``momos --help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("project", "train", "sweep", "compare", "plot", "complexity", "export", "inspect")
+COMMAND_MODULES: tuple[str, ...] = ("project", "compress", "train", "sweep", "compare", "plot", "complexity", "export", "inspect")
 
 
 class UsageError(Exception):
