@@ -110,6 +110,15 @@ def latent_name(plain: str) -> str:
     return _dotted(owner, f"parametrizations.{tensor}.original")
 
 
+def plain_name(name: str) -> str:
+    """The inverse of :func:`latent_name`: ``fc.parametrizations.weight.original`` -> ``fc.weight``;
+    other names are returned as they are."""
+    owner, found, tensor = name.removesuffix(".original").rpartition("parametrizations.")
+    if not found or not name.endswith(".original"):
+        return name
+    return f"{owner}{tensor}"
+
+
 def latent_names(model: nn.Module) -> dict[str, str]:
     """Latent parameter name -> plain name, for every fake-quantized weight of ``model``.
 

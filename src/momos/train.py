@@ -39,7 +39,6 @@ import json
 import math
 import os
 import platform
-import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -56,7 +55,7 @@ from .io import save_safetensors_atomic, write_json_atomic
 from .models import build_model, check_model_name, optimizer_profile
 from .project import ProjectionStats, select_parameters
 from .projector import Projector
-from .qat import QATConfig, add_qat_
+from .qat import QATConfig, add_qat_, latent_state_dict, plain_name
 from .runstate import load_state, save_state
 from .scales import EXPONENT_RANGE, exponents_of, scales_of
 
@@ -845,17 +844,9 @@ def checkpoint_scales(path: str | os.PathLike) -> dict[str, torch.Tensor] | None
     return {name: scales_of(torch.tensor(values, dtype=torch.int16)) for name, values in table.items()}
 
 
-_PARAMETRIZED = re.compile(r"\.parametrizations\.(\w+)\.original$")
-
-
-def plain_name(name: str) -> str:
-    """A parameter's name without the parametrization (QAT) path: ``1.weight``."""
-    return _PARAMETRIZED.sub(r".\1", name)
-
-
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` with parametrized (QAT) weights under their plain names, latent values."""
-    return {plain_name(name): tensor for name, tensor in model.state_dict().items()}
+    return latent_state_dict(model)[0]
 
 
 def load_model_weights_(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
