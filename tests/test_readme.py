@@ -1,6 +1,8 @@
 """The README's code runs as written."""
 
 import re
+
+import torch
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -21,3 +23,29 @@ def test_training_loop_snippet_runs_and_ends_as_a_mosaic(capsys):
     assert momos.is_mosaic(model, projector.config, projector.codebooks)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert float(last.rsplit(" ", 1)[1]) > 0.5   # far above the 0.1 of guessing
+
+
+def test_finetune_snippet_runs_and_ends_as_a_saved_mosaic(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(python_block_after("## Compressing a pretrained model"), "README.md", "exec"), namespace)
+    momos, model, cfg = namespace["momos"], namespace["model"], namespace["cfg"]
+    state = momos.load(tmp_path / "finetuned.momos")
+    assert all(torch.equal(state[name], tensor) for name, tensor in model.state_dict().items())
+    assert namespace["accuracy"] > 0.8
+
+
+def test_hugging_face_trainer_snippet_runs_and_saves_a_mosaic(tmp_path, monkeypatch):
+    import pytest
+
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        namespace = {}
+        exec(compile(python_block_after("### Hugging Face Trainer"), "README.md", "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
+    state = namespace["momos"].load(tmp_path / "bert.momos")
+    assert all(torch.equal(state[name], tensor) for name, tensor in namespace["trainer"].model.state_dict().items())
