@@ -210,3 +210,20 @@ def test_train_init_from_starts_at_the_sources_weights(pretrained, tmp_path, cap
     assert main(["train", "--init-from", str(pretrained), "--model", "vit", "--out", str(tmp_path / "x"),
                  "--quiet"]) == 2
     assert "does not fit model vit" in capsys.readouterr().err
+
+
+def test_train_init_from_a_timm_model_and_its_weight_file(tmp_path, capsys):
+    timm = pytest.importorskip("timm")
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=10, in_chans=1)
+    save_file(vit.state_dict(), tmp_path / "vit.safetensors")
+    out = tmp_path / "run"
+    assert main(["train", "--model", "test_vit", "--init-from", "timm:test_vit", "--init-weights",
+                 str(tmp_path / "vit.safetensors"), "--method", "baseline", "--epochs", "1", "--train-subset", "64",
+                 "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    init = load_file(out / "init.safetensors")
+    assert all(torch.equal(init[f"model.{k}"], v) for k, v in vit.state_dict().items())   # inside the resize wrapper
+    assert main(["train", "--model", "mlp", "--init-from", "timm:test_vit", "--init-weights",
+                 str(tmp_path / "vit.safetensors"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "another model than --model mlp" in capsys.readouterr().err
+    assert main(["train", "--init-from", "hf:somewhere", "--out", str(tmp_path / "y"), "--quiet"]) == 2
+    assert "compress hf models with momos compress" in capsys.readouterr().err

@@ -65,7 +65,7 @@ class Source:
 
 def load_source(spec: str | os.PathLike, *, model_name: str | None = None, weights: str | os.PathLike | None = None,
                 dataset: str | None = None, checkpoint: str = "final", num_classes: int | None = None,
-                image_size: int | None = None) -> Source:
+                channels: int | None = None, image_size: int | None = None) -> Source:
     """Load the model that ``spec`` names.
 
     Args:
@@ -79,6 +79,7 @@ def load_source(spec: str | os.PathLike, *, model_name: str | None = None, weigh
         dataset: the data set that fixes a state dict model's input shape and classes.
         checkpoint: which checkpoint of a run folder.
         num_classes: classes of a timm or torchvision model's head (default: the library's).
+        channels: input channels of a timm model (default: the library's, 3).
         image_size: resize images to this size for a timm, torchvision or Hugging Face image
             model (default: the model's native size where it has one).
 
@@ -90,7 +91,8 @@ def load_source(spec: str | os.PathLike, *, model_name: str | None = None, weigh
     loaders = {"hf": _hugging_face, "timm": _timm, "torchvision": _torchvision}
     try:
         if kind in loaders and rest:
-            source = loaders[kind](rest, weights=weights, num_classes=num_classes, image_size=image_size)
+            options = {"channels": channels} if kind == "timm" else {}
+            source = loaders[kind](rest, weights=weights, num_classes=num_classes, image_size=image_size, **options)
         else:
             source = _local(Path(spec), model_name=model_name, dataset=dataset, checkpoint=checkpoint)
     except SourceError as error:
@@ -183,8 +185,8 @@ def _checkpoint(path: Path, model_name: str | None, dataset: str | None) -> Sour
 # --- other libraries ---------------------------------------------------------------------------
 
 def _hugging_face(path: str, *, weights, num_classes, image_size) -> Source:
-    if weights is not None or num_classes is not None:
-        raise SourceError("a Hugging Face folder holds its own weights and head; drop weights and num_classes")
+    if weights is not None:
+        raise SourceError("a Hugging Face folder holds its own weights; drop weights")
     try:
         import transformers
     except ImportError:
@@ -214,14 +216,15 @@ def _hugging_face(path: str, *, weights, num_classes, image_size) -> Source:
     return Source(model, "hf", path, tokenizer=tokenizer, adapt=adapt)
 
 
-def _timm(name: str, *, weights, num_classes, image_size) -> Source:
+def _timm(name: str, *, weights, num_classes, image_size, channels=None) -> Source:
     try:
         import timm
     except ImportError:
         raise SourceError("timm: sources need timm (pip install 'momos[timm]')") from None
     if not timm.is_model(name):
         raise SourceError(f"{name!r} is not a timm model (see timm.list_models())")
-    model = timm.create_model(name, pretrained=False, **({"num_classes": num_classes} if num_classes else {}))
+    options = {k: v for k, v in (("num_classes", num_classes), ("in_chans", channels)) if v is not None}
+    model = timm.create_model(name, pretrained=False, **options)
     _fill(model, weights, "timm")
     native = model.pretrained_cfg.get("input_size", (3, 224, 224))
     return Source(model, "timm", name, adapt=image_adapter(native[0], image_size or native[1]))

@@ -117,7 +117,10 @@ class TrainConfig:
         metrics: complexity metrics (``momos.complexity.METRICS``) logged at every epoch.
         data_dir, download: where data sets are read from, and whether missing ones are fetched.
         init_from: start from the weights of a run folder or a ``.safetensors`` state dict of
-            the same model and data set (see ``momos.sources``) instead of a random initialization.
+            the same model and data set, or of ``timm:NAME`` (``NAME`` = ``model``, with
+            ``init_weights``; head and input channels must fit the data set), instead of a
+            random initialization (see ``momos.sources``).
+        init_weights: the weight file of a ``timm:`` ``init_from``.
     """
 
     dataset: str = "digits"
@@ -146,6 +149,7 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = True
     init_from: str | None = None
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(self.metrics))
@@ -205,6 +209,8 @@ class TrainConfig:
         if not uses_momos and (self.warmup_epochs or self.anneal_from is not None or self.anneal_epochs
                                or self.every_n_steps is not None):
             raise ValueError(f"projection schedule options need method momos or momos+qat, not {self.method}")
+        if self.init_weights is not None and not (self.init_from or "").startswith("timm:"):
+            raise ValueError("init_weights is the weight file of a timm: init_from; give init_from timm:NAME")
         if self.momentum is not None and (self.optimizer or optimizer_profile(self.model)) != "sgd":
             raise ValueError("momentum is an SGD option; AdamW has none")
 
@@ -293,13 +299,21 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
 
 
 def init_weights_(model: nn.Module, config: TrainConfig) -> None:
-    """Fill ``model`` with the weights of ``config.init_from`` (a run folder or a state dict)."""
+    """Fill ``model`` with the weights of ``config.init_from`` (see the field's documentation)."""
+    from .models import Resized
     from .sources import load_source
 
-    source = load_source(config.init_from, model_name=config.model, dataset=config.dataset)
-    if source.kind not in ("run", "checkpoint"):
-        raise ValueError(f"init_from {config.init_from}: momos train builds its own models and takes the weights "
-                         "of a run folder or a .safetensors state dict; compress other models with momos compress")
+    kind = config.init_from.partition(":")[0]
+    if kind in ("hf", "torchvision"):
+        raise ValueError(f"init_from {config.init_from}: momos train builds its models by name ({config.model}); "
+                         f"compress {kind} models with momos compress")
+    if kind == "timm" and config.init_from.partition(":")[2] != config.model:
+        raise ValueError(f"init_from {config.init_from} is another model than --model {config.model}")
+    source = load_source(config.init_from, model_name=config.model, dataset=config.dataset,
+                         weights=config.init_weights, num_classes=INFOS[config.dataset].num_classes,
+                         channels=INFOS[config.dataset].shape[0])
+    if isinstance(model, Resized):   # a timm model wrapped to take the data set's resolution
+        model = model.model
     try:
         load_model_weights_(model, plain_state_dict(source.model))
     except (RuntimeError, ValueError) as error:   # load_state_dict raises RuntimeError on shapes

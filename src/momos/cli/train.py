@@ -44,7 +44,9 @@ def register(subparsers) -> None:
     what.add_argument("--method", default="momos", metavar="NAME", help=f"{', '.join(METHODS)} (default momos)")
     what.add_argument("--init-from", metavar="SOURCE",
                       help="start from the weights of a run folder or a .safetensors state dict of the same "
-                           "model and data set (default: random initialization)")
+                           "model and data set, or timm:NAME with --init-weights FILE (NAME = --model) "
+                           "(default: random initialization)")
+    what.add_argument("--init-weights", metavar="FILE", help="the weight file of a timm: --init-from")
     what.add_argument("--metrics", type=_names, default=(), metavar="NAME,...",
                       help="complexity metrics logged at epoch 0 and after every epoch")
 
@@ -176,4 +178,4 @@ def config_from_args(args, given: list[str]):
         randaugment=args.randaugment, seed=args.seed, qat_bits=args.q, momos=momos,
         every_n_steps=args.every_n_steps, warmup_epochs=args.warmup_epochs, anneal_from=args.anneal_from,
         anneal_epochs=args.anneal_epochs, metrics=args.metrics, data_dir=args.data_dir,
-        download=args.download, init_from=args.init_from)
+        download=args.download, init_from=args.init_from, init_weights=args.init_weights)
