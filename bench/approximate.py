@@ -48,8 +48,7 @@ def main() -> None:
              else synthetic_stack(args.params))
     original = [p.detach().clone() for p in model.parameters()]
     blocks, _ = to_blocks(original, BLOCK_SIZE)
-    base = momos.MoMosConfig(block_size=BLOCK_SIZE, capacity=CAPACITY, force_zero=True, seed=0,
-                             max_projection_seconds=None)
+    base = momos.MoMosConfig(block_size=BLOCK_SIZE, capacity=CAPACITY, force_zero=True, seed=0)
     m, k = len(blocks), base.motifs_for(len(blocks))
     exact_estimate = momos.estimate_cost(model, base)
     print(f"{sum(p.numel() for p in original) / 1e6:.1f}M parameters, m={m} blocks, k={k} motifs, "

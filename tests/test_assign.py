@@ -200,8 +200,8 @@ def test_approximate_rejects_bad_nprobe():
         momos.MoMosConfig(capacity=0.1, assignment="approximate", nprobe=0)
     with pytest.raises(ValueError, match="assignment"):
         momos.MoMosConfig(capacity=0.1, assignment="fast")
-    with pytest.raises(ValueError, match="max_projection_seconds"):
-        momos.MoMosConfig(capacity=0.1, max_projection_seconds=0)
+    with pytest.raises(ValueError, match="time limit"):
+        momos.warn_if_slow(mlp(), momos.MoMosConfig(capacity=0.1), limit_seconds=0)
 
 
 def mlp(seed=0):
@@ -221,17 +221,18 @@ def test_project_approximate_gives_a_mosaic():
 
 
 def test_cost_estimate_and_warning():
-    cfg = momos.MoMosConfig(block_size=4, capacity=0.1, max_projection_seconds=1e-9)
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1)
     model = mlp()
     estimate = momos.estimate_cost(model, cfg)
     m = sum(-(-p.numel() // 4) for p in model.parameters())
     assert estimate.pairs == m * cfg.motifs_for(m)
     assert estimate.seconds > 0 and estimate.bytes > m * 4 * 4
-    with pytest.warns(UserWarning, match="max_projection_seconds"):
-        momos.project_(model, cfg)
+    with pytest.warns(UserWarning, match="more than the limit of 1e-09 s"):
+        momos.warn_if_slow(model, cfg, limit_seconds=1e-9)
     with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*max_projection_seconds")
-        momos.project_(mlp(), momos.MoMosConfig(block_size=4, capacity=0.1))  # default limit: silent
+        warnings.filterwarnings("error", message=".*more than the limit")
+        assert momos.warn_if_slow(mlp(), cfg) is None   # default limit (60 s): clearly small, silent
+        momos.project_(mlp(), cfg)                       # the transform never times itself
 
 
 def test_approximate_needs_fewer_pairs_for_big_codebooks():

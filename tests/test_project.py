@@ -304,3 +304,12 @@ def test_kmeans_refines_with_the_approximate_search_when_asked(monkeypatch):
                             assignment="approximate")
     momos.project_(make_model(), cfg, keep_nonzero=False, warn_relative_error=None)
     assert len(calls) == 3 + 1  # every Lloyd iteration, then the final assignment
+
+
+def test_configs_stored_with_the_former_runtime_knobs_still_load():
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1)
+    stored = {**cfg.to_dict(), "max_distance_bytes": 2**20, "max_projection_seconds": None}   # version 0.1
+    assert momos.MoMosConfig.from_dict(stored) == cfg
+    assert "max_distance_bytes" not in cfg.to_dict()
+    with pytest.raises(TypeError):
+        momos.MoMosConfig.from_dict({**cfg.to_dict(), "no_such_field": 1})

@@ -258,7 +258,7 @@ def momos_config(point: Point):
 
     fields, _ = VARIANTS[point.variant]
     return momos.MoMosConfig(block_size=point.s, capacity=point.capacity, force_zero=True, seed=SEED,
-                             parameters=point.parameters, max_projection_seconds=None, **fields)
+                             parameters=point.parameters, **fields)
 
 
 def measure_momos(point: Point, setup: Setup, folder: Path) -> dict:

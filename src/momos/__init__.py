@@ -10,7 +10,7 @@ from .config import MoMosConfig
 from .cost import CostEstimate
 from .fileformat import FormatError, load, save
 from .finetune import FinetuneConfig, FinetuneResult, finetune
-from .project import Codebook, ProjectionStats, estimate_cost, is_mosaic, project_, select_parameters
+from .project import Codebook, ProjectionStats, estimate_cost, is_mosaic, project_, select_parameters, warn_if_slow
 from .projector import Projector
 from .qat import QATConfig, add_qat_, remove_qat_
 
@@ -19,5 +19,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockLayout", "Codebook", "CostEstimate", "FinetuneConfig", "FinetuneResult", "FormatError", "MoMosConfig", "ProjectionStats", "Projector", "QATConfig",
     "add_qat_", "estimate_cost", "finetune", "from_blocks", "is_mosaic", "load", "project_", "remove_qat_", "save", "select_parameters",
-    "to_blocks", "__version__",
+    "to_blocks", "warn_if_slow", "__version__",
 ]

@@ -41,6 +41,7 @@ from .config import MoMosConfig
 from .data import DATASETS, DatasetError, batches, load_dataset, num_batches, random_subset
 from .finetune import FinetuneConfig, Output, finetune, outputs, split_batch, to_device
 from .io import save_safetensors_atomic, write_json_atomic
+from .project import warn_if_slow
 from .sources import Source, SourceError, load_source
 
 RESULTS, PROJECTED, FINAL, MOSAIC_FILE = "results.json", "projected.safetensors", "final.safetensors", "model.momos"
@@ -185,6 +186,7 @@ def _project_and_finetune(config, source: Source, teacher, data: Data, steps: in
     calibration = None
     if config.calibration is not None:
         calibration = [inputs for inputs, _ in _first_inputs(data.train, config.calibration)]
+    warn_if_slow(model, config.momos)
     result = finetune(model, config.momos, data.train, teacher=teacher, calibration=calibration,
                       on_projection=after_projection, **{**asdict(config.finetune), "steps": steps})
     save_safetensors_atomic(plain_state_dict(model), out_dir / FINAL,

@@ -51,16 +51,15 @@ class MoMosConfig:
         motif_bits: quantize the motifs to this many bits (symmetric, one scale per
             codebook) before assigning, so the model is exactly ``k`` q-bit motifs
             plus indices. ``None`` or ``>= 32`` keeps float motifs.
-        max_distance_bytes: the most memory the nearest-motif search may hold for
-            block-to-motif distances at once.
         seed: seeds the generator that draws motifs.
         assignment: ``"exact"`` (every block to its nearest motif) or ``"approximate"``
             (an inverted file over the motifs: each block searches the motifs of the
             ``nprobe`` nearest k-means cells; for huge codebooks).
         nprobe: cells searched per block by the approximate assignment; more is slower and
             closer to exact (as many as there are cells, about ``sqrt(k)``, is exact).
-        max_projection_seconds: warn (``UserWarning``) before a projection that is expected
-            to take longer than this on this machine; ``None``: never.
+
+    Runtime knobs (memory, time limits) are not part of the mosaic and live elsewhere:
+    ``project_(..., max_distance_bytes=...)``, ``momos.warn_if_slow(model, config, limit_seconds)``.
     """
 
     block_size: int = 4
@@ -76,11 +75,9 @@ class MoMosConfig:
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = field(default_factory=tuple)
     motif_bits: int | None = None
-    max_distance_bytes: int = 4 * 2**20
     seed: int = 0
     assignment: Literal["exact", "approximate"] = "exact"
     nprobe: int = 4
-    max_projection_seconds: float | None = 60.0
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience but stored as tuples so the config stays hashable.
@@ -123,17 +120,10 @@ class MoMosConfig:
         _check_int("kmeans_iterations", self.kmeans_iterations, minimum=0)
         if self.motif_bits is not None:
             _check_int("motif_bits", self.motif_bits, minimum=2)
-        _check_int("max_distance_bytes", self.max_distance_bytes, minimum=1)
         _check_int("seed", self.seed, minimum=0)
         if self.assignment not in ASSIGNMENTS:
             raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
         _check_int("nprobe", self.nprobe, minimum=1)
-        if self.max_projection_seconds is not None:
-            limit = self.max_projection_seconds
-            if isinstance(limit, bool) or not isinstance(limit, (int, float)):
-                raise TypeError(f"max_projection_seconds must be a number or None, got {type(limit).__name__}")
-            if not limit > 0:
-                raise ValueError(f"max_projection_seconds must be > 0, got {limit}")
 
     def motifs_for(self, num_blocks: int) -> int:
         """``k`` for a codebook shared by ``num_blocks`` blocks."""
@@ -156,7 +146,12 @@ class MoMosConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MoMosConfig":
-        return cls(**d)
+        # Configs stored by versions before 0.2 also held these runtime knobs; they never
+        # changed the mosaic, so they are dropped.
+        return cls(**{k: v for k, v in d.items() if k not in _FORMER_RUNTIME_KNOBS})
+
+
+_FORMER_RUNTIME_KNOBS = ("max_distance_bytes", "max_projection_seconds")
 
 
 def _check_int(name: str, value, *, minimum: int) -> None:

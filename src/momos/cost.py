@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .approximate import DEFAULT_KMEANS_ITERATIONS, default_num_cells, working_bytes
-from .assign import nearest_motif
+from .assign import DEFAULT_MAX_DISTANCE_BYTES, nearest_motif
 from .config import MoMosConfig
 
 # A projection of fewer than limit x this many pairs stays under the limit even on a slow
@@ -58,10 +58,12 @@ def search_pairs(num_blocks: int, num_motifs: int, config: MoMosConfig) -> int:
 
 
 def estimate(codebooks: list[tuple[int, int]], config: MoMosConfig, *,
+             max_distance_bytes: int = DEFAULT_MAX_DISTANCE_BYTES,
              device: torch.device | str = "cpu", calibrate: bool = True) -> CostEstimate:
     """The cost of projecting codebooks of ``(num_blocks, num_motifs)``.
 
     Args:
+        max_distance_bytes: the exact search's distance memory (``project_``'s argument).
         calibrate: measure this machine's rate if not yet done in this process; when False
             and not measured, ``seconds`` is NaN.
     """
@@ -72,7 +74,7 @@ def estimate(codebooks: list[tuple[int, int]], config: MoMosConfig, *,
     # float32 blocks, their mask, the new blocks and their float64 errors; the assignments;
     # the motifs; the search's own working memory
     memory = blocks * s * (4 + 1 + 4 + 8) + 8 * blocks + 4 * s * motifs
-    memory += config.max_distance_bytes if config.assignment == "exact" else working_bytes(config.nprobe)
+    memory += max_distance_bytes if config.assignment == "exact" else working_bytes(config.nprobe)
     rate = pairs_per_second(s, device) if calibrate else _rates.get(_key(s, device), math.nan)
     return CostEstimate(pairs=pairs, bytes=memory, seconds=pairs / rate)
 
@@ -94,16 +96,15 @@ def pairs_per_second(block_size: int, device: torch.device | str = "cpu") -> flo
     return _rates[key]
 
 
-def warn_if_slow(codebooks: list[tuple[int, int]], config: MoMosConfig, *,
+def warn_if_slow(codebooks: list[tuple[int, int]], config: MoMosConfig, limit: float, *,
                  device: torch.device | str = "cpu") -> CostEstimate | None:
-    """Warn when projecting these codebooks is expected to exceed ``config.max_projection_seconds``.
+    """Warn when projecting these codebooks is expected to take more than ``limit`` seconds.
 
     Returns:
-        The estimate, or None when no limit is set or the projection is clearly small.
+        The estimate, or None when the projection is clearly small (nothing is measured then).
     """
-    limit = config.max_projection_seconds
-    if limit is None:
-        return None
+    if not limit > 0:
+        raise ValueError(f"the time limit must be > 0 seconds, got {limit}")
     pairs = sum(search_pairs(m, k, config) for m, k in codebooks)
     if pairs < limit * _SLOWEST_PAIRS_PER_SECOND:
         return None
@@ -113,7 +114,7 @@ def warn_if_slow(codebooks: list[tuple[int, int]], config: MoMosConfig, *,
                 else " Consider a smaller nprobe.")
         warnings.warn(f"this projection is expected to take about {cost.seconds:.0f} s "
                       f"({cost.pairs:.3g} block-motif distances, about {cost.bytes / 2**30:.1f} GiB), "
-                      f"more than max_projection_seconds={limit}.{hint}", stacklevel=4)
+                      f"more than the limit of {limit} s.{hint}", stacklevel=3)
     return cost
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import cost
 from .approximate import nearest_motif_approximate
-from .assign import nearest_motif_ignoring_padding
+from .assign import DEFAULT_MAX_DISTANCE_BYTES, nearest_motif_ignoring_padding
 from .blocks import BlockLayout, from_blocks, layout_of, to_blocks
 from .calibration import Calibration, input_importance
 from .config import MoMosConfig
@@ -132,7 +132,8 @@ def project_(model: nn.Module, config: MoMosConfig, *, generator: torch.Generato
              importance: list[torch.Tensor] | None = None,
              calibration: Calibration | None = None,
              warn_relative_error: float | None = DEFAULT_WARN_RELATIVE_ERROR,
-             keep_nonzero: bool = True) -> ProjectionStats:
+             keep_nonzero: bool = True,
+             max_distance_bytes: int = DEFAULT_MAX_DISTANCE_BYTES) -> ProjectionStats:
     """Replace every block of the selected parameters by its nearest motif, in place.
 
     Args:
@@ -157,6 +158,8 @@ def project_(model: nn.Module, config: MoMosConfig, *, generator: torch.Generato
         keep_nonzero: refuse a projection that turns a non-zero tensor entirely into zeros
             (the usual sign of a codebook that cannot serve it). Training from scratch, where a
             small tensor may pass through zero and recover, turns this off (``Projector``).
+        max_distance_bytes: the most memory the nearest-motif search holds for block-to-motif
+            distances at once (a runtime knob: it never changes the result).
 
     Returns:
         The statistics of this projection.
@@ -172,7 +175,7 @@ def project_(model: nn.Module, config: MoMosConfig, *, generator: torch.Generato
         importance = input_importance(model, names, calibration)
     stats, new_values, params = _plan(model, config, generator=generator, motifs=motifs, scales=scales,
                                       init_motifs=init_motifs, importance=importance,
-                                      keep_nonzero=keep_nonzero)
+                                      keep_nonzero=keep_nonzero, max_distance_bytes=max_distance_bytes)
     with torch.no_grad():
         for (_, param), value in zip(params, new_values):
             param.copy_(value)
@@ -194,20 +197,34 @@ def is_mosaic(model: nn.Module, config: MoMosConfig,
     return stats.changed_weights == 0
 
 
-def estimate_cost(model: nn.Module, config: MoMosConfig) -> cost.CostEstimate:
+def estimate_cost(model: nn.Module, config: MoMosConfig, *,
+                  max_distance_bytes: int = DEFAULT_MAX_DISTANCE_BYTES) -> cost.CostEstimate:
     """What one projection of ``model`` will cost: pairs, memory, expected seconds.
 
     The first call in a process measures this machine's search rate (milliseconds).
     """
+    sizes, device = _sizes_of(model, config)
+    return cost.estimate(sizes, config, max_distance_bytes=max_distance_bytes, device=device)
+
+
+def warn_if_slow(model: nn.Module, config: MoMosConfig, limit_seconds: float = 60.0) -> cost.CostEstimate | None:
+    """Warn (``UserWarning``) when projecting ``model`` is expected to take more than
+    ``limit_seconds`` on this machine; returns the estimate (None when clearly small, which
+    skips measuring the machine). Call it before a projection; ``project_`` itself never times."""
+    sizes, device = _sizes_of(model, config)
+    return cost.warn_if_slow(sizes, config, limit_seconds, device=device)
+
+
+def _sizes_of(model, config) -> tuple[list[tuple[int, int]], torch.device]:
+    """``(num_blocks, num_motifs)`` of every codebook, and the parameters' device."""
     params = select_parameters(model, config)
     layout = layout_of([p for _, p in params], config.block_size, config.tile_shape,
                        per_row=config.normalize == "channel")
-    sizes = _codebook_sizes(layout, codebook_groups(layout, config), config)
-    return cost.estimate(sizes, config, device=params[0][1].device)
+    return _codebook_sizes(layout, codebook_groups(layout, config), config), params[0][1].device
 
 
 def _plan(model, config, *, generator=None, motifs=None, scales=None, init_motifs=None, importance=None,
-          keep_nonzero=False):
+          keep_nonzero=False, max_distance_bytes=DEFAULT_MAX_DISTANCE_BYTES):
     """The projection, computed but not written: (stats, new tensor values, parameters)."""
     start = time.perf_counter()
     config.validate()
@@ -227,7 +244,6 @@ def _plan(model, config, *, generator=None, motifs=None, scales=None, init_motif
 
     groups = codebook_groups(layout, config)
     sizes = _codebook_sizes(layout, groups, config)
-    cost.warn_if_slow(sizes, config, device=blocks.device)
     given = _given_motifs(motifs, groups, config, blocks)
     if given is None:
         _refuse_zero_codebooks(sizes, groups, tensors, names, config)
@@ -239,7 +255,7 @@ def _plan(model, config, *, generator=None, motifs=None, scales=None, init_motif
         generator = torch.Generator().manual_seed(config.seed)
 
     search = None if config.assignment == "exact" else partial(
-        nearest_motif_approximate, nprobe=config.nprobe, max_distance_bytes=config.max_distance_bytes)
+        nearest_motif_approximate, nprobe=config.nprobe, max_distance_bytes=max_distance_bytes)
     codebooks, all_motifs, all_assignments = [], [], []
     motif_start = 0
     for g, (first, last) in enumerate(groups):
@@ -251,11 +267,12 @@ def _plan(model, config, *, generator=None, motifs=None, scales=None, init_motif
         else:
             group_motifs = _choose_motifs(
                 group_blocks, config, generator, init=None if init is None else init[g],
-                valid_mask=valid[b0:b1], importance=group_weights, search=search)
+                valid_mask=valid[b0:b1], importance=group_weights, search=search,
+                max_distance_bytes=max_distance_bytes)
         padded = [(columns, rows[(rows >= b0) & (rows < b1)] - b0) for columns, rows in patterns]
         assignments = nearest_motif_ignoring_padding(
             group_blocks, group_motifs, padded, weights=group_weights,
-            max_distance_bytes=config.max_distance_bytes, search=search)
+            max_distance_bytes=max_distance_bytes, search=search)
         all_motifs.append(group_motifs)
         all_assignments.append(assignments + motif_start)
         codebooks.append(Codebook(tuple(names[first:last]), b0, b1,
@@ -319,7 +336,8 @@ def _refuse_zeroed_tensors(new_values, tensors, names) -> None:
                              "Raise capacity, exclude the tensor, or use normalize='tensor' or 'channel'")
 
 
-def _choose_motifs(blocks, config, generator, *, init, valid_mask, importance, search) -> torch.Tensor:
+def _choose_motifs(blocks, config, generator, *, init, valid_mask, importance, search,
+                   max_distance_bytes) -> torch.Tensor:
     """One codebook for ``blocks`` ``(m, s)``, as ``config.motifs`` says."""
     k = config.motifs_for(len(blocks))
     if init is not None and len(init) == k:
@@ -329,7 +347,7 @@ def _choose_motifs(blocks, config, generator, *, init, valid_mask, importance, s
     if config.motifs in ("kmeans", "persistent"):
         motifs = refine_motifs_kmeans(blocks, motifs, config.kmeans_iterations, valid_mask=valid_mask,
                                       importance=importance, fixed_zero=config.force_zero,
-                                      max_distance_bytes=config.max_distance_bytes, search=search)
+                                      max_distance_bytes=max_distance_bytes, search=search)
     if config.quantizes_motifs:
         motifs = fake_quantize(motifs, config.motif_bits)
     return motifs

@@ -107,7 +107,7 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    from momos import project_
+    from momos import project_, warn_if_slow
     from momos.cli import UsageError
     from momos.io import save_safetensors_atomic
     from momos.train import plain_state_dict, scale_metadata
@@ -123,6 +123,7 @@ def run(args) -> int:
             raise UsageError("--calibration needs a run folder: the model has to run on the images")
         module, calibration = _checkpoint_module(path), None
     try:
+        warn_if_slow(module, config)
         stats = project_(module, config, calibration=calibration)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
