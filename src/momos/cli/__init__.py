@@ -14,6 +14,13 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = ("project", "compress", "train", "sweep", "compare", "plot", "complexity", "export", "inspect")
 
 
+# Optional modules and the extra that installs each (pyproject.toml): a job that needs a
+# missing one says which extra to install instead of failing with a traceback.
+EXTRAS = {"torchvision": "train", "sklearn": "train", "tqdm": "train", "yaml": "train",
+          "pybdm": "complexity", "zstandard": "complexity", "matplotlib": "plot", "timm": "timm",
+          "lightning": "lightning", "transformers": "transformers", "accelerate": "transformers"}
+
+
 class UsageError(Exception):
     """Bad command-line input: reported in one line, exit code 2."""
 
@@ -50,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return _stdout_closed()
+    except ModuleNotFoundError as error:
+        top = (error.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        print(f"momos {args.command}: error: this needs {top}, which is not installed: "
+              f"pip install 'momos[{EXTRAS[top]}]'", file=sys.stderr)
+        return 2
 
 
 def _stdout_closed() -> int:
