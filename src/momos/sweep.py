@@ -7,7 +7,7 @@
 
 A spec holds ``fixed`` settings for every run and a ``grid`` of axes (or a list of grids, whose
 runs are pooled); every combination of the axes' values is a run. Keys are
-:class:`~momos.train.TrainConfig` field names (``momos`` excepted) and
+:class:`~momos.trainconfig.TrainConfig` field names (``momos`` excepted) and
 :class:`~momos.config.MoMosConfig` field names (``seed`` excepted: the run's ``seed`` seeds the
 motifs too). An axis whose values are mappings sets several keys per value and is named by
 each value's ``name``.
@@ -43,7 +43,8 @@ from .io import write_bytes_atomic, write_json_atomic
 from .models import check_model_name
 from .report import (SIMPLIFICATION, RunRecord, compare_rows, format_cell, format_table, load_run, logged_metrics,
                      plot_runs)
-from .train import DEFAULT_MOMOS, RESULTS, STATE, TrainConfig, check_metric_names, resolve_device, resume, train
+from .train import RESULTS, STATE, check_metric_names, resolve_device, resume, train
+from .trainconfig import DEFAULT_MOMOS, TrainConfig
 
 SPEC_KEYS = ("out", "fixed", "grid")
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name != "momos")

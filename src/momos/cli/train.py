@@ -32,7 +32,7 @@ EXIT_DIVERGED = 3
 def register(subparsers) -> None:
     from momos.data import DATASETS
     from momos.models import MODELS
-    from momos.train import METHODS, OPTIMIZERS, SCHEDULES
+    from momos.trainconfig import METHODS, OPTIMIZERS, SCHEDULES
 
     parser = subparsers.add_parser("train", help="train a model (baseline, qat, momos, momos+qat) and record the run",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,7 +162,7 @@ def config_from_args(args, given: list[str]):
     """The TrainConfig of the command line; MoMos options with a method without MoMos are an error."""
     from momos.cli import UsageError
     from momos.cli.project import config_from_args as projection_config
-    from momos.train import TrainConfig
+    from momos.trainconfig import TrainConfig
 
     projection_given = [n for n in given if n in args.projection_dests and n != "seed"]
     uses_momos = "momos" in args.method
