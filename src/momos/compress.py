@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -38,11 +38,11 @@ from torch import nn
 
 from . import __version__
 from .config import MoMosConfig
-from .data import DATASETS, DatasetError, batches, load_dataset, num_batches, random_subset
+from .data import DATASETS, batches, load_dataset, num_batches
 from .finetune import FinetuneConfig, Output, finetune, outputs, split_batch, to_device
 from .io import save_safetensors_atomic, write_json_atomic
 from .project import warn_if_slow
-from .sources import Source, SourceError, load_source
+from .sources import Source, load_source
 
 RESULTS, PROJECTED, FINAL, MOSAIC_FILE = "results.json", "projected.safetensors", "final.safetensors", "model.momos"
 EVAL_BATCH_SIZE = 256
@@ -171,7 +171,7 @@ def compress(config: CompressConfig, out_dir: str | os.PathLike, *, overwrite: b
 
 
 def _project_and_finetune(config, source: Source, teacher, data: Data, steps: int, reference, record, out_dir):
-    from .train import plain_state_dict, scale_metadata
+    from .runfolder import plain_state_dict, scale_metadata
 
     model = source.model
     start = time.perf_counter()
@@ -206,7 +206,7 @@ def _load_final(source: Source, out_dir: Path):
     """Resume after the fine-tune: the final weights and their scales back into the model."""
     from safetensors.torch import load_file
 
-    from .train import checkpoint_scales, load_model_weights_
+    from .runfolder import checkpoint_scales, load_model_weights_
 
     load_model_weights_(source.model, load_file(out_dir / FINAL))
     return checkpoint_scales(out_dir / FINAL)

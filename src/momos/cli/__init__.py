@@ -1,7 +1,9 @@
 """The ``momos`` command line: one module per sub-command, each with ``register(subparsers)``.
 
-A sub-command's handler returns an exit code; a :class:`UsageError` becomes a one-line
-message and exit code 2, with nothing written.
+A sub-command's handler returns an exit code. Bad input becomes a one-line message and exit
+code 2, with nothing written, here and only here: a :class:`UsageError` from the command line
+itself, or the ``ValueError`` / ``TypeError`` with which the library refuses bad values (its
+convention: every check raises one of them naming the problem).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.handler(args) or 0)
         sys.stdout.flush()   # now, so that a closed pipe shows up here and not at exit
         return code
-    except UsageError as error:
+    except (UsageError, ValueError, TypeError) as error:
         print(f"momos {args.command}: error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:

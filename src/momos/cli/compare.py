@@ -30,10 +30,7 @@ def run(args) -> int:
         fmt = suffixes.get(args.out[args.out.rfind("."):].lower()) if "." in args.out else None
         if fmt is None:
             raise UsageError(f"cannot tell the format of {args.out} from its suffix; pass --format")
-    try:
-        runs = [load_run(path) for path in args.runs]
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    runs = [load_run(path) for path in args.runs]
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     table = format_table(compare_rows(runs, metrics), fmt or "text")
     print(table, end="")

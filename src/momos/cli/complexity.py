@@ -96,10 +96,7 @@ def configuration_report(args) -> dict:
                                 num_classes=args.num_classes)
         except (TypeError, ValueError, RuntimeError) as error:
             raise UsageError(f"cannot build {args.model}: {error}") from None
-    try:
-        length = description_length_from_config(model, config, q=args.q)
-    except (TypeError, ValueError) as error:
-        raise UsageError(str(error)) from None
+    length = description_length_from_config(model, config, q=args.q)
     return {"model": args.model, "config": config.to_dict(),
             "description_length": {k: v for k, v in length.as_dict().items() if v is not None},
             "warnings": []}
@@ -129,11 +126,8 @@ def checkpoint_report(args) -> dict:
                       if plain.get(name, name) in recorded}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            values = measure(source, metrics, config, fast=args.fast, bdm_tail=args.bdm_tail, q=args.q,
-                             scales=scales)
-        except (TypeError, ValueError) as error:
-            raise UsageError(str(error)) from None
+        values = measure(source, metrics, config, fast=args.fast, bdm_tail=args.bdm_tail, q=args.q,
+                         scales=scales)
     notes = [str(w.message) for w in caught if issubclass(w.category, CompressorWindowWarning)]
     return {"path": str(args.path), "config": config.to_dict() if config else None,
             "metrics": values, "warnings": list(dict.fromkeys(notes))}
@@ -161,31 +155,26 @@ def checkpoint_path(path: Path, args) -> Path:
 def recorded_scales(path: Path, args):
     """The scales recorded in the checkpoint that ``path`` names (a run folder: its
     ``--checkpoint``), by plain parameter name; None when it records none."""
-    from momos.cli import UsageError
-    from momos.train import checkpoint_scales
+    from momos.runfolder import checkpoint_scales
 
     file = checkpoint_path(path, args)
     if not file.is_file():
         return None
-    try:
-        return checkpoint_scales(file)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    return checkpoint_scales(file)
 
 
 def _load_run(run_dir: Path, checkpoint: str, args):
     from momos.cli import UsageError
+    from momos.runfolder import RESULTS, load_model, read_config
 
-    if not (run_dir / "results.json").is_file():
-        raise UsageError(f"{run_dir} is not a run folder (no results.json)")
+    if not (run_dir / RESULTS).is_file():
+        raise UsageError(f"{run_dir} is not a run folder (no {RESULTS})")
     if not (run_dir / f"{checkpoint}.safetensors").is_file():
         raise UsageError(f"{run_dir} has no {checkpoint}.safetensors (the run may be unfinished; "
                          "try --checkpoint best or init)")
     try:
-        from momos.train import TrainConfig, load_model
-
         model = load_model(run_dir, checkpoint)
-        own = TrainConfig.from_dict(json.loads((run_dir / "results.json").read_text())["config"]).momos
+        own = read_config(run_dir).momos
     except (OSError, KeyError, TypeError, ValueError) as error:
         raise UsageError(f"cannot load the run in {run_dir}: {error}") from None
     config = _projection_config(args) if args.block_size else own

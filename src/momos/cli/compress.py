@@ -72,16 +72,12 @@ def run(args) -> int:
         if args.threads < 1:
             raise UsageError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
-    try:
-        finetune = dataclass_from_args(FinetuneConfig, args, steps=args.steps if args.steps is not None
-                                       else FinetuneConfig.steps)
-        config = dataclass_from_args(CompressConfig, args, source=args.source, seed=args.seed,
-                                     momos=config_from_args(args), finetune=finetune)
-        device = resolve_device(args.device)
-        results = compress(config, args.out, overwrite=args.overwrite, device=device,
-                           log=(lambda line: None) if args.quiet else _log)
-    except (TypeError, ValueError) as error:
-        raise UsageError(str(error)) from None
+    finetune = dataclass_from_args(FinetuneConfig, args, steps=args.steps if args.steps is not None
+                                   else FinetuneConfig.steps)
+    config = dataclass_from_args(CompressConfig, args, source=args.source, seed=args.seed,
+                                 momos=config_from_args(args), finetune=finetune)
+    results = compress(config, args.out, overwrite=args.overwrite, device=resolve_device(args.device),
+                       log=(lambda line: None) if args.quiet else _log)
     summary = {stage: {k: v for k, v in results[stage].items() if k != "projection"}
                for stage in ("original", "projected", "finetuned", "file")}
     print(json.dumps({"out": args.out, **summary}, indent=2))

@@ -23,10 +23,7 @@ def run(args) -> int:
 
     if not args.out.lower().endswith((".png", ".pdf", ".svg")):
         raise UsageError(f"--out must end in .png, .pdf or .svg, got {args.out}")
-    try:
-        runs = [load_run(path) for path in args.runs]
-        metric = plot_runs(runs, args.out, metric=args.metric)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    runs = [load_run(path) for path in args.runs]
+    metric = plot_runs(runs, args.out, metric=args.metric)
     print(f"wrote {args.out} (complexity: {metric})")
     return 0

@@ -94,16 +94,13 @@ def config_from_args(args):
             tile_shape = tuple(int(size) for size in args.tile_shape.lower().split("x"))
         except ValueError:
             raise UsageError(f"--tile-shape must look like 3x3, got {args.tile_shape!r}") from None
-    try:
-        return MoMosConfig(block_size=args.block_size, capacity=capacity, num_motifs=args.num_motifs,
-                           force_zero=args.force_zero, scope=args.scope, exclude=tuple(args.exclude),
-                           include=tuple(args.include) if args.include else None,
-                           normalize=args.normalize, parameters=args.parameters,
-                           motif_bits=args.motif_bits, seed=args.seed, motifs=args.motifs,
-                           kmeans_iterations=args.kmeans_iterations, tile_shape=tile_shape,
-                           assignment=args.assignment, **optional)
-    except (TypeError, ValueError) as error:
-        raise UsageError(str(error)) from None
+    return MoMosConfig(block_size=args.block_size, capacity=capacity, num_motifs=args.num_motifs,
+                       force_zero=args.force_zero, scope=args.scope, exclude=tuple(args.exclude),
+                       include=tuple(args.include) if args.include else None,
+                       normalize=args.normalize, parameters=args.parameters,
+                       motif_bits=args.motif_bits, seed=args.seed, motifs=args.motifs,
+                       kmeans_iterations=args.kmeans_iterations, tile_shape=tile_shape,
+                       assignment=args.assignment, **optional)
 
 
 def run(args) -> int:
@@ -122,11 +119,8 @@ def run(args) -> int:
         if args.calibration is not None:
             raise UsageError("--calibration needs a run folder: the model has to run on the images")
         module, calibration = _checkpoint_module(path), None
-    try:
-        warn_if_slow(module, config)
-        stats = project_(module, config, calibration=calibration)
-    except (TypeError, ValueError) as error:
-        raise UsageError(str(error)) from None
+    warn_if_slow(module, config)
+    stats = project_(module, config, calibration=calibration)
     # the scales of a normalized mosaic are not in its weights: recorded as a checkpoint records them
     metadata = None if stats.scales is None else scale_metadata(list(stats.parameter_names), stats.scales)
     state = plain_state_dict(module)
