@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 import momos
-from momos.cli.inspect import generic_sizes
+from momos.complexity import generic_sizes
 from momos.complexity import description_length_of_weights
 from momos.models import build_model
 

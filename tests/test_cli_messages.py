@@ -49,11 +49,12 @@ def exported(tmp_path):
 
 def test_inspect_compares_with_generic_compressors_only_when_asked(tmp_path, capsys, monkeypatch):
     import momos.cli.inspect
+    import momos.complexity
 
     out = exported(tmp_path)
     calls = []
-    generic_sizes = momos.cli.inspect.generic_sizes
-    monkeypatch.setattr(momos.cli.inspect, "generic_sizes", lambda *a, **k: calls.append(1) or generic_sizes(*a, **k))
+    generic_sizes = momos.complexity.generic_sizes
+    monkeypatch.setattr(momos.complexity, "generic_sizes", lambda *a, **k: calls.append(1) or generic_sizes(*a, **k))
     capsys.readouterr()
     assert main(["inspect", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -9,7 +9,7 @@ import re
 import warnings
 from pathlib import Path
 
-from momos.cli.project import add_projection_arguments
+from momos.cli.project import add_projection_arguments, state_dict_module
 
 DESCRIPTION = """\
 momos complexity PATH          metrics of a checkpoint: a run folder (its final checkpoint and
@@ -144,7 +144,7 @@ def load_source(path: Path, args):
     if path.suffix == ".safetensors" and path.stem in ("init", "best", "final") \
             and (path.parent / "results.json").is_file():
         return _load_run(path.parent, path.stem, args)
-    return _load_state_dict(path), _projection_config(args) if args.block_size else None
+    return state_dict_module(path), _projection_config(args) if args.block_size else None
 
 
 def checkpoint_path(path: Path, args) -> Path:
@@ -179,37 +179,6 @@ def _load_run(run_dir: Path, checkpoint: str, args):
         raise UsageError(f"cannot load the run in {run_dir}: {error}") from None
     config = _projection_config(args) if args.block_size else own
     return model, config
-
-
-def _load_state_dict(path: Path):
-    """Every floating tensor of a safetensors file, as a module whose parameters keep the names."""
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from momos.cli import UsageError
-
-    try:
-        state = load_file(path)
-    except (OSError, SafetensorError) as error:
-        raise UsageError(f"cannot read {path} as safetensors: {error}") from None
-    module = torch.nn.Module()
-    for name, tensor in state.items():
-        if tensor.is_floating_point():
-            _register(module, name, torch.nn.Parameter(tensor, requires_grad=True))
-    return module
-
-
-def _register(module, dotted: str, parameter) -> None:
-    """Register ``parameter`` under its dotted name, creating the submodules on the way."""
-    import torch
-
-    *path, leaf = dotted.split(".")
-    for part in path:
-        if not hasattr(module, part) or not isinstance(getattr(module, part), torch.nn.Module):
-            module.add_module(part, torch.nn.Module())
-        module = getattr(module, part)
-    module.register_parameter(leaf, parameter)
 
 
 def _projection_config(args, default_block_size: int | None = None):

@@ -52,6 +52,8 @@ def run(args) -> int:
 def sizes(state, args) -> tuple[int, dict[str, int] | None]:
     """The dense float32 bytes of ``state``, and with --compare their generic compressed sizes."""
     if args.compare:
+        from momos.complexity import generic_sizes   # the compressors' dependencies only when asked
+
         return generic_sizes(state, fast=args.fast)
     return float32_bytes(state), None
 
@@ -59,19 +61,6 @@ def sizes(state, args) -> tuple[int, dict[str, int] | None]:
 def float32_bytes(state) -> int:
     """The size of every floating tensor of ``state`` as float32: the dense weights' bytes."""
     return 4 * sum(t.numel() for t in state.values() if t.is_floating_point())
-
-
-def generic_sizes(state, *, fast: bool = False) -> tuple[int, dict[str, int]]:
-    """The float32 bytes of every floating tensor of ``state`` (in order), and their size under
-    each generic compressor of :mod:`momos.complexity`."""
-    import numpy as np
-    import torch
-
-    from momos.complexity import compressed_sizes, payload_bytes
-
-    floats = [t.detach().reshape(-1).to(torch.float32).numpy() for t in state.values() if t.is_floating_point()]
-    payload = payload_bytes(np.concatenate(floats) if floats else np.zeros(0, np.float32), "float32")
-    return len(payload), compressed_sizes(payload, fast=fast)
 
 
 def print_summary(info) -> None:

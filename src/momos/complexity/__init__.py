@@ -16,7 +16,8 @@ from .description import (QUANTIZATION_BITS, SCALE_BITS, CodebookUsage, Descript
                           description_length_of_weights, mosaic_codebooks, num_quantized)
 from .measure import (BDM_METRICS, COMPRESSOR_METRICS, DEFAULT_METRICS, METRICS,
                       CompressorWindowWarning, bdm_of_weights, check_metrics, compression,
-                      empirical_entropy, l2_norm, measure, measured_tensors, payload_bytes, sparsity)
+                      empirical_entropy, generic_sizes, l2_norm, measure, measured_tensors, payload_bytes,
+                      sparsity)
 
 __all__ = [
     "BDM_ALPHABETS", "BDM_METRICS", "COMPRESSORS", "COMPRESSOR_METRICS", "CodebookUsage",
@@ -24,7 +25,7 @@ __all__ = [
     "FAST_SETTINGS", "METRICS", "QUANTIZATION_BITS", "SCALE_BITS", "WINDOW_BYTES", "bdm",
     "bdm_of_weights", "bdm_per_bit", "check_metrics", "compressed_sizes", "compression",
     "description_length", "description_length_from_config", "description_length_from_stats",
-    "description_length_of_codebooks", "description_length_of_weights", "empirical_entropy",
+    "description_length_of_codebooks", "description_length_of_weights", "empirical_entropy", "generic_sizes",
     "l2_norm", "measure", "measured_tensors", "mosaic_codebooks", "num_quantized", "payload_bytes",
     "quantize_levels", "sparsity", "window_warning",
 ]

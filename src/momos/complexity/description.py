@@ -39,6 +39,7 @@ from torch import nn
 
 from ..blocks import BlockLayout, layout_of
 from ..config import MoMosConfig
+from ..fileformat.bitpack import bits_for
 from ..fileformat.decompose import decompose
 from ..scales import Scales, num_scales
 from ..project import ProjectionStats, codebook_groups, select_parameters
@@ -156,11 +157,6 @@ class DescriptionLength:
         return out
 
 
-def index_width(num_motifs: int) -> int:
-    """``⌈log2 k⌉`` bits, computed exactly (0 for a single motif)."""
-    return (num_motifs - 1).bit_length()
-
-
 def description_length(num_weights: int, num_blocks: int, num_motifs: int, block_size: int,
                        q: int = 32, *, motif_counts: torch.Tensor | None = None,
                        motifs: torch.Tensor | None = None, num_scales: int = 0,
@@ -213,7 +209,7 @@ def description_length_of_codebooks(num_weights: int, block_size: int, q: int,
         block_size=block_size,
         bits_per_value=q,
         table_bits=sum(b.num_motifs for b in codebooks) * block_size * q,
-        index_bits=sum(b.num_blocks * index_width(b.num_motifs) for b in codebooks),
+        index_bits=sum(b.num_blocks * bits_for(b.num_motifs) for b in codebooks),
         entropy_index_bits=None if None in entropy else float(sum(entropy)),
         needed_table_bits=None if None in needed else sum(needed),
         num_scales=num_scales,
@@ -351,4 +347,4 @@ def _needed_table_bits(book: CodebookUsage, block_size: int, q: int) -> int | No
         return None
     num_values = book.num_motifs * block_size
     distinct = int(torch.unique(book.motifs).numel())
-    return min(num_values * q, distinct * q + num_values * index_width(distinct))
+    return min(num_values * q, distinct * q + num_values * bits_for(distinct))

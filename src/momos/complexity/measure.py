@@ -17,7 +17,7 @@ from torch import nn
 from ..config import MoMosConfig
 from ..project import select_parameters
 from .block_decomposition import bdm, bdm_per_bit, quantize_levels
-from .compressors import COMPRESSORS, compressor_table, window_warning
+from .compressors import COMPRESSORS, compressed_sizes, compressor_table, window_warning
 from ..scales import Scales, num_scales
 from .description import (CodebookUsage, description_length_of_codebooks, default_bits, mosaic_codebooks,
                           num_quantized)
@@ -180,6 +180,14 @@ def payload_bytes(weights: np.ndarray, payload: str) -> bytes:
     if payload == "bits":
         return np.packbits(weights > 0).tobytes()
     raise ValueError(f"payload must be 'float32', 'bin' or 'bits', got {payload!r}")
+
+
+def generic_sizes(state, *, fast: bool = False) -> tuple[int, dict[str, int]]:
+    """The float32 bytes of every floating tensor of the state dict ``state`` (in order), and
+    their size under each generic compressor (what a ``.momos`` file is compared with)."""
+    floats = [t.detach().reshape(-1).to(torch.float32).numpy() for t in state.values() if t.is_floating_point()]
+    payload = payload_bytes(np.concatenate(floats) if floats else np.zeros(0, np.float32), "float32")
+    return len(payload), compressed_sizes(payload, fast=fast)
 
 
 def compression(weights: np.ndarray, compressor: str, payload: str = "float32", *,
