@@ -597,6 +597,30 @@ def test_a_plain_safetensors_file_is_not_a_momos_file(tmp_path):
         load_bytes(save_safetensors({"w": torch.zeros(3)}), tmp_path)
 
 
+def raw_safetensors(table: dict, data: bytes = b"") -> bytes:
+    """A safetensors file written by hand, so that its table can say anything."""
+    table = {"__metadata__": {"format": "momos", "version": "2", "sha256": "0" * 64}, **table}
+    raw = json.dumps(table).encode()
+    return len(raw).to_bytes(8, "little") + raw + data
+
+
+@pytest.mark.parametrize("data,message", [
+    (raw_safetensors({"a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}, b"abc"), "safetensors"),
+    (raw_safetensors({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 3]}}, b"abc"), "safetensors"),
+    (raw_safetensors({"a": {"dtype": "U8", "shape": [2], "data_offsets": [1, 3]}}, b"abc"), "safetensors"),
+    (raw_safetensors({"a": {"dtype": "F8_E4M3", "shape": [3], "data_offsets": [0, 3]}}, b"abc"), "dtype"),
+    (raw_safetensors({"a": {"dtype": "U8", "shape": [1] * 70, "data_offsets": [0, 1]}}, b"a"), "shape"),
+    (raw_safetensors({"a": {"dtype": "F32", "shape": [0, 2**64 - 1], "data_offsets": [0, 0]}}), "shape"),
+    (raw_safetensors({"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}, b"a"), "checksum"),
+    (raw_safetensors({}).replace(b'"2"', b'"0"'), "version"),
+])
+def test_a_bad_safetensors_table_is_a_format_error(tmp_path, data, message):
+    """What the safetensors library refuses (gaps, trailing bytes, sizes), and what it accepts but
+    momos does not (dtypes momos does not store, shapes torch cannot hold)."""
+    with pytest.raises(FormatError, match=message):
+        load_bytes(data, tmp_path)
+
+
 def test_enormous_files_are_refused_before_reading(tmp_path, valid_file):
     data, _ = valid_file
     with pytest.raises(FormatError, match="max_bytes"):

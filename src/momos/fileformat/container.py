@@ -1,28 +1,28 @@
 """The ``.momos`` container: a standard safetensors file with a JSON header and a SHA-256 checksum.
 
-Layout (safetensors): 8 bytes little-endian length ``N``, ``N`` bytes of JSON (the tensor
-table plus ``__metadata__``), then the tensor bytes. The metadata holds ``format = "momos"``
-(the magic), ``version`` and ``sha256``: the digest of every tensor (name, dtype, shape,
-bytes) in name order, so that no byte that matters can change without notice. The momos
-header is JSON, zlib-compressed, in the uint8 tensor ``header`` (tensor names repeat the same
-few words, so it shrinks about fivefold; decompression is bounded).
+The metadata holds ``format = "momos"`` (the magic), ``version`` and ``sha256``: the digest of
+every tensor (name, dtype, shape, bytes) in name order, so that no byte that matters can change
+without notice. The momos header is JSON, zlib-compressed, in the uint8 tensor ``header``
+(tensor names repeat the same few words, so it shrinks about fivefold; decompression is bounded).
 
 Versions: ``"1"`` (the first), ``"2"`` (adds normalized mosaics) and ``"3"`` (adds quantized,
 QAT, mosaics) are read. Version 3 is written only for a file that holds a quantization, every
 other file as version 2, so that version-2 readers keep reading every file they can.
 
-The reader parses the container itself instead of calling the safetensors library, because it
-must check every length and offset before it allocates anything and because it hashes the
-exact bytes it decodes.
+The safetensors library writes the file and reads it (:func:`safetensors.deserialize`): it
+checks the length field, the JSON, every dtype, shape and offset, and that the tensors tile the
+data buffer exactly, before it copies any tensor out of the file's bytes (so a file allocates at
+most about its own size here; ``max_weights`` bounds what decoding it makes). The reader adds
+momos's own checks: the magic, the version, the dtypes momos stores, the checksum, the header.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import zlib
 
+import safetensors
 import torch
 
 from .errors import FormatError
@@ -32,7 +32,7 @@ HEADER = "header"
 VERSION = 3           # the newest
 VERSIONS = (1, 2, 3)  # the versions this reader knows
 MAX_HEADER_BYTES = 64 * 2**20
-MAX_DIMS = 16
+MAX_DIMS = 16         # momos stores 1-D and 2-D tensors; safetensors and torch would take more
 
 # safetensors dtype names <-> torch dtypes (the types a state dict holds in practice).
 DTYPES: dict[str, torch.dtype] = {
@@ -65,22 +65,18 @@ def read_container(data: bytes) -> tuple[dict, dict[str, torch.Tensor], int]:
     """The header, the tensors and the format version of a file's bytes.
 
     Raises:
-        FormatError: anything wrong: size, JSON, magic, version, tensor table, checksum.
+        FormatError: anything wrong: not safetensors, magic, version, dtype, checksum, header.
     """
-    if len(data) < 8:
-        raise FormatError(f"the file is {len(data)} bytes long; too short to be a .momos file")
-    table_size = int.from_bytes(data[:8], "little")
-    if not 2 <= table_size <= min(len(data) - 8, MAX_HEADER_BYTES):
-        raise FormatError(f"the header claims {table_size} bytes, the file has {len(data) - 8} after the "
-                          "length field (truncated, or not a .momos file)")
-    table = _parse_json(data[8:8 + table_size], "safetensors header")
-    if not isinstance(table, dict):
-        raise FormatError("the safetensors header is not a JSON object")
-    metadata = table.pop("__metadata__", None)
+    try:
+        entries = safetensors.deserialize(data)
+    except safetensors.SafetensorError as error:
+        raise FormatError(f"not a valid safetensors file (truncated, corrupt, or not a .momos file): "
+                          f"{error}") from None
+    # deserialize has checked the length field and the JSON object it frames, but does not return the metadata.
+    table = _parse_json(data[8:8 + int.from_bytes(data[:8], "little")], "safetensors header")
+    metadata = table.get("__metadata__") if isinstance(table, dict) else None
     version = _check_magic(metadata)
-    buffer = memoryview(data)[8 + table_size:]
-    spans = _check_table(table, len(buffer))
-    tensors = {name: _tensor(buffer[start:end], dtype, shape) for name, (dtype, shape, start, end) in spans.items()}
+    tensors = {name: _tensor(name, entry) for name, entry in entries}
     if metadata.get("sha256") != _digest(tensors):
         raise FormatError("checksum mismatch: the file is corrupt")
     packed = tensors.pop(HEADER, None)
@@ -90,6 +86,21 @@ def read_container(data: bytes) -> tuple[dict, dict[str, torch.Tensor], int]:
     if not isinstance(header, dict):
         raise FormatError("the momos header is not a JSON object")
     return header, tensors, version
+
+
+def _tensor(name: str, entry: dict) -> torch.Tensor:
+    """A tensor from ``deserialize``'s entry, whose bytes the library has checked to fit its shape."""
+    dtype = DTYPES.get(entry["dtype"])
+    if dtype is None:
+        raise FormatError(f"tensor {name!r}: unsupported dtype {entry['dtype']!r}")
+    if len(entry["shape"]) > MAX_DIMS:
+        raise FormatError(f"tensor {name!r}: a shape of {len(entry['shape'])} dimensions, more than {MAX_DIMS}")
+    raw = entry["data"] if isinstance(entry["data"], bytearray) else bytearray(entry["data"])  # older versions: bytes
+    try:
+        flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.zeros(0, dtype=torch.uint8)
+        return flat.view(dtype).reshape(entry["shape"])
+    except (RuntimeError, TypeError) as error:  # e.g. a dimension of 2**63 or more (of an empty tensor)
+        raise FormatError(f"tensor {name!r}: shape {entry['shape']} is impossible: {error}") from None
 
 
 def _inflate(packed: bytes) -> bytes:
@@ -121,43 +132,6 @@ def _check_magic(metadata) -> int:
         raise FormatError(f"unsupported .momos format version {version!r}; this reader knows versions "
                           f"{', '.join(known)}")
     return known[version]
-
-
-def _check_table(table: dict, buffer_size: int) -> dict[str, tuple[torch.dtype, list[int], int, int]]:
-    """Every entry's dtype, shape and byte span, checked to tile the buffer exactly."""
-    spans = {}
-    for name, entry in table.items():
-        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise FormatError(f"tensor {name!r}: malformed entry in the safetensors header")
-        dtype = DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
-        shape, offsets = entry["shape"], entry["data_offsets"]
-        if dtype is None:
-            raise FormatError(f"tensor {name!r}: unsupported dtype {entry['dtype']!r}")
-        if not _is_int_list(shape) or len(shape) > MAX_DIMS or not _is_int_list(offsets) or len(offsets) != 2:
-            raise FormatError(f"tensor {name!r}: malformed shape or offsets")
-        start, end = offsets
-        nbytes = math.prod(shape) * dtype.itemsize
-        if not 0 <= start <= end <= buffer_size or end - start != nbytes:
-            raise FormatError(f"tensor {name!r}: shape {shape} of {entry['dtype']} needs {nbytes} bytes, "
-                              f"offsets {offsets} are inconsistent with a {buffer_size}-byte buffer")
-        spans[name] = (dtype, shape, start, end)
-    position = 0
-    for _, _, start, end in sorted(spans.values(), key=lambda span: (span[2], span[3])):
-        if start != position:
-            raise FormatError("the tensors overlap or leave gaps in the data buffer")
-        position = end
-    if position != buffer_size:
-        raise FormatError(f"the data buffer has {buffer_size - position} bytes that belong to no tensor")
-    return spans
-
-
-def _is_int_list(value) -> bool:
-    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                                           for v in value)
-
-
-def _tensor(raw: memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-    return as_uint8_tensor(raw).view(dtype).reshape(shape)
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
