@@ -14,7 +14,7 @@ import momos
 from momos.cli import main
 from momos.fileformat import load, read_scales
 from momos.fileformat.tables import same_bits
-from momos.train import SCALE_EXPONENTS, checkpoint_scales, scale_metadata
+from momos.runfolder import SCALE_EXPONENTS, checkpoint_scales, scale_metadata
 
 CHANNEL = ["--block-size", "4", "--capacity", "0.1", "--normalize", "channel"]
 

@@ -855,7 +855,8 @@ def test_export_and_inspect_a_checkpoint(tmp_path, capsys):
 
 
 def test_export_a_training_run(tmp_path):
-    from momos.train import TrainConfig, load_model, train
+    from momos.runfolder import load_model
+    from momos.train import TrainConfig, train
 
     run = tmp_path / "run"
     train(TrainConfig(epochs=1), run, quiet=True)

@@ -23,7 +23,8 @@ from momos.fileformat.tables import same_bits
 from momos.models import build_model
 from momos.qat import FakeQuantize, fake_quantized, latent_name
 from momos.quantization import fake_quantize
-from momos.train import TrainConfig, load_model, train
+from momos.runfolder import load_model
+from momos.train import TrainConfig, train
 
 DATA = Path(__file__).parent / "data"
 MLP_WEIGHTS = ["1.weight", "3.weight", "5.weight", "7.weight", "9.weight"]  # the mlp's Linear layers

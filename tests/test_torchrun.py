@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import momos
 from momos.cli import main
-from momos.train import load_model
+from momos.runfolder import load_model
 
 EPOCHS = 2
 

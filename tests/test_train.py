@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 import momos
 from momos.blocks import to_blocks
 from momos.cli import main
-from momos.train import RUN_FILES, TrainConfig, fit, load_model, prepare, resume, train
+from momos.runfolder import RUN_FILES, load_model
+from momos.train import TrainConfig, fit, prepare, resume, train
 
 METHODS = ("baseline", "qat", "momos", "momos+qat")
 EPOCH_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "projection"}

@@ -175,9 +175,9 @@ def load_setup(run_dir: Path, eval_images: int | None, data_dir: str | None) -> 
     """The run's final model, its test images (all, or a seeded subset) and calibration batches,
     the data built as ``momos train`` builds it from the run's config."""
     from momos.data import batches, load_dataset, random_subset
-    from momos.train import RESULTS, TrainConfig, load_model
+    from momos.runfolder import load_model, read_config
 
-    config = TrainConfig.from_dict(json.loads((run_dir / RESULTS).read_text())["config"])
+    config = read_config(run_dir)
     data = load_dataset(config.dataset, data_dir or config.data_dir, val_fraction=config.val_fraction,
                         split_seed=config.split_seed, download=False)
     if config.train_subset is not None:

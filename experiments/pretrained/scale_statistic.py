@@ -20,8 +20,9 @@ import torch
 
 import momos
 from momos.data import batches, load_dataset
+from momos.runfolder import load_model
 from momos.scales import EXPONENT_RANGE, scale_exponents, scales_of
-from momos.train import TrainConfig, load_model
+from momos.train import TrainConfig
 
 POINTS = ((2, 0.001), (4, 0.001), (4, 0.01), (8, 0.01))
 

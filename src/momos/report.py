@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .train import MOTIF_COUNTS, RESULTS
+from .runfolder import MOTIF_COUNTS, RESULTS, read_results
 
 TABLE_FORMATS = ("text", "markdown", "csv")
 SIMPLIFICATION = "simplification_factor"
@@ -62,7 +62,7 @@ def load_run(path: str | os.PathLike) -> RunRecord:
 
     path = Path(path)
     try:
-        results = json.loads((path / RESULTS).read_text())
+        results = read_results(path)
         config, epochs = results["config"], results["epochs"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path} is not a momos run folder (cannot read {RESULTS}: {error})") from None
@@ -123,7 +123,8 @@ def checkpoint_complexity(run: RunRecord, checkpoint: str, metrics: list[str]) -
     """
     from .complexity import measure
     from .io import write_json_atomic
-    from .train import TrainConfig, checkpoint_scales, load_model
+    from .runfolder import checkpoint_scales, load_model
+    from .trainconfig import TrainConfig
 
     cache_path = run.path / COMPLEXITY_CACHE
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}

@@ -150,7 +150,8 @@ def _local(path: Path, *, model_name, dataset, checkpoint) -> Source:
 
 
 def _run(run_dir: Path, checkpoint: str) -> Source:
-    from .train import RESULTS, TrainConfig, load_model
+    from .runfolder import RESULTS, load_model
+    from .trainconfig import TrainConfig
 
     if not (run_dir / RESULTS).is_file():
         raise SourceError(f"{run_dir} is not a run folder (no {RESULTS})")

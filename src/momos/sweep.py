@@ -43,7 +43,8 @@ from .io import write_bytes_atomic, write_json_atomic
 from .models import check_model_name
 from .report import (SIMPLIFICATION, RunRecord, compare_rows, format_cell, format_table, load_run, logged_metrics,
                      plot_runs)
-from .train import RESULTS, STATE, check_metric_names, resolve_device, resume, train
+from .runfolder import RESULTS, STATE, read_results
+from .train import check_metric_names, resolve_device, resume, train
 from .trainconfig import DEFAULT_MOMOS, TrainConfig
 
 SPEC_KEYS = ("out", "fixed", "grid")
@@ -315,7 +316,7 @@ def run_status(point: SweepPoint, folder: Path) -> str:
     if not path.is_file():
         return "new"
     try:
-        results = json.loads(path.read_text())
+        results = read_results(folder)
         stored, complete = results["config"], results["summary"]["complete"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"run {point.name}: cannot read {path} ({error}); delete {folder} to train it again") from None

@@ -29,8 +29,8 @@ shuffled global batches and trains on its equal share of each through Distribute
 so the gradients are those of the whole batch, as in one process; every rank projects and rank
 0's mosaic is broadcast; rank 0 alone validates, measures, prints and writes.
 
-Checkpoints hold the model's ``state_dict`` with plain parameter names; under QAT they hold the
-latent full-precision weights (the ones MoMos projects), which :func:`load_model` quantizes again.
+The files of a run folder, how they are written and how a run is read back (``load_model``)
+are :mod:`momos.runfolder`'s.
 """
 
 from __future__ import annotations
@@ -48,25 +48,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import __version__, distributed
+from . import __version__, distributed, runfolder
 from .config import MoMosConfig
 from .data import INFOS, Dataset, ImageSplit, batches, load_dataset, num_batches, random_subset
-from .io import save_safetensors_atomic, write_json_atomic
 from .models import build_model, check_model_name
 from .project import ProjectionStats, select_parameters
 from .projector import Projector
-from .qat import QATConfig, add_qat_, latent_state_dict, plain_name
-from .runstate import load_state, save_state
-from .scales import EXPONENT_RANGE, exponents_of, scales_of
+from .qat import QATConfig, add_qat_, plain_name
+from .runfolder import BEST, FINAL, INIT, load_model_weights_, plain_state_dict
 from .trainconfig import TrainConfig
 
+# The README documents momos.train.load_model and momos.train.checkpoint_scales, and
+# momos.cli.project imports scale_metadata from here; all three live in momos.runfolder.
+from .runfolder import checkpoint_scales, load_model, scale_metadata  # noqa: F401
+
 EVAL_BATCH_SIZE = 1024
-
-RESULTS, STATE = "results.json", "state.safetensors"
-INIT, BEST, FINAL, MOTIF_COUNTS = "init.safetensors", "best.safetensors", "final.safetensors", \
-    "motif_counts.safetensors"
-RUN_FILES = (RESULTS, STATE, INIT, BEST, FINAL, MOTIF_COUNTS)
-
 
 class TrainingDiverged(RuntimeError):
     """A NaN or infinite training loss or weight; the run folder keeps its last completed epoch.
@@ -119,8 +115,8 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
             or corrupt data, unknown metrics, an ``out_dir`` that holds a run without ``overwrite``.
     """
     device = resolve_device(device)
-    out_dir = Path(out_dir) if out_dir is not None else next_run_dir()
-    check_out_dir(out_dir, overwrite=overwrite)
+    out_dir = Path(out_dir) if out_dir is not None else runfolder.next_run_dir()
+    runfolder.check_out_dir(out_dir, overwrite=overwrite)
     check_model_name(config.model)
     check_metric_names(config.metrics, config.momos)
     data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
@@ -187,16 +183,11 @@ def prepare_resume(out_dir: str | os.PathLike, *, device: str | torch.device = "
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be positive, got {lr}")
     out_dir = Path(out_dir)
-    if not (out_dir / STATE).is_file() or not (out_dir / RESULTS).is_file():
-        raise ValueError(f"{out_dir} holds no run to resume (no {STATE} and {RESULTS})")
-    try:
-        state = load_state(out_dir / STATE)
-    except Exception as error:  # noqa: BLE001 - any unreadable state means "cannot resume"
-        raise ValueError(f"cannot read {out_dir / STATE}: {error}") from None
+    state = runfolder.read_state(out_dir)
     config = TrainConfig.from_dict(json.loads(state["config"]))
     if data_dir is not None:
         config = replace(config, data_dir=str(data_dir))
-    if json.loads((out_dir / RESULTS).read_text())["summary"]["complete"]:
+    if runfolder.read_results(out_dir)["summary"]["complete"]:
         raise ValueError(f"the run in {out_dir} is complete ({config.epochs} epochs); nothing to resume")
     run = prepare(config, out_dir, overwrite=True, device=device)
     load_model_weights_(run.model, state["model"])
@@ -244,22 +235,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"device {device} is not supported; use cpu or cuda")
     return device
-
-
-def next_run_dir(root: str | os.PathLike = "runs") -> Path:
-    """``root/NNN``, one more than the highest numbered folder there."""
-    root = Path(root)
-    numbers = [int(p.name) for p in root.glob("[0-9]*") if p.name.isdigit()] if root.is_dir() else []
-    return root / f"{max(numbers, default=0) + 1:03d}"
-
-
-def check_out_dir(out_dir: Path, *, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output path {out_dir} exists and is not a folder")
-    held = [name for name in (RESULTS, STATE) if (out_dir / name).exists()]
-    if held and not overwrite:
-        raise ValueError(f"{out_dir} already holds a run ({', '.join(held)}); "
-                         f"choose another folder, --resume it or pass --overwrite")
 
 
 def check_metric_names(names: tuple[str, ...], momos: MoMosConfig | None) -> None:
@@ -317,11 +292,11 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
     quiet = quiet or not writer
     distributed.barrier()   # every rank has read the run folder before rank 0 changes it
     if writer:
-        remove_temporaries(run.out_dir)
+        runfolder.remove_temporaries(run.out_dir)
     if run.epoch == 0 and writer:
-        prepare_run_folder(run.out_dir)
+        runfolder.prepare_folder(run.out_dir)
         run.epochs_log = [evaluate_epoch(run, 0, None, None, time.perf_counter())]
-        save_checkpoint(run, INIT, epoch=0)
+        save_checkpoint(run, INIT)
         save_progress(run, start)
     trained = _data_parallel(run.model, run.device)
     for epoch in range(run.epoch + 1, config.epochs + 1):
@@ -353,14 +328,14 @@ def record_epoch(run: Run, lr: float, train_stats: tuple[float, float], epoch_st
                  start: float) -> dict:
     """Validate the epoch's model and write its files; returns its ``results.json`` entry."""
     if projection is not None:
-        save_motif_counts(run, projection)
+        runfolder.save_motif_counts(run.out_dir, projection)
     entry = evaluate_epoch(run, run.epoch, lr, train_stats, epoch_start, projection)
     if checksums is not None:
         entry["projection"]["rank_checksums"] = checksums
     run.epochs_log.append(entry)
     if run.best is None or entry["val_acc"] > run.best["val_acc"]:
         run.best = {"epoch": run.epoch, "val_acc": entry["val_acc"]}
-        save_checkpoint(run, BEST, epoch=run.epoch)
+        save_checkpoint(run, BEST)
     save_progress(run, start)
     return entry
 
@@ -479,7 +454,7 @@ def diverged(run: Run, step: int, cause: str) -> TrainingDiverged:
 def save_divergence(run: Run, start: float, error: TrainingDiverged) -> None:
     """Mark ``results.json`` as stopped by ``error``; the other run files stay at the last completed epoch."""
     stopped = {"epoch": error.epoch, "step": error.step, "cause": error.cause}
-    write_json_atomic(results_of(run, start, stopped=stopped), run.out_dir / RESULTS)
+    runfolder.write_results(run.out_dir, results_of(run, start, stopped=stopped))
 
 
 @torch.no_grad()
@@ -547,32 +522,18 @@ def finish(run: Run, start: float, *, quiet: bool) -> dict | None:
     if distributed.rank() != 0:
         return None
     if final_projection is not None:
-        save_motif_counts(run, final_projection)
-    save_checkpoint(run, FINAL, epoch=run.epoch)
+        runfolder.save_motif_counts(run.out_dir, final_projection)
+    save_checkpoint(run, FINAL)
     test_loss, test_acc = evaluate(run.model, run.data.test, run.data)
     results = results_of(run, start, test=(test_loss, test_acc), final_projection=final_projection)
-    write_json_atomic(results, run.out_dir / RESULTS)
+    runfolder.write_results(run.out_dir, results)
     if not quiet:
         print(f"test loss {test_loss:.4f} acc {test_acc:.4f}  ({results['summary']['wall_seconds']:.1f} s)"
               f"  -> {run.out_dir}", flush=True)
     return results
 
 
-# --- the run folder ----------------------------------------------------------------------------
-
-def prepare_run_folder(out_dir: Path) -> None:
-    """Create ``out_dir``, removing the files of a run it held (``overwrite`` was checked)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
-        (out_dir / name).unlink(missing_ok=True)
-
-
-def remove_temporaries(out_dir: Path) -> None:
-    """Delete the temporary files of atomic writes that a killed run left behind."""
-    for name in RUN_FILES:
-        for leftover in out_dir.glob(f".{name}.*.tmp"):
-            leftover.unlink(missing_ok=True)
-
+# --- the record --------------------------------------------------------------------------------
 
 def results_of(run: Run, start: float, test: tuple[float, float] | None = None,
                final_projection: ProjectionStats | None = None, stopped: dict | None = None) -> dict:
@@ -621,7 +582,7 @@ def versions() -> dict:
 
 def save_progress(run: Run, start: float) -> None:
     """Rewrite ``results.json`` and the resume state after a completed epoch."""
-    write_json_atomic(results_of(run, start), run.out_dir / RESULTS)
+    runfolder.write_results(run.out_dir, results_of(run, start))
     state = {
         "config": json.dumps(run.config.to_dict()),
         "epoch": run.epoch,
@@ -636,106 +597,13 @@ def save_progress(run: Run, start: float) -> None:
         "data_rng": run.data_generator.get_state(),
         "torch_rng": torch.get_rng_state(),
     }
-    save_state(state, run.out_dir / STATE)
+    runfolder.write_state(run.out_dir, state)
 
 
-def save_motif_counts(run: Run, stats: ProjectionStats) -> None:
-    """The usage count and value of every motif of the latest projection."""
-    save_safetensors_atomic({"motif_counts": stats.motif_counts, "motifs": stats.motifs},
-                            run.out_dir / MOTIF_COUNTS)
-
-
-SCALE_EXPONENTS = "scale_exponents"
-
-
-def save_checkpoint(run: Run, name: str, *, epoch: int) -> None:
-    """Write the model's plain state dict, with the run's description in the metadata.
-
-    A normalized MoMos run (``normalize`` other than ``"none"``) that has projected also
-    records the scales of its last projection, which the weights alone do not tell: metadata
-    ``scale_exponents`` is JSON ``{plain parameter name: [e, ...]}``, the integer exponents of
-    the scales ``2**e`` (one per tensor, or one per dim-0 row under ``"channel"``); see
-    :func:`checkpoint_scales`.
-    """
-    metadata = {"format": "momos-checkpoint", "epoch": str(epoch), "model": run.config.model,
-                "dataset": run.config.dataset, "method": run.config.method,
-                "qat_bits": str(run.config.qat_bits or "")}
-    scales = run.projector.scales if run.projector is not None else None
-    if scales is not None:
-        names = [n for n, _ in select_parameters(run.model, run.config.momos)]
-        metadata.update(scale_metadata(names, scales))
-    save_safetensors_atomic(plain_state_dict(run.model), run.out_dir / name, metadata=metadata)
-
-
-def scale_metadata(names: list[str], scales) -> dict[str, str]:
-    """``{"scale_exponents": JSON}``: the record of :func:`save_checkpoint` for parameters
-    ``names`` (plain names are used for parametrized ones) and their power-of-two ``scales``."""
-    if len(names) != len(scales):
-        raise ValueError(f"{len(scales)} scale tensors for {len(names)} parameters")
-    record = {plain_name(n): [int(e) for e in exponents_of(table).reshape(-1)]
-              for n, table in zip(names, scales)}
-    return {SCALE_EXPONENTS: json.dumps(record, separators=(",", ":"))}
-
-
-def checkpoint_scales(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
-    """The scales a checkpoint of a normalized run records (see :func:`save_checkpoint`):
-    parameter name -> its scales ``2**e`` as a flat float32 tensor (``momos.save`` takes them
-    by name, reshaped); None when the checkpoint records none.
-
-    Raises:
-        ValueError: the file is unreadable or its record is malformed.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (OSError, SafetensorError) as error:
-        raise ValueError(f"cannot read {path}: {error}") from None
-    raw = metadata.get(SCALE_EXPONENTS)
-    if raw is None:
-        return None
-    try:
-        table = json.loads(raw)
-    except ValueError:
-        table = None
-    low, high = EXPONENT_RANGE
-    if not isinstance(table, dict) or not all(
-            isinstance(name, str) and isinstance(values, list)
-            and all(isinstance(e, int) and not isinstance(e, bool) and low <= e <= high for e in values)
-            for name, values in table.items()):
-        raise ValueError(f"{path}: malformed {SCALE_EXPONENTS} metadata (expected JSON {{name: [int "
-                         f"exponents in [{low}, {high}]]}})")
-    return {name: scales_of(torch.tensor(values, dtype=torch.int16)) for name, values in table.items()}
-
-
-def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` with parametrized (QAT) weights under their plain names, latent values."""
-    return latent_state_dict(model)[0]
-
-
-def load_model_weights_(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Load a :func:`plain_state_dict` into ``model``, parametrized or not."""
-    names = {plain_name(name): name for name in model.state_dict()}
-    missing = sorted(set(names) - set(tensors))
-    unexpected = sorted(set(tensors) - set(names))
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    model.load_state_dict({names[key]: value for key, value in tensors.items()})
-
-
-def load_model(run_dir: str | os.PathLike, checkpoint: str = "final") -> nn.Module:
-    """The model of a run with the weights of ``init``, ``best`` or ``final``, in eval mode."""
-    from safetensors.torch import load_file
-
-    run_dir = Path(run_dir)
-    config = TrainConfig.from_dict(json.loads((run_dir / RESULTS).read_text())["config"])
-    c, h, _ = INFOS[config.dataset].shape
-    model = build_model(config.model, channels=c, image_size=h, num_classes=INFOS[config.dataset].num_classes)
-    if config.qat_bits is not None:
-        add_qat_(model, QATConfig(bits=config.qat_bits))
-    load_model_weights_(model, load_file(run_dir / f"{checkpoint}.safetensors"))
-    return model.eval()
+def save_checkpoint(run: Run, name: str) -> None:
+    """The model as it is now, at epoch ``run.epoch``, as run file ``name``."""
+    runfolder.save_checkpoint(run.out_dir / name, run.model, run.config, epoch=run.epoch,
+                              scales=run.projector.scales if run.projector is not None else None)
 
 
 def epoch_line(entry: dict, config: TrainConfig) -> str:
