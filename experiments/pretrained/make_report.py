@@ -265,7 +265,6 @@ def measure_momos(point: Point, setup: Setup, folder: Path) -> dict:
     """Project a copy, write it as a ``.momos`` file, read the file back into a fresh copy and
     evaluate that."""
     import momos
-    from momos.train import keeping_threads
 
     config = momos_config(point)
     calibration = setup.calibration if VARIANTS[point.variant][1] else None
@@ -273,8 +272,7 @@ def measure_momos(point: Point, setup: Setup, folder: Path) -> dict:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # project_ warns about large relative errors; we record them
-        stats = stage("project", lambda: keeping_threads(
-            lambda: momos.project_(model, config, calibration=calibration)))
+        stats = stage("project", lambda: momos.project_(model, config, calibration=calibration))
     seconds = time.perf_counter() - start
     path = folder / "point.momos"
     extra = {"scales": stats.scales} if stats.scales is not None else {}

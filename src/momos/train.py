@@ -310,7 +310,7 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
             distributed.barrier()   # no rank exits (torchrun then stops the others) before rank 0 has written
             raise
         if run.projector is not None:
-            projection = keeping_threads(run.projector.epoch_end) or projection
+            projection = run.projector.epoch_end() or projection
         checksums = checksums_after_projection(run, projection)
         run.scheduler.step()
         run.epoch = epoch
@@ -368,16 +368,6 @@ def checksums_after_projection(run: Run, projection: ProjectionStats | None) -> 
     return checksums
 
 
-def keeping_threads(project):
-    """Call ``project()`` and restore torch's thread count, which numba's OpenMP layer (the
-    projection's kernels) resets."""
-    threads = torch.get_num_threads()
-    try:
-        return project()
-    finally:
-        torch.set_num_threads(threads)
-
-
 def train_one_epoch(run: Run, trained: nn.Module, epoch: int, *, quiet: bool
                     ) -> tuple[tuple[float, float], ProjectionStats | None]:
     """One pass over the shuffled training split: the mean loss and accuracy of its batches over
@@ -413,7 +403,7 @@ def train_one_epoch(run: Run, trained: nn.Module, epoch: int, *, quiet: bool
             if run.projector is not None and config.every_n_steps:
                 if run.projector.projects_at_next_step:
                     check_finite_weights(run, step)
-                projection = keeping_threads(run.projector.step) or projection
+                projection = run.projector.step() or projection
             loss_sum += loss_value * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
@@ -517,7 +507,7 @@ def measure_complexity(run: Run) -> dict:
 
 def finish(run: Run, start: float, *, quiet: bool) -> dict | None:
     """Test the final model and write ``final.safetensors`` and the motif counts (rank 0)."""
-    final_projection = keeping_threads(run.projector.finalize) if run.projector is not None else None
+    final_projection = run.projector.finalize() if run.projector is not None else None
     checksums_after_projection(run, final_projection)
     if distributed.rank() != 0:
         return None
