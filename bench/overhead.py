@@ -39,7 +39,7 @@ def main() -> None:
         for epoch in range(1, args.epochs + 1):
             for method, run in runs.items():
                 wall_start, cpu_start = time.perf_counter(), time.process_time()
-                results = fit(run, quiet=True, stop_after_epoch=epoch)
+                results = fit(run, stop_after_epoch=epoch)
                 wall[method].append(time.perf_counter() - wall_start)
                 cpu[method].append(time.process_time() - cpu_start)
     projection = [e["projection"]["seconds"] for e in results["epochs"] if e["projection"]]

@@ -27,7 +27,7 @@ def one_thread():
 def pretrained(tmp_path_factory):
     """A baseline MLP trained on digits: the 'pretrained' model."""
     out = tmp_path_factory.mktemp("pretrained") / "run"
-    train(TrainConfig(dataset="digits", model="mlp", method="baseline", epochs=3), out, quiet=True)
+    train(TrainConfig(dataset="digits", model="mlp", method="baseline", epochs=3), out)
     return out
 
 

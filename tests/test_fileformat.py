@@ -859,7 +859,7 @@ def test_export_a_training_run(tmp_path):
     from momos.train import TrainConfig, train
 
     run = tmp_path / "run"
-    train(TrainConfig(epochs=1), run, quiet=True)
+    train(TrainConfig(epochs=1), run)
     assert main(["export", str(run), "-o", str(tmp_path / "m.momos")]) == 0
     model = load_model(run)
     assert_same_state(load(tmp_path / "m.momos"), model.state_dict())

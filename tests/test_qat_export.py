@@ -34,7 +34,7 @@ MLP_WEIGHTS = ["1.weight", "3.weight", "5.weight", "7.weight", "9.weight"]  # th
 def qat_run(tmp_path_factory):
     """A two-epoch momos+qat run on digits and its export by the command line."""
     root = tmp_path_factory.mktemp("qat")
-    train(TrainConfig(dataset="digits", model="mlp", method="momos+qat", epochs=2), root / "run", quiet=True)
+    train(TrainConfig(dataset="digits", model="mlp", method="momos+qat", epochs=2), root / "run")
     assert main(["export", str(root / "run"), "-o", str(root / "run.momos")]) == 0
     return root / "run", root / "run.momos"
 
@@ -156,8 +156,7 @@ def test_the_description_length_counts_the_quantization(qat_run, capsys):
 def test_a_normalized_qat_run_exports_with_its_scales(tmp_path, capsys):
     run = tmp_path / "run"
     cfg = momos.MoMosConfig(block_size=4, capacity=0.01, normalize="channel")
-    train(TrainConfig(dataset="digits", model="mlp", method="momos+qat", epochs=1, qat_bits=4, momos=cfg),
-          run, quiet=True)
+    train(TrainConfig(dataset="digits", model="mlp", method="momos+qat", epochs=1, qat_bits=4, momos=cfg), run)
     out = tmp_path / "m.momos"
     assert main(["export", str(run), "-o", str(out)]) == 0
     state, info = read(out)

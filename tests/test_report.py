@@ -109,7 +109,7 @@ def test_checkpoint_complexity_is_measured_once_and_cached(tmp_path):
     from momos.report import checkpoint_complexity
     from momos.train import TrainConfig, train
 
-    train(TrainConfig(method="momos", epochs=1), tmp_path / "run", quiet=True)
+    train(TrainConfig(method="momos", epochs=1), tmp_path / "run")
     run = load_run(tmp_path / "run")
     final = checkpoint_complexity(run, "final", ["lzma", "mosaic"])
     init = checkpoint_complexity(run, "init", ["lzma"])

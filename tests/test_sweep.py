@@ -138,7 +138,7 @@ def tiny(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # as in the sweep's workers: on a busy machine more threads only wait
     try:
-        fit(prepare(point.config, sweep.run_dir(out, INTERRUPTED)), quiet=True, stop_after_epoch=1)
+        fit(prepare(point.config, sweep.run_dir(out, INTERRUPTED)), stop_after_epoch=1)
     finally:
         torch.set_num_threads(threads)
     folder = sweep.run_dir(out, INTERRUPTED)

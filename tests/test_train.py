@@ -36,7 +36,7 @@ def runs(tmp_path_factory):
 def uninterrupted(tmp_path_factory):
     """A 3-epoch MoMos+QAT run with augmentation, the reference of the resume tests."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    train(resume_config(), out, quiet=True)
+    train(resume_config(), out)
     return out
 
 
@@ -137,9 +137,9 @@ def test_compare_and_plot_on_the_runs(runs, tmp_path, capsys):
 
 def test_resume_is_bit_exact(uninterrupted, tmp_path):
     out = tmp_path / "run"
-    fit(prepare(resume_config(), out), quiet=True, stop_after_epoch=1)
+    fit(prepare(resume_config(), out), stop_after_epoch=1)
     assert not results(out)["summary"]["complete"] and not (out / "final.safetensors").exists()
-    resume(out, quiet=True)
+    resume(out)
     assert_same_files(uninterrupted, out)
     assert without_seconds(results(out)["epochs"]) == without_seconds(results(uninterrupted)["epochs"])
 
@@ -164,7 +164,7 @@ def test_killed_run_leaves_complete_files_and_resumes_bit_exact(uninterrupted, t
             load_file(path)
     if results(out)["summary"]["complete"]:
         pytest.skip("the run finished before it could be killed")
-    resume(out, quiet=True)
+    resume(out)
     assert not list(out.glob(".*.tmp"))
     assert_same_files(uninterrupted, out)
 
@@ -304,7 +304,7 @@ def test_progress_and_epoch_lines(tmp_path, capsys):
 
 def test_resume_may_read_the_data_from_another_folder(tmp_path):
     out = tmp_path / "run"
-    fit(prepare(TrainConfig(epochs=2), out), quiet=True, stop_after_epoch=1)
+    fit(prepare(TrainConfig(epochs=2), out), stop_after_epoch=1)
     run = momos.train.prepare_resume(out, data_dir=tmp_path / "moved")
     assert run.config.data_dir == str(tmp_path / "moved") and run.epoch == 1
 
@@ -376,7 +376,7 @@ def test_non_finite_weights_stop_before_the_projection(tmp_path, every_n_steps, 
 
     run.optimizer.step = poisoned_step_
     with pytest.raises(TrainingDiverged, match=f"epoch 1, step {poisoned_step} .*'1.weight' holds NaN"):
-        fit(run, quiet=True)
+        fit(run)
     assert results(out)["summary"]["stopped_at"] == {
         "epoch": 1, "step": poisoned_step, "cause": "parameter '1.weight' holds NaN or Inf values"}
     assert not (out / "best.safetensors").exists()

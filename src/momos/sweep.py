@@ -451,9 +451,9 @@ def train_run(config: TrainConfig, folder: str, *, resuming: bool, overwrite: bo
     torch.set_num_threads(threads)
     try:
         if resuming:
-            results = resume(folder, quiet=True, device=device, data_dir=config.data_dir)
+            results = resume(folder, device=device, data_dir=config.data_dir)
         else:
-            results = train(config, folder, overwrite=overwrite, quiet=True, device=device)
+            results = train(config, folder, overwrite=overwrite, device=device)
     except Exception as error:  # noqa: BLE001 - reported per run; the sweep goes on
         message = " ".join(str(error).split())
         return {"error": f"{type(error).__name__}: {message}", "traceback": traceback.format_exc()}

@@ -27,7 +27,11 @@ of the last completed epoch stay as they are, ``results.json`` is marked ``summa
 Under ``torch.distributed`` (``torchrun ... -m momos train``) every rank draws the same
 shuffled global batches and trains on its equal share of each through DistributedDataParallel,
 so the gradients are those of the whole batch, as in one process; every rank projects and rank
-0's mosaic is broadcast; rank 0 alone validates, measures, prints and writes.
+0's mosaic is broadcast; rank 0 alone validates, measures, logs and writes.
+
+Progress goes to the ``momos.train`` logger: one INFO line per epoch and one for the test, and,
+while INFO shows, a progress bar over each epoch's steps (tqdm, on stderr). ``momos train``
+prints the lines on stdout; ``--quiet`` raises the level to WARNING.
 
 The files of a run folder, how they are written and how a run is read back (``load_model``)
 are :mod:`momos.runfolder`'s.
@@ -36,6 +40,7 @@ are :mod:`momos.runfolder`'s.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -63,6 +68,9 @@ from .trainconfig import TrainConfig
 from .runfolder import checkpoint_scales, load_model, scale_metadata  # noqa: F401
 
 EVAL_BATCH_SIZE = 1024
+
+log = logging.getLogger(__name__)
+
 
 class TrainingDiverged(RuntimeError):
     """A NaN or infinite training loss or weight; the run folder keeps its last completed epoch.
@@ -263,19 +271,19 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
 # --- training ----------------------------------------------------------------------------------
 
 def train(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, overwrite: bool = False,
-          quiet: bool = False, device: str | torch.device = "cpu") -> dict:
+          device: str | torch.device = "cpu") -> dict:
     """Train one run from scratch; returns the content of ``results.json``."""
-    return fit(prepare(config, out_dir, overwrite=overwrite, device=device), quiet=quiet)
+    return fit(prepare(config, out_dir, overwrite=overwrite, device=device))
 
 
-def resume(out_dir: str | os.PathLike, *, quiet: bool = False, device: str | torch.device = "cpu",
+def resume(out_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
            data_dir: str | os.PathLike | None = None, lr: float | None = None) -> dict:
     """Continue the run in ``out_dir`` from its last completed epoch (with the base learning rate
     ``lr`` from there on, when given); returns ``results.json``."""
-    return fit(prepare_resume(out_dir, device=device, data_dir=data_dir, lr=lr), quiet=quiet)
+    return fit(prepare_resume(out_dir, device=device, data_dir=data_dir, lr=lr))
 
 
-def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -> dict | None:
+def fit(run: Run, *, stop_after_epoch: int | None = None) -> dict | None:
     """Train ``run`` from its current epoch to the end, writing the run files as it goes.
 
     Returns the content of ``results.json`` (None on ranks other than 0 under torch.distributed).
@@ -289,7 +297,6 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
     start = time.perf_counter() - run.elapsed
     config = run.config
     writer = distributed.rank() == 0
-    quiet = quiet or not writer
     distributed.barrier()   # every rank has read the run folder before rank 0 changes it
     if writer:
         runfolder.remove_temporaries(run.out_dir)
@@ -303,7 +310,7 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
         epoch_start = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
         try:
-            train_stats, projection = train_one_epoch(run, trained, epoch, quiet=quiet)
+            train_stats, projection = train_one_epoch(run, trained, epoch)
         except TrainingDiverged as error:
             if writer:
                 save_divergence(run, start, error)
@@ -316,11 +323,10 @@ def fit(run: Run, *, quiet: bool = False, stop_after_epoch: int | None = None) -
         run.epoch = epoch
         if writer:
             entry = record_epoch(run, lr, train_stats, epoch_start, projection, checksums, start)
-            if not quiet:
-                print(epoch_line(entry, config), flush=True)
+            log.info(epoch_line(entry, config))
         if stop_after_epoch == epoch and epoch < config.epochs:
             return results_of(run, start) if writer else None
-    return finish(run, start, quiet=quiet)
+    return finish(run, start)
 
 
 def record_epoch(run: Run, lr: float, train_stats: tuple[float, float], epoch_start: float,
@@ -368,12 +374,12 @@ def checksums_after_projection(run: Run, projection: ProjectionStats | None) -> 
     return checksums
 
 
-def train_one_epoch(run: Run, trained: nn.Module, epoch: int, *, quiet: bool
-                    ) -> tuple[tuple[float, float], ProjectionStats | None]:
+def train_one_epoch(run: Run, trained: nn.Module, epoch: int) -> tuple[tuple[float, float], ProjectionStats | None]:
     """One pass over the shuffled training split: the mean loss and accuracy of its batches over
     all processes, and the last projection made during the epoch (``every_n_steps`` only).
 
-    ``trained``: ``run.model``, or its DistributedDataParallel wrapper.
+    ``trained``: ``run.model``, or its DistributedDataParallel wrapper. The progress bar shows
+    on rank 0 while the ``momos.train`` logger shows INFO.
     """
     from tqdm.auto import tqdm
 
@@ -382,8 +388,9 @@ def train_one_epoch(run: Run, trained: nn.Module, epoch: int, *, quiet: bool
     trained.train()
     loss_sum, correct, seen = 0.0, 0, 0
     projection = None
+    shown = rank == 0 and log.isEnabledFor(logging.INFO)
     progress = tqdm(total=num_batches(run.data.train, config.batch_size, drop_last=True),
-                    desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, disable=quiet,
+                    desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, disable=not shown,
                     dynamic_ncols=True)
     step = 0
     # ``with``: a divergence closes the bar, so that its one-line message stands alone
@@ -505,7 +512,7 @@ def measure_complexity(run: Run) -> dict:
     return values
 
 
-def finish(run: Run, start: float, *, quiet: bool) -> dict | None:
+def finish(run: Run, start: float) -> dict | None:
     """Test the final model and write ``final.safetensors`` and the motif counts (rank 0)."""
     final_projection = run.projector.finalize() if run.projector is not None else None
     checksums_after_projection(run, final_projection)
@@ -517,9 +524,8 @@ def finish(run: Run, start: float, *, quiet: bool) -> dict | None:
     test_loss, test_acc = evaluate(run.model, run.data.test, run.data)
     results = results_of(run, start, test=(test_loss, test_acc), final_projection=final_projection)
     runfolder.write_results(run.out_dir, results)
-    if not quiet:
-        print(f"test loss {test_loss:.4f} acc {test_acc:.4f}  ({results['summary']['wall_seconds']:.1f} s)"
-              f"  -> {run.out_dir}", flush=True)
+    log.info(f"test loss {test_loss:.4f} acc {test_acc:.4f}  ({results['summary']['wall_seconds']:.1f} s)"
+             f"  -> {run.out_dir}")
     return results
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
+from contextlib import contextmanager
 
 from momos.cli.project import add_projection_arguments
 
@@ -114,8 +117,6 @@ _RESUME_OPTIONS = ("resume", "quiet", "threads", "device", "data_dir", "stop_aft
 
 
 def run_command(args) -> int:
-    import sys
-
     import torch
 
     from momos import distributed, train
@@ -146,7 +147,8 @@ def run_command(args) -> int:
         raise UsageError(str(error)) from None
     torch.set_num_threads(threads)
     try:
-        train.fit(run, quiet=args.quiet, stop_after_epoch=args.stop_after_epoch)
+        with _progress_on_stdout(quiet=args.quiet):
+            train.fit(run, stop_after_epoch=args.stop_after_epoch)
     except train.TrainingDiverged as error:
         if distributed.rank() == 0:   # every rank stops; one line is enough
             print(f"momos train: error: {error}", file=sys.stderr, flush=True)
@@ -156,6 +158,21 @@ def run_command(args) -> int:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0
+
+
+@contextmanager
+def _progress_on_stdout(*, quiet: bool):
+    """The ``momos.train`` logger's lines on stdout, or (``quiet``) none and no progress bar.
+    Undone afterwards, so that every call of ``cli.main`` in one process starts afresh."""
+    log = logging.getLogger("momos.train")
+    handler, level = logging.StreamHandler(sys.stdout), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def config_from_args(args, given: list[str]):
