@@ -295,26 +295,22 @@ def fit(run: Run, *, stop_after_epoch: int | None = None) -> dict | None:
             ``results.json`` is marked, the other run files keep the last completed epoch.
     """
     start = time.perf_counter() - run.elapsed
-    config = run.config
-    writer = distributed.rank() == 0
+    writer = distributed.rank() == 0   # validates, writes and logs; the other ranks train and project
     distributed.barrier()   # every rank has read the run folder before rank 0 changes it
     if writer:
         runfolder.remove_temporaries(run.out_dir)
-    if run.epoch == 0 and writer:
-        runfolder.prepare_folder(run.out_dir)
-        run.epochs_log = [evaluate_epoch(run, 0, None, None, time.perf_counter())]
-        save_checkpoint(run, INIT)
-        save_progress(run, start)
+        if run.epoch == 0:
+            runfolder.prepare_folder(run.out_dir)
+            run.epochs_log = [validate(run, time.perf_counter())]
+            save_checkpoint(run, INIT)
+            save_progress(run, start)
     trained = _data_parallel(run.model, run.device)
-    for epoch in range(run.epoch + 1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        lr = run.optimizer.param_groups[0]["lr"]
+    for epoch in range(run.epoch + 1, run.config.epochs + 1):
+        epoch_start, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
         try:
             train_stats, projection = train_one_epoch(run, trained, epoch)
         except TrainingDiverged as error:
-            if writer:
-                save_divergence(run, start, error)
-            distributed.barrier()   # no rank exits (torchrun then stops the others) before rank 0 has written
+            save_divergence(run, start, error)
             raise
         if run.projector is not None:
             projection = run.projector.epoch_end() or projection
@@ -322,28 +318,32 @@ def fit(run: Run, *, stop_after_epoch: int | None = None) -> dict | None:
         run.scheduler.step()
         run.epoch = epoch
         if writer:
-            entry = record_epoch(run, lr, train_stats, epoch_start, projection, checksums, start)
-            log.info(epoch_line(entry, config))
-        if stop_after_epoch == epoch and epoch < config.epochs:
+            if projection is not None:
+                runfolder.save_motif_counts(run.out_dir, projection)
+            entry = validate(run, epoch_start, lr, train_stats, projection, checksums)
+            run.epochs_log.append(entry)
+            if run.best is None or entry["val_acc"] > run.best["val_acc"]:
+                run.best = {"epoch": epoch, "val_acc": entry["val_acc"]}
+                save_checkpoint(run, BEST)
+            save_progress(run, start)
+            log.info(epoch_line(entry, run.config))
+        if stop_after_epoch == epoch and epoch < run.config.epochs:
             return results_of(run, start) if writer else None
-    return finish(run, start)
 
-
-def record_epoch(run: Run, lr: float, train_stats: tuple[float, float], epoch_start: float,
-                 projection: ProjectionStats | None, checksums: list[list[float]] | None,
-                 start: float) -> dict:
-    """Validate the epoch's model and write its files; returns its ``results.json`` entry."""
-    if projection is not None:
-        runfolder.save_motif_counts(run.out_dir, projection)
-    entry = evaluate_epoch(run, run.epoch, lr, train_stats, epoch_start, projection)
-    if checksums is not None:
-        entry["projection"]["rank_checksums"] = checksums
-    run.epochs_log.append(entry)
-    if run.best is None or entry["val_acc"] > run.best["val_acc"]:
-        run.best = {"epoch": run.epoch, "val_acc": entry["val_acc"]}
-        save_checkpoint(run, BEST)
-    save_progress(run, start)
-    return entry
+    # with every_n_steps the last steps may follow the last projection: end on an exact mosaic
+    final_projection = run.projector.finalize() if run.projector is not None else None
+    checksums_after_projection(run, final_projection)
+    if not writer:
+        return None
+    if final_projection is not None:
+        runfolder.save_motif_counts(run.out_dir, final_projection)
+    save_checkpoint(run, FINAL)
+    test_loss, test_acc = evaluate(run.model, run.data.test, run.data)
+    results = results_of(run, start, test=(test_loss, test_acc), final_projection=final_projection)
+    runfolder.write_results(run.out_dir, results)
+    log.info(f"test loss {test_loss:.4f} acc {test_acc:.4f}  ({results['summary']['wall_seconds']:.1f} s)"
+             f"  -> {run.out_dir}")
+    return results
 
 
 def check_process_split(run: Run) -> None:
@@ -449,9 +449,12 @@ def diverged(run: Run, step: int, cause: str) -> TrainingDiverged:
 
 
 def save_divergence(run: Run, start: float, error: TrainingDiverged) -> None:
-    """Mark ``results.json`` as stopped by ``error``; the other run files stay at the last completed epoch."""
-    stopped = {"epoch": error.epoch, "step": error.step, "cause": error.cause}
-    runfolder.write_results(run.out_dir, results_of(run, start, stopped=stopped))
+    """Mark ``results.json`` as stopped by ``error`` (rank 0); the other run files stay at the last
+    completed epoch."""
+    if distributed.rank() == 0:
+        stopped = {"epoch": error.epoch, "step": error.step, "cause": error.cause}
+        runfolder.write_results(run.out_dir, results_of(run, start, stopped=stopped))
+    distributed.barrier()   # no rank exits (torchrun then stops the others) before rank 0 has written
 
 
 @torch.no_grad()
@@ -468,12 +471,14 @@ def evaluate(model: nn.Module, split: ImageSplit, data: Dataset) -> tuple[float,
     return loss_sum / len(split), correct / len(split)
 
 
-def evaluate_epoch(run: Run, epoch: int, lr: float | None, train_stats: tuple[float, float] | None,
-                   epoch_start: float, projection=None) -> dict:
-    """The ``results.json`` entry of an epoch (epoch 0: the untrained model, no training stats)."""
+def validate(run: Run, epoch_start: float, lr: float | None = None,
+             train_stats: tuple[float, float] | None = None, projection: ProjectionStats | None = None,
+             checksums: list[list[float]] | None = None) -> dict:
+    """Validate the model of epoch ``run.epoch``; its ``results.json`` entry (epoch 0: the
+    untrained model, no training stats). ``checksums``: the ranks' after the projection."""
     val_loss, val_acc = evaluate(run.model, run.data.val, run.data)
     entry = {
-        "epoch": epoch,
+        "epoch": run.epoch,
         "lr": lr if lr is not None else run.optimizer.param_groups[0]["lr"],
         "train_loss": train_stats[0] if train_stats else None,
         "train_acc": train_stats[1] if train_stats else None,
@@ -482,6 +487,8 @@ def evaluate_epoch(run: Run, epoch: int, lr: float | None, train_stats: tuple[fl
         "seconds": time.perf_counter() - epoch_start,
         "projection": projection_record(projection, run.config) if projection is not None else None,
     }
+    if checksums is not None:
+        entry["projection"]["rank_checksums"] = checksums
     if run.config.metrics:
         entry["metrics"] = measure_complexity(run)
     return entry
@@ -510,23 +517,6 @@ def measure_complexity(run: Run) -> dict:
             run.warned.add(key)
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return values
-
-
-def finish(run: Run, start: float) -> dict | None:
-    """Test the final model and write ``final.safetensors`` and the motif counts (rank 0)."""
-    final_projection = run.projector.finalize() if run.projector is not None else None
-    checksums_after_projection(run, final_projection)
-    if distributed.rank() != 0:
-        return None
-    if final_projection is not None:
-        runfolder.save_motif_counts(run.out_dir, final_projection)
-    save_checkpoint(run, FINAL)
-    test_loss, test_acc = evaluate(run.model, run.data.test, run.data)
-    results = results_of(run, start, test=(test_loss, test_acc), final_projection=final_projection)
-    runfolder.write_results(run.out_dir, results)
-    log.info(f"test loss {test_loss:.4f} acc {test_acc:.4f}  ({results['summary']['wall_seconds']:.1f} s)"
-             f"  -> {run.out_dir}")
-    return results
 
 
 # --- the record --------------------------------------------------------------------------------
