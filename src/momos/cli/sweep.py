@@ -60,15 +60,12 @@ def run(args) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name} must be a positive integer, got {value}")
-    try:
-        spec = sweep.load_spec(args.config)
-        points = sweep.expand(spec)
-        out = args.out or spec.get("out")
-        if out is None:
-            raise UsageError(f"no sweep folder: give --out or out: in {args.config}")
-        statuses = sweep.plan(points, out)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    spec = sweep.load_spec(args.config)
+    points = sweep.expand(spec)
+    out = args.out or spec.get("out")
+    if out is None:
+        raise UsageError(f"no sweep folder: give --out or out: in {args.config}")
+    statuses = sweep.plan(points, out)
     if args.dry_run:
         for name, status in statuses.items():
             print(f"{status:8} {name}")
@@ -77,11 +74,8 @@ def run(args) -> int:
         return 0
     failed = {}
     if not args.report_only:
-        try:
-            failed = sweep.run_sweep(points, out, jobs=args.jobs, threads=args.threads, data_dir=args.data_dir,
-                                     device=args.device, quiet=args.quiet).failed
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+        failed = sweep.run_sweep(points, out, jobs=args.jobs, threads=args.threads, data_dir=args.data_dir,
+                                 device=args.device, quiet=args.quiet).failed
     try:
         report = sweep.aggregate(out, points)
     except ValueError as error:

@@ -133,18 +133,13 @@ def run_command(args) -> int:
         torch.distributed.init_process_group(backend="nccl" if on_gpu else "gloo")
     given = [name for name in vars(args) if name not in _NOT_OPTIONS
              and getattr(args, name) != args.parser.get_default(name)]
-    try:
-        if args.resume:
-            conflicting = [f"--{n.replace('_', '-')}" for n in given if n not in _RESUME_OPTIONS]
-            if conflicting:
-                raise UsageError("--resume continues a run with its own configuration; drop "
-                                 + ", ".join(conflicting))
-            run = train.prepare_resume(args.resume, device=args.device, data_dir=args.data_dir, lr=args.lr)
-        else:
-            run = train.prepare(config_from_args(args, given), args.out, overwrite=args.overwrite,
-                                device=args.device)
-    except (ValueError, TypeError) as error:
-        raise UsageError(str(error)) from None
+    if args.resume:
+        conflicting = [f"--{n.replace('_', '-')}" for n in given if n not in _RESUME_OPTIONS]
+        if conflicting:
+            raise UsageError("--resume continues a run with its own configuration; drop " + ", ".join(conflicting))
+        run = train.prepare_resume(args.resume, device=args.device, data_dir=args.data_dir, lr=args.lr)
+    else:
+        run = train.prepare(config_from_args(args, given), args.out, overwrite=args.overwrite, device=args.device)
     torch.set_num_threads(threads)
     try:
         with _progress_on_stdout(quiet=args.quiet):
