@@ -101,11 +101,11 @@ def test_project_command_leaves_a_checkpoints_running_statistics_unless_included
 
 def test_project_command_nprobe(tmp_path, capsys):
     from momos.cli import build_parser
-    from momos.cli.project import config_from_args
+    from momos.cli.common import projection_config
 
     args = build_parser().parse_args(["project", "x.safetensors", "-o", "y", "--assignment", "approximate",
                                       "--nprobe", "7"])
-    assert config_from_args(args).nprobe == 7
+    assert projection_config(args).nprobe == 7
     src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
     save_file({"w": torch.randn(64, 4)}, src)
     assert main(["project", str(src), "-o", str(out), "--nprobe", "7"]) == 2

@@ -9,7 +9,7 @@ import re
 import warnings
 from pathlib import Path
 
-from momos.cli.project import add_projection_arguments, state_dict_module
+from momos.cli.common import add_projection_arguments, load_checkpoint, projection_config, recorded_scales
 
 DESCRIPTION = """\
 momos complexity PATH          metrics of a checkpoint: a run folder (its final checkpoint and
@@ -88,7 +88,7 @@ def configuration_report(args) -> dict:
         raise UsageError("--metrics needs PATH; --model reports the description length only")
     if not is_known_model(args.model):
         raise UsageError(f"unknown model {args.model!r}: not mlp, resnet20, vit or a timm model name")
-    config = _projection_config(args, default_block_size=4)
+    config = projection_config(args, default_block_size=4)
     with torch.random.fork_rng():  # the weights do not matter, only their shapes
         torch.manual_seed(0)
         try:
@@ -107,7 +107,7 @@ def checkpoint_report(args) -> dict:
     from momos.cli import UsageError
     from momos.complexity import DEFAULT_METRICS, CompressorWindowWarning, measure
 
-    source, config = load_source(Path(args.path), args)
+    source, config = load_checkpoint(Path(args.path), args)
     # Excluded parameters are frozen, so that --exclude applies with or without a block size.
     for name, parameter in source.named_parameters():
         if any(re.search(pattern, name) for pattern in args.exclude):
@@ -131,61 +131,6 @@ def checkpoint_report(args) -> dict:
     notes = [str(w.message) for w in caught if issubclass(w.category, CompressorWindowWarning)]
     return {"path": str(args.path), "config": config.to_dict() if config else None,
             "metrics": values, "warnings": list(dict.fromkeys(notes))}
-
-
-def load_source(path: Path, args):
-    """(module or tensors, MoMosConfig or None) for a run folder or a safetensors file."""
-    from momos.cli import UsageError
-
-    if path.is_dir():
-        return _load_run(path, args.checkpoint, args)
-    if not path.is_file():
-        raise UsageError(f"{path} does not exist")
-    if path.suffix == ".safetensors" and path.stem in ("init", "best", "final") \
-            and (path.parent / "results.json").is_file():
-        return _load_run(path.parent, path.stem, args)
-    return state_dict_module(path), _projection_config(args) if args.block_size else None
-
-
-def checkpoint_path(path: Path, args) -> Path:
-    """The safetensors file a path names: a run folder's chosen checkpoint, or the file itself."""
-    return path / f"{args.checkpoint}.safetensors" if path.is_dir() else path
-
-
-def recorded_scales(path: Path, args):
-    """The scales recorded in the checkpoint that ``path`` names (a run folder: its
-    ``--checkpoint``), by plain parameter name; None when it records none."""
-    from momos.runfolder import checkpoint_scales
-
-    file = checkpoint_path(path, args)
-    if not file.is_file():
-        return None
-    return checkpoint_scales(file)
-
-
-def _load_run(run_dir: Path, checkpoint: str, args):
-    from momos.cli import UsageError
-    from momos.runfolder import RESULTS, load_model, read_config
-
-    if not (run_dir / RESULTS).is_file():
-        raise UsageError(f"{run_dir} is not a run folder (no {RESULTS})")
-    if not (run_dir / f"{checkpoint}.safetensors").is_file():
-        raise UsageError(f"{run_dir} has no {checkpoint}.safetensors (the run may be unfinished; "
-                         "try --checkpoint best or init)")
-    try:
-        model = load_model(run_dir, checkpoint)
-        own = read_config(run_dir).momos
-    except (OSError, KeyError, TypeError, ValueError) as error:
-        raise UsageError(f"cannot load the run in {run_dir}: {error}") from None
-    config = _projection_config(args) if args.block_size else own
-    return model, config
-
-
-def _projection_config(args, default_block_size: int | None = None):
-    from momos.cli.project import config_from_args
-
-    block_size = default_block_size if args.block_size is None else args.block_size
-    return config_from_args(argparse.Namespace(**{**vars(args), "block_size": block_size}))
 
 
 def print_text(report: dict) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from momos.cli.options import add_dataclass_arguments, dataclass_from_args
-from momos.cli.project import add_projection_arguments
+from momos.cli.common import add_projection_arguments
 
 DESCRIPTION = """\
 momos compress SOURCE -o OUT_DIR [options]
@@ -61,7 +61,7 @@ def run(args) -> int:
     import torch
 
     from momos.cli import UsageError
-    from momos.cli.project import config_from_args
+    from momos.cli.common import projection_config
     from momos.compress import CompressConfig, compress
     from momos.finetune import FinetuneConfig
     from momos.train import resolve_device
@@ -75,7 +75,7 @@ def run(args) -> int:
     finetune = dataclass_from_args(FinetuneConfig, args, steps=args.steps if args.steps is not None
                                    else FinetuneConfig.steps)
     config = dataclass_from_args(CompressConfig, args, source=args.source, seed=args.seed,
-                                 momos=config_from_args(args), finetune=finetune)
+                                 momos=projection_config(args), finetune=finetune)
     results = compress(config, args.out, overwrite=args.overwrite, device=resolve_device(args.device),
                        log=(lambda line: None) if args.quiet else _log)
     summary = {stage: {k: v for k, v in results[stage].items() if k != "projection"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from momos.cli.project import add_projection_arguments, state_dict_module
+from momos.cli.common import add_projection_arguments, state_dict_module
 
 DESCRIPTION = """\
 momos export RUN_DIR -o model.momos          the final checkpoint of a `momos train` run, cut into
@@ -84,13 +84,12 @@ def load_model_and_config(path: Path, args):
 
     A run's model keeps its fake quantization (QAT): momos.save records it in the file.
     """
-    from momos.cli.complexity import load_source
-    from momos.cli.project import config_from_args
+    from momos.cli.common import load_checkpoint, projection_config
 
     if path.is_file() and not _is_run_checkpoint(path):
-        config = config_from_args(args) if args.block_size else None
+        config = projection_config(args) if args.block_size else None
         return state_dict_module(path), config, {"source": path.name}
-    model, config = load_source(path, args)
+    model, config = load_checkpoint(path, args)
     return model, config, {"source": path.resolve().name}
 
 
@@ -101,7 +100,7 @@ def export_scales(model, config, path: Path, args):
     the projection measures its own. Without --project a normalized export needs them.
     """
     from momos.cli import UsageError
-    from momos.cli.complexity import checkpoint_path, recorded_scales
+    from momos.cli.common import checkpoint_path, recorded_scales
     from momos.project import select_parameters
     from momos.qat import latent_names
     from momos.scales import given_exponents

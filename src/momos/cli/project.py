@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from momos.cli.common import add_projection_arguments, projection_config, state_dict_module
+
 # Tensor names of BatchNorm's running statistics: state, not weights, though as floating as them.
 BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -40,76 +42,13 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def add_projection_arguments(parser: argparse.ArgumentParser, *,
-                             seed_help: str = "seed of the motif generator") -> None:
-    """The MoMosConfig options, shared by every sub-command that projects (a parser or an argument group)."""
-    parser.add_argument("--block-size", type=int, default=4, help="values per block, s (default 4)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--capacity", type=float, help="k / number of blocks, in (0, 1]")
-    group.add_argument("--num-motifs", type=int, help="k, the number of motifs")
-    parser.add_argument("--force-zero", action=argparse.BooleanOptionalAction, default=True,
-                        help="make motif 0 the zero block (default: on)")
-    parser.add_argument("--scope", choices=("global", "per_tensor"), default="global",
-                        help="one codebook for the model, or one per tensor")
-    parser.add_argument("--normalize", choices=("none", "tensor", "channel"), default="none",
-                        help="divide each tensor (or output channel) by a power-of-two scale before "
-                             "it meets the shared codebook (default none, the paper's)")
-    parser.add_argument("--parameters", choices=("all", "matrices"), default="all",
-                        help="project every trainable parameter (default), or only those of 2+ dimensions")
-    parser.add_argument("--include", action="append", metavar="REGEX",
-                        help="project exactly the parameters whose name matches (repeatable; frozen ones and "
-                             "a checkpoint's running statistics too); --exclude then removes names")
-    parser.add_argument("--exclude", action="append", default=[], metavar="REGEX",
-                        help="leave parameters whose name matches free (repeatable)")
-    parser.add_argument("--motif-bits", type=int, help="quantize the motifs to this many bits")
-    parser.add_argument("--motifs", choices=("sample", "kmeans", "persistent"), default="sample",
-                        help="random blocks (the paper's), k-means refined, or a persistent refined codebook")
-    parser.add_argument("--kmeans-iterations", type=int, default=5,
-                        help="Lloyd iterations for --motifs kmeans/persistent (default 5)")
-    parser.add_argument("--tile-shape", metavar="RxC",
-                        help="cut tensors of 2+ dimensions into RxC tiles (R*C = block size), e.g. 3x3")
-    parser.add_argument("--assignment", choices=("exact", "approximate"), default="exact",
-                        help="nearest-motif search: exact, or an inverted file for huge codebooks")
-    parser.add_argument("--nprobe", type=int, metavar="N",
-                        help="cells of the inverted file searched per block by --assignment approximate; more "
-                             "is slower and closer to exact (default 4)")
-    parser.add_argument("--seed", type=int, default=0, help=seed_help)
-
-
-def config_from_args(args):
-    """A validated MoMosConfig from parsed arguments; bad values become a UsageError."""
-    from momos import MoMosConfig
-    from momos.cli import UsageError
-
-    capacity = args.capacity
-    if capacity is None and args.num_motifs is None:
-        capacity = 0.01
-    if args.nprobe is not None and args.assignment != "approximate":
-        raise UsageError("--nprobe tunes --assignment approximate; add it or drop --nprobe")
-    # Unset options keep MoMosConfig's defaults.
-    optional = {"nprobe": args.nprobe} if args.nprobe is not None else {}
-    tile_shape = None
-    if args.tile_shape is not None:
-        try:
-            tile_shape = tuple(int(size) for size in args.tile_shape.lower().split("x"))
-        except ValueError:
-            raise UsageError(f"--tile-shape must look like 3x3, got {args.tile_shape!r}") from None
-    return MoMosConfig(block_size=args.block_size, capacity=capacity, num_motifs=args.num_motifs,
-                       force_zero=args.force_zero, scope=args.scope, exclude=tuple(args.exclude),
-                       include=tuple(args.include) if args.include else None,
-                       normalize=args.normalize, parameters=args.parameters,
-                       motif_bits=args.motif_bits, seed=args.seed, motifs=args.motifs,
-                       kmeans_iterations=args.kmeans_iterations, tile_shape=tile_shape,
-                       assignment=args.assignment, **optional)
-
-
 def run(args) -> int:
     from momos import project_, warn_if_slow
     from momos.cli import UsageError
     from momos.io import save_safetensors_atomic
     from momos.train import plain_state_dict, scale_metadata
 
-    config = config_from_args(args)
+    config = projection_config(args)
     path = Path(args.source)
     if args.calibration is not None and args.calibration < 1:
         raise UsageError(f"--calibration must be a positive number of images, got {args.calibration}")
@@ -149,9 +88,9 @@ def _is_buffer(name: str) -> bool:
 def _run_model(run_dir: Path, args):
     """The run's model with the chosen checkpoint's weights, and its calibration batches (or None)."""
     from momos.cli import UsageError
-    from momos.cli.complexity import load_source
+    from momos.cli.common import load_checkpoint
 
-    model, _ = load_source(run_dir, argparse.Namespace(**{**vars(args), "block_size": None}))
+    model, _ = load_checkpoint(run_dir, argparse.Namespace(**{**vars(args), "block_size": None}))
     if args.calibration is None:
         return model, None
     from momos.data import DatasetError, batches, load_dataset, random_subset
@@ -165,21 +104,6 @@ def _run_model(run_dir: Path, args):
     except (DatasetError, ValueError) as error:
         raise UsageError(f"--calibration: {error}") from None
     return model, [x for x, _ in batches(images, data.info, 64)]
-
-
-def state_dict_module(path: Path):
-    """Every tensor of a safetensors file (floating ones as parameters), names kept, so that
-    --include/--exclude patterns match the checkpoint's tensor names."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from momos.cli import UsageError
-    from momos.fileformat import module_of_state_dict
-
-    try:
-        return module_of_state_dict(load_file(path))
-    except (OSError, SafetensorError) as error:
-        raise UsageError(f"cannot read {path} as safetensors: {error}") from None
 
 
 def _checkpoint_module(path: Path):

@@ -8,7 +8,7 @@ import os
 import sys
 from contextlib import contextmanager
 
-from momos.cli.project import add_projection_arguments
+from momos.cli.common import add_projection_arguments
 
 DESCRIPTION = """\
 Train a model and record the run: results.json (config, one entry per epoch, summary),
@@ -173,7 +173,7 @@ def _progress_on_stdout(*, quiet: bool):
 def config_from_args(args, given: list[str]):
     """The TrainConfig of the command line; MoMos options with a method without MoMos are an error."""
     from momos.cli import UsageError
-    from momos.cli.project import config_from_args as projection_config
+    from momos.cli.common import projection_config
     from momos.trainconfig import TrainConfig
 
     projection_given = [n for n in given if n in args.projection_dests and n != "seed"]
