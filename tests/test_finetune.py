@@ -156,6 +156,11 @@ def test_a_non_finite_loss_stops_with_the_step_and_puts_back_the_last_mosaic():
         assert torch.equal(tensor, projected[4][name]), name
 
 
+def test_the_learning_rate_defaults_by_what_is_tuned():
+    assert FinetuneConfig().lr == 3e-3 and FinetuneConfig(tune="weights").lr == 1e-4
+    assert FinetuneConfig(lr=1e-2).lr == 1e-2
+
+
 def test_bad_batches_and_options_are_named():
     with pytest.raises(ValueError, match="batches is empty"):
         finetune(_model(), CONFIG, [], steps=2)
