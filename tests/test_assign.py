@@ -67,7 +67,9 @@ def test_ties_go_to_the_lowest_index(backend):
     assert nearest_motif(blocks, motifs).tolist() == [4, 0, 0, 4, 0]
 
 
-@pytest.mark.parametrize("max_bytes", [2000, 4 * 2**20])
+# 2,000-byte tiles (thousands of them) take half a minute on the PyTorch path: the slow suite;
+# 20,000 still splits the distances into hundreds of tiles in the default run.
+@pytest.mark.parametrize("max_bytes", [pytest.param(2000, marks=pytest.mark.slow), 20_000, 4 * 2**20])
 def test_lattice_data_full_of_exact_ties(backend, max_bytes):
     g = torch.Generator().manual_seed(1)
     blocks = torch.randint(-3, 4, (4000, 4), generator=g).float() * 0.125
@@ -302,7 +304,9 @@ def test_weighted_wide_blocks_take_the_torch_path():
                        weighted_brute_force(blocks, motifs, weights)[0])
 
 
-@pytest.mark.parametrize("max_bytes", [2000, 4 * 2**20])
+# 2,000-byte tiles (thousands of them) take half a minute on the PyTorch path: the slow suite;
+# 20,000 still splits the distances into hundreds of tiles in the default run.
+@pytest.mark.parametrize("max_bytes", [pytest.param(2000, marks=pytest.mark.slow), 20_000, 4 * 2**20])
 def test_weighted_lattice_data_full_of_exact_ties(backend, max_bytes):
     g = torch.Generator().manual_seed(11)
     blocks = torch.randint(-3, 4, (1500, 4), generator=g).float() * 0.125

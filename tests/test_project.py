@@ -127,16 +127,12 @@ def test_same_seed_bit_identical_different_seed_differs():
 
 
 def test_projection_does_not_touch_global_rng():
+    model = make_model(seed=5)   # make_model seeds the global RNG itself: build it first
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    momos.project_(make_model(), momos.MoMosConfig(capacity=0.1))
-    # make_model reseeds; reseed again to compare only what project_ might consume
-    torch.manual_seed(123)
-    state = torch.get_rng_state()
-    momos.project_(make_model(seed=5), momos.MoMosConfig(capacity=0.1))
-    torch.set_rng_state(state)
-    assert torch.equal(torch.rand(3), expected)
+    momos.project_(model, momos.MoMosConfig(capacity=0.1))
+    assert torch.equal(torch.rand(3), expected)   # project_ drew nothing from the global RNG
 
 
 def test_idempotent_with_same_motifs():
@@ -146,7 +142,7 @@ def test_idempotent_with_same_motifs():
     before = snapshot(model)
     again = momos.project_(model, cfg, motifs=stats.codebook_motifs())
     assert again.changed_weights == 0 and again.distortion == 0
-    assert torch.equal(again.assignments, stats.assignments) or again.distortion == 0
+    assert torch.equal(again.assignments, stats.assignments)   # motifs are distinct blocks: no tie to break
     assert_unchanged(model, before)
     assert momos.is_mosaic(model, cfg, stats.codebook_motifs())
 
@@ -232,8 +228,8 @@ def test_non_finite_weights_leave_model_untouched(poison):
     before = snapshot(model)
     with pytest.raises(ValueError, match=r"5\.weight.*NaN or Inf"):
         momos.project_(model, momos.MoMosConfig(capacity=0.1))
-    for k, v in before.items():
-        assert torch.equal(model.state_dict()[k], v) or torch.isnan(v).any()
+    for k, v in before.items():   # the poisoned value included (NaN equals NaN here)
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0, equal_nan=True)
 
 
 def test_non_floating_parameter_raises_and_leaves_model_untouched():
