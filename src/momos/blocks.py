@@ -106,6 +106,15 @@ class BlockLayout:
         return [(pattern.nonzero().flatten(), padded[which == i]) for i, pattern in enumerate(patterns)]
 
 
+def codebook_groups(layout: BlockLayout, scope: str) -> list[tuple[int, int]]:
+    """Tensor index ranges ``[first, last)`` that share one codebook: all tensors for
+    ``scope="global"``, each tensor with blocks on its own for ``"per_tensor"``."""
+    count = len(layout.shapes)
+    if scope == "global":
+        return [(0, count)]
+    return [(i, i + 1) for i in range(count) if layout.block_counts[i] > 0]
+
+
 def layout_of(tensors: list[torch.Tensor], block_size: int,
               tile_shape: tuple[int, int] | None = None, per_row: bool = False) -> BlockLayout:
     return BlockLayout(shapes=tuple(t.shape for t in tensors), block_size=block_size,

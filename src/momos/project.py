@@ -18,7 +18,7 @@ from torch import nn
 from . import cost
 from .approximate import nearest_motif_approximate
 from .assign import DEFAULT_MAX_DISTANCE_BYTES, nearest_motif_ignoring_padding
-from .blocks import BlockLayout, from_blocks, layout_of, to_blocks
+from .blocks import BlockLayout, codebook_groups, from_blocks, layout_of, to_blocks
 from .calibration import Calibration, input_importance
 from .config import MoMosConfig
 from .motifs import refine_motifs_kmeans, sample_motifs
@@ -220,7 +220,7 @@ def _sizes_of(model, config) -> tuple[list[tuple[int, int]], torch.device]:
     params = select_parameters(model, config)
     layout = layout_of([p for _, p in params], config.block_size, config.tile_shape,
                        per_row=config.normalize == "channel")
-    return _codebook_sizes(layout, codebook_groups(layout, config), config), params[0][1].device
+    return _codebook_sizes(layout, codebook_groups(layout, config.scope), config), params[0][1].device
 
 
 def _plan(model, config, *, generator=None, motifs=None, scales=None, init_motifs=None, importance=None,
@@ -242,7 +242,7 @@ def _plan(model, config, *, generator=None, motifs=None, scales=None, init_motif
     blocks, layout = to_blocks(normalized, config.block_size, dtype=dtype, tile_shape=config.tile_shape,
                                per_row=config.normalize == "channel")
 
-    groups = codebook_groups(layout, config)
+    groups = codebook_groups(layout, config.scope)
     sizes = _codebook_sizes(layout, groups, config)
     given = _given_motifs(motifs, groups, config, blocks)
     if given is None:
@@ -367,14 +367,6 @@ def _importance_blocks(importance, tensors, config, blocks, layout) -> torch.Ten
     weight_blocks, _ = to_blocks([w.to(blocks.device) for w in importance], config.block_size,
                                  dtype=blocks.dtype, tile_shape=config.tile_shape, per_row=layout.per_row)
     return weight_blocks
-
-
-def codebook_groups(layout: BlockLayout, config: MoMosConfig) -> list[tuple[int, int]]:
-    """Tensor index ranges ``[first, last)`` that share one codebook."""
-    count = len(layout.shapes)
-    if config.scope == "global":
-        return [(0, count)]
-    return [(i, i + 1) for i in range(count) if layout.block_counts[i] > 0]
 
 
 def _codebook_sizes(layout: BlockLayout, groups, config: MoMosConfig) -> list[tuple[int, int]]:

@@ -63,10 +63,6 @@ from .qat import QATConfig, add_qat_, plain_name
 from .runfolder import BEST, FINAL, INIT, load_model_weights_, plain_state_dict
 from .trainconfig import TrainConfig
 
-# The README documents momos.train.load_model and momos.train.checkpoint_scales, and
-# momos.cli.project imports scale_metadata from here; all three live in momos.runfolder.
-from .runfolder import checkpoint_scales, load_model, scale_metadata  # noqa: F401
-
 EVAL_BATCH_SIZE = 1024
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ def run(args) -> int:
     from momos import project_, warn_if_slow
     from momos.cli import UsageError
     from momos.io import save_safetensors_atomic
-    from momos.train import plain_state_dict, scale_metadata
+    from momos.runfolder import plain_state_dict, scale_metadata
 
     config = projection_config(args)
     path = Path(args.source)
@@ -94,9 +94,9 @@ def _run_model(run_dir: Path, args):
     if args.calibration is None:
         return model, None
     from momos.data import DatasetError, batches, load_dataset, random_subset
-    from momos.train import TrainConfig
+    from momos.runfolder import read_config
 
-    config = TrainConfig.from_dict(json.loads((run_dir / "results.json").read_text())["config"])
+    config = read_config(run_dir)
     try:
         data = load_dataset(config.dataset, args.data_dir or config.data_dir, val_fraction=config.val_fraction,
                             split_seed=config.split_seed, download=False)

@@ -37,12 +37,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..blocks import BlockLayout, layout_of
+from ..blocks import BlockLayout, codebook_groups, layout_of
 from ..config import MoMosConfig
 from ..fileformat.bitpack import bits_for
 from ..fileformat.decompose import decompose
 from ..scales import Scales, num_scales
-from ..project import ProjectionStats, codebook_groups, select_parameters
+from ..project import ProjectionStats, select_parameters
 from ..qat import fake_quantized, latent_name
 from ..scales import scale_exponents, scales_of
 
@@ -308,7 +308,7 @@ def default_bits(config: MoMosConfig) -> int:
 
 def _codebook_block_counts(layout: BlockLayout, config: MoMosConfig) -> list[int]:
     return [layout.block_offsets[last] - layout.block_offsets[first]
-            for first, last in codebook_groups(layout, config)]
+            for first, last in codebook_groups(layout, config.scope)]
 
 
 def _check_positive(name: str, value) -> None:

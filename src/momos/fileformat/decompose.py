@@ -20,9 +20,8 @@ import torch
 
 from .. import scales as scaling
 from ..scales import Scales, given_exponents
-from ..blocks import BlockLayout, from_blocks, to_blocks
+from ..blocks import BlockLayout, codebook_groups, from_blocks, to_blocks
 from ..config import MoMosConfig
-from ..project import codebook_groups
 from .tables import same_bits
 
 _BIT_VIEWS = {torch.float32: np.int32, torch.float64: np.int64}
@@ -101,7 +100,7 @@ def decompose(tensors: list[torch.Tensor], config: MoMosConfig, scales: Scales |
                                per_row=config.normalize == "channel")
     bits = blocks.numpy().view(_BIT_VIEWS[dtype])
     valid = layout.valid_mask().numpy()
-    groups = tuple(codebook_groups(layout, config))
+    groups = tuple(codebook_groups(layout, config.scope))
     motifs, indices = [], []
     for first, last in groups:
         b0, b1 = layout.block_offsets[first], layout.block_offsets[last]
