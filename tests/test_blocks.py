@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from momos.blocks import from_blocks, layout_of, to_blocks
+from momos.blocks import block_dtype, from_blocks, layout_of, to_blocks
 
 shapes = st.lists(st.lists(st.integers(0, 5), min_size=0, max_size=4).map(tuple), min_size=1, max_size=5)
 
@@ -79,3 +79,13 @@ def test_tiles_pad_both_trailing_dimensions():
 def test_bad_tile_shape():
     with pytest.raises(ValueError, match="tile shape"):
         layout_of([torch.randn(4, 4)], 4, (3, 3))
+
+
+def test_block_dtype_promotes_with_a_float32_floor():
+    # projection and the file format search and decompose half-precision weights in float32
+    assert block_dtype([torch.float16, torch.bfloat16]) == torch.float32
+    assert block_dtype([torch.float16, torch.float64]) == torch.float64
+    assert block_dtype([]) == torch.float32
+    # to_blocks without a dtype keeps the tensors' own promoted dtype
+    assert block_dtype([torch.float16], at_least=None) == torch.float16
+    assert to_blocks([torch.ones(3, dtype=torch.float16)], 2)[0].dtype == torch.float16

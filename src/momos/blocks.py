@@ -115,6 +115,17 @@ def codebook_groups(layout: BlockLayout, scope: str) -> list[tuple[int, int]]:
     return [(i, i + 1) for i in range(count) if layout.block_counts[i] > 0]
 
 
+def block_dtype(dtypes, at_least: torch.dtype | None = torch.float32) -> torch.dtype:
+    """The dtype blocks of tensors of ``dtypes`` are held and compared in: their promoted dtype,
+    at least ``at_least`` (float32 by default: half-precision weights are searched and decomposed
+    in float32; None: the promoted dtype itself)."""
+    dtypes = iter(dtypes)
+    dtype = next(dtypes) if at_least is None else at_least
+    for d in dtypes:
+        dtype = torch.promote_types(dtype, d)
+    return dtype
+
+
 def layout_of(tensors: list[torch.Tensor], block_size: int,
               tile_shape: tuple[int, int] | None = None, per_row: bool = False) -> BlockLayout:
     return BlockLayout(shapes=tuple(t.shape for t in tensors), block_size=block_size,
@@ -133,9 +144,7 @@ def to_blocks(tensors: list[torch.Tensor], block_size: int, dtype: torch.dtype |
         raise ValueError("no tensors to cut into blocks")
     layout = layout_of(tensors, block_size, tile_shape, per_row)
     if dtype is None:
-        dtype = tensors[0].dtype
-        for t in tensors[1:]:
-            dtype = torch.promote_types(dtype, t.dtype)
+        dtype = block_dtype((t.dtype for t in tensors), at_least=None)
     return _cut([t.detach() for t in tensors], layout, dtype=dtype, device=tensors[0].device), layout
 
 

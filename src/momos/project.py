@@ -18,7 +18,7 @@ from torch import nn
 from . import cost
 from .approximate import nearest_motif_approximate
 from .assign import DEFAULT_MAX_DISTANCE_BYTES, nearest_motif_ignoring_padding
-from .blocks import BlockLayout, codebook_groups, from_blocks, layout_of, to_blocks
+from .blocks import BlockLayout, block_dtype, codebook_groups, from_blocks, layout_of, to_blocks
 from .calibration import Calibration, input_importance
 from .config import MoMosConfig
 from .motifs import refine_motifs_kmeans, sample_motifs
@@ -234,9 +234,7 @@ def _plan(model, config, *, generator=None, motifs=None, scales=None, init_motif
         if not torch.isfinite(param.detach()).all():
             raise ValueError(f"parameter {name!r} holds NaN or Inf values; refusing to project")
     tensors = [param.detach() for _, param in params]
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
+    dtype = block_dtype(t.dtype for t in tensors)
     exponents = _scale_exponents(tensors, names, config, scales)
     normalized = tensors if exponents is None else [divide(t.to(dtype), e) for t, e in zip(tensors, exponents)]
     blocks, layout = to_blocks(normalized, config.block_size, dtype=dtype, tile_shape=config.tile_shape,

@@ -42,11 +42,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .. import scales as scaling
-from ..blocks import BlockLayout
+from ..blocks import BlockLayout, block_dtype
 from ..config import NORMALIZATIONS, SCOPES, MoMosConfig
 from .container import DTYPE_NAMES, DTYPES, as_uint8_tensor, read_container, write_container
 from ..scales import Scales, scale_shape
-from .decompose import Mosaic, NotAMosaicError, block_dtype, decompose, rebuild
+from .decompose import Mosaic, NotAMosaicError, decompose, rebuild
 from . import quantized
 from .errors import FormatError
 from .streams import decode_stream, encode_stream, span_end

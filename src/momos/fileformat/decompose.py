@@ -20,7 +20,7 @@ import torch
 
 from .. import scales as scaling
 from ..scales import Scales, given_exponents
-from ..blocks import BlockLayout, codebook_groups, from_blocks, to_blocks
+from ..blocks import BlockLayout, block_dtype, codebook_groups, from_blocks, to_blocks
 from ..config import MoMosConfig
 from .tables import same_bits
 
@@ -60,14 +60,6 @@ class NotAMosaicError(ValueError):
     def __init__(self, message: str, tensor: int) -> None:
         super().__init__(message)
         self.tensor = tensor
-
-
-def block_dtype(dtypes) -> torch.dtype:
-    """The dtype blocks are compared in: the tensors' promoted dtype, at least float32."""
-    dtype = torch.float32
-    for d in dtypes:
-        dtype = torch.promote_types(dtype, d)
-    return dtype
 
 
 def decompose(tensors: list[torch.Tensor], config: MoMosConfig, scales: Scales | None = None, *,
