@@ -56,7 +56,7 @@ class FinetuneConfig:
             step; ``"weights"``: every weight trains freely and is projected again every
             ``every_n_steps`` steps and at the end (the paper's schedule, on a short budget).
         lr: AdamW's learning rate, decayed to 0 over the steps by a cosine (default: 3e-3 for
-            ``tune="motifs"``, better than 1e-3 in all 7 pairs of runs of experiments/COMPRESS.md;
+            ``tune="motifs"``, more accurate than 1e-3 in all 8 pairs of runs of experiments/COMPRESS.md;
             1e-4 for ``tune="weights"``, which moves every weight).
         weight_decay: AdamW's weight decay.
         every_n_steps: with ``tune="weights"``, project every N optimizer steps (and always at
