@@ -11,6 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -227,33 +228,67 @@ def _plan(model, config, *, generator=None, motifs=None, scales=None, init_motif
           keep_nonzero=False, max_distance_bytes=DEFAULT_MAX_DISTANCE_BYTES):
     """The projection, computed but not written: (stats, new tensor values, parameters)."""
     start = time.perf_counter()
+    params, names, tensors = _select_and_check(model, config)
+    cut = _normalize_and_cut(tensors, names, config, scales)
+    codebooks, motif_table, assignments = _choose_and_assign(
+        cut, tensors, names, config, generator=generator, motifs=motifs, init_motifs=init_motifs,
+        importance=importance, max_distance_bytes=max_distance_bytes)
+    new_values = _new_values(motif_table[assignments], cut, tensors)
+    if keep_nonzero:
+        _refuse_zeroed_tensors(new_values, tensors, names)
+    stats = _statistics(names, tensors, new_values, cut, config, codebooks, motif_table, assignments, start)
+    return stats, new_values, params
+
+
+class _Cut(NamedTuple):
+    """The selected tensors as blocks: normalized by their scale exponents when ``config.normalize``."""
+
+    blocks: torch.Tensor                    # (num_blocks, s), in ``dtype``
+    layout: BlockLayout
+    dtype: torch.dtype                      # block_dtype of the tensors
+    exponents: list[torch.Tensor] | None    # each tensor's scale exponents; None without normalization
+
+
+def _select_and_check(model, config) -> tuple[list[tuple[str, nn.Parameter]], list[str], list[torch.Tensor]]:
+    """The validated config's parameters, their names and detached values; refuses NaN and Inf."""
     config.validate()
     params = select_parameters(model, config)
-    names = [name for name, _ in params]
     for name, param in params:
         if not torch.isfinite(param.detach()).all():
             raise ValueError(f"parameter {name!r} holds NaN or Inf values; refusing to project")
-    tensors = [param.detach() for _, param in params]
+    return params, [name for name, _ in params], [param.detach() for _, param in params]
+
+
+def _normalize_and_cut(tensors, names, config, scales) -> _Cut:
+    """Divide the tensors by their (measured or given) scales and cut them into blocks."""
     dtype = block_dtype(t.dtype for t in tensors)
     exponents = _scale_exponents(tensors, names, config, scales)
     normalized = tensors if exponents is None else [divide(t.to(dtype), e) for t, e in zip(tensors, exponents)]
     blocks, layout = to_blocks(normalized, config.block_size, dtype=dtype, tile_shape=config.tile_shape,
                                per_row=config.normalize == "channel")
+    return _Cut(blocks, layout, dtype, exponents)
 
+
+def _choose_and_assign(cut, tensors, names, config, *, generator, motifs, init_motifs, importance,
+                       max_distance_bytes) -> tuple[tuple[Codebook, ...], torch.Tensor, torch.Tensor]:
+    """Each codebook's motifs (given, or chosen from its blocks) and each block's nearest motif.
+
+    Returns the codebooks, their stacked motif table and the assignments into it.
+    """
+    blocks, layout = cut.blocks, cut.layout
     groups = codebook_groups(layout, config.scope)
-    sizes = _codebook_sizes(layout, groups, config)
     given = _given_motifs(motifs, groups, config, blocks)
     if given is None:
-        _refuse_zero_codebooks(sizes, groups, tensors, names, config)
+        _refuse_zero_codebooks(_codebook_sizes(layout, groups, config), groups, tensors, names, config)
     init = _given_motifs(init_motifs, groups, config, blocks) if config.motifs == "persistent" else None
     valid = layout.valid_mask(blocks.device)
     patterns = layout.padding_patterns(blocks.device)
     weights = _importance_blocks(importance, tensors, config, blocks, layout)
     if generator is None:
         generator = torch.Generator().manual_seed(config.seed)
-
     search = None if config.assignment == "exact" else partial(
         nearest_motif_approximate, nprobe=config.nprobe, max_distance_bytes=max_distance_bytes)
+
     codebooks, all_motifs, all_assignments = [], [], []
     motif_start = 0
     for g, (first, last) in enumerate(groups):
@@ -276,21 +311,27 @@ def _plan(model, config, *, generator=None, motifs=None, scales=None, init_motif
         codebooks.append(Codebook(tuple(names[first:last]), b0, b1,
                                   motif_start, motif_start + len(group_motifs)))
         motif_start += len(group_motifs)
+    return tuple(codebooks), torch.cat(all_motifs), torch.cat(all_assignments)
 
-    motif_table = torch.cat(all_motifs)
-    assignments = torch.cat(all_assignments)
-    new_values = from_blocks(motif_table[assignments], layout)
-    if exponents is not None:
-        new_values = [multiply(v, e) for v, e in zip(new_values, exponents)]
-    new_values = [v.to(t.dtype) for v, t in zip(new_values, tensors)]
-    if keep_nonzero:
-        _refuse_zeroed_tensors(new_values, tensors, names)
+
+def _new_values(new_blocks, cut, tensors) -> list[torch.Tensor]:
+    """The blocks put back into tensors, multiplied by their scales, each in its own dtype."""
+    new_values = from_blocks(new_blocks, cut.layout)
+    if cut.exponents is not None:
+        new_values = [multiply(v, e) for v, e in zip(new_values, cut.exponents)]
+    return [v.to(t.dtype) for v, t in zip(new_values, tensors)]
+
+
+def _statistics(names, tensors, new_values, cut, config, codebooks, motif_table, assignments,
+                start) -> ProjectionStats:
+    """What the projection did: errors (in the block dtype, summed in float64), counts, timing."""
+    dtype = cut.dtype
     squared_errors = [float((v.to(dtype) - t.to(dtype)).double().square().sum()) for v, t in zip(new_values, tensors)]
     norms = [float(t.double().norm()) for t in tensors]
-    stats = ProjectionStats(
+    return ProjectionStats(
         parameter_names=tuple(names),
-        num_weights=layout.num_weights,
-        num_blocks=layout.num_blocks,
+        num_weights=cut.layout.num_weights,
+        num_blocks=cut.layout.num_blocks,
         num_motifs=len(motif_table),
         block_size=config.block_size,
         distortion=sum(squared_errors),
@@ -299,12 +340,11 @@ def _plan(model, config, *, generator=None, motifs=None, scales=None, init_motif
         motifs=motif_table,
         assignments=assignments,
         motif_counts=torch.bincount(assignments, minlength=len(motif_table)),
-        codebooks=tuple(codebooks),
+        codebooks=codebooks,
         relative_errors={name: error ** 0.5 / norm if norm > 0 else error ** 0.5
                          for name, error, norm in zip(names, squared_errors, norms)},
-        scales=None if exponents is None else tuple(scales_of(e) for e in exponents),
+        scales=None if cut.exponents is None else tuple(scales_of(e) for e in cut.exponents),
     )
-    return stats, new_values, params
 
 
 def _scale_exponents(tensors, names, config, given) -> list[torch.Tensor] | None:
