@@ -121,7 +121,7 @@ def _search_chunk(blocks, weights, motifs, ivf: InvertedFile, nprobe: int, max_d
     """Search ``blocks`` ``(n, s)`` (weights ``(n, s)`` or None) in their ``nprobe`` nearest
     cells; ``(n,)`` int64."""
     probes = _nearest_cells(blocks, weights, ivf.centroids, nprobe, max_distance_bytes)
-    if kernels.available(blocks.device) and blocks.shape[1] <= kernels.MAX_BLOCK_SIZE:
+    if kernels.usable(blocks):
         position, distance = kernels.nearest_in_cells(blocks, motifs[ivf.motif_order], ivf.cell_starts,
                                                       probes, weights)
         candidate = ivf.motif_order[position]
@@ -160,7 +160,7 @@ def _nearest_cells(blocks, weights, centroids, count: int, max_distance_bytes: i
     Nearest first by the float64 (weighted) distance, equal distances in cell order, on
     every backend.
     """
-    if kernels.available(blocks.device) and blocks.shape[1] <= kernels.MAX_BLOCK_SIZE:
+    if kernels.usable(blocks):
         return kernels.nearest_few(blocks, centroids, count, weights)
     # the distances and two temporaries of one coordinate, all float64
     rows = max(1, max_distance_bytes // (24 * len(centroids)))

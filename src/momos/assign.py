@@ -52,7 +52,7 @@ def nearest_motif(blocks: torch.Tensor, motifs: torch.Tensor, *, weights: torch.
         check_weights(weights, blocks)
     if len(blocks) == 0:
         return torch.empty(0, dtype=torch.long, device=blocks.device)
-    if kernels.available(blocks.device) and blocks.shape[1] <= kernels.MAX_BLOCK_SIZE:
+    if kernels.usable(blocks):
         return kernels.nearest_motif(blocks, motifs, weights)
     return _nearest_certified(blocks, motifs, max_distance_bytes, weights)
 

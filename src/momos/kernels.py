@@ -39,9 +39,10 @@ TILE_ROWS = 128
 MAX_BLOCK_SIZE = 16
 
 
-def available(device: torch.device | str = "cpu") -> bool:
-    """True when the compiled kernel can search tensors on ``device``."""
-    return numba is not None and torch.device(device).type == "cpu"
+def usable(blocks: torch.Tensor) -> bool:
+    """True when the compiled kernels can search ``blocks`` ``(m, s)``: numba is installed, the
+    blocks are on the CPU and ``s <= MAX_BLOCK_SIZE``; otherwise callers take the PyTorch path."""
+    return numba is not None and blocks.device.type == "cpu" and blocks.shape[1] <= MAX_BLOCK_SIZE
 
 
 def nearest_motif(blocks: torch.Tensor, motifs: torch.Tensor,
