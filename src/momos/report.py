@@ -11,6 +11,8 @@ import csv
 import io
 import json
 import os
+import re
+import statistics
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,3 +304,106 @@ def _plot_usage(ax, runs, color) -> None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
+
+
+# --- sweeps: many runs, grouped by their axis labels ---------------------------------------------
+
+SUMMARY_VALUES = ("test_acc", "final_val_acc", SIMPLIFICATION, "least_used_half_share", "wall_seconds")
+UNSAFE_IN_NAMES = re.compile(r"[^A-Za-z0-9._+=-]")
+"""The characters a run folder or figure name must not hold (each is written as ``_``)."""
+
+
+@dataclass
+class SweepReport:
+    """What :func:`momos.sweep.aggregate` wrote: per-run rows, per-group rows, the Markdown table
+    and figures; ``missing``: runs of the grid without results yet."""
+
+    runs: list[dict]
+    summary: list[dict]
+    markdown: str
+    plots: list[Path]
+    missing: list[str]
+
+
+def summarize_runs(out: Path, found: list[tuple[dict, RunRecord]], axis_names: list[str],
+                   group_axes: list[str], missing: list[str]) -> SweepReport:
+    """Write the tables and figures of runs ``found`` as ``(axis labels, run)`` pairs into ``out``:
+    ``runs.csv`` (:func:`run_rows`), ``summary.csv`` / ``summary.md`` (:func:`summary_rows` over
+    ``group_axes``, of :data:`SUMMARY_VALUES` and every logged metric) and one figure per
+    (model, dataset) of the complete runs in ``plots/``."""
+    from .io import write_bytes_atomic
+
+    rows = run_rows(found, axis_names)
+    numbers, cells = summary_rows(rows, group_axes,
+                                  [*SUMMARY_VALUES, *logged_metrics([record for _, record in found])])
+    markdown = format_table(cells, "markdown")
+    write_bytes_atomic(format_table(rows, "csv").encode(), out / "runs.csv")
+    write_bytes_atomic(format_table(numbers, "csv").encode(), out / "summary.csv")
+    write_bytes_atomic(markdown.encode(), out / "summary.md")
+    plots = _plot_lowest_seeds(out, [record for _, record in found if record.results["summary"].get("complete")])
+    return SweepReport(rows, numbers, markdown, plots, missing)
+
+
+def axis_order(axes_of_runs: list[dict]) -> list[str]:
+    """The axes of all runs in grid order, although each run names only the axes that apply to it
+    (the run with the most axes sets the order; axes it lacks follow their predecessor elsewhere)."""
+    order: list[str] = []
+    for axes in sorted(axes_of_runs, key=len, reverse=True):
+        previous = None
+        for axis in axes:
+            if axis not in order:
+                order.insert(order.index(previous) + 1 if previous is not None else 0, axis)
+            previous = axis
+    return order
+
+
+def run_rows(found: list[tuple[dict, RunRecord]], axis_names: list[str]) -> list[dict]:
+    """One row per ``(axis labels, run)``: run name, the axis labels, the other columns of
+    :func:`compare_rows`, wall seconds and whether the run is complete."""
+    rows = []
+    for (axes, record), row in zip(found, compare_rows([record for _, record in found])):
+        summary = record.results["summary"]
+        rows.append({"run": row["run"], **{a: axes.get(a) for a in axis_names},
+                     **{k: v for k, v in row.items() if k != "run" and k not in axis_names},
+                     "wall_seconds": summary.get("wall_seconds"), "complete": bool(summary.get("complete"))})
+    return rows
+
+
+def summary_rows(rows: list[dict], group_axes: list[str], values: list[str]) -> tuple[list[dict], list[dict]]:
+    """The complete runs grouped by their labels on ``group_axes``: per group ``n`` and the mean
+    and sample standard deviation of each of ``values``, as numbers (``<value>_mean``,
+    ``<value>_std``) and as ``mean ± std`` cells."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["complete"]:
+            groups.setdefault(tuple(row[a] for a in group_axes), []).append(row)
+    numbers, cells = [], []
+    for key, members in groups.items():
+        labels = {**dict(zip(group_axes, key)), "n": len(members)}
+        stats = {name: _mean_std([member[name] for member in members]) for name in values}
+        numbers.append({**labels, **{f"{name}_{part}": stat for name, pair in stats.items()
+                                     for part, stat in zip(("mean", "std"), pair)}})
+        cells.append({**labels, **{name: None if mean is None else f"{format_cell(mean)} ± {format_cell(std)}"
+                                   for name, (mean, std) in stats.items()}})
+    return numbers, cells
+
+
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof 1) of the values that are not None."""
+    present = [v for v in values if v is not None]
+    mean = statistics.fmean(present) if present else None
+    return mean, statistics.stdev(present) if len(present) > 1 else None
+
+
+def _plot_lowest_seeds(out: Path, records: list[RunRecord]) -> list[Path]:
+    """One figure per (model, dataset) over the runs of its lowest seed."""
+    by_data: dict[tuple[str, str], list] = {}
+    for record in records:
+        by_data.setdefault((record.config["model"], record.config["dataset"]), []).append(record)
+    paths = []
+    for (model, dataset), group in by_data.items():
+        seed = min(record.config["seed"] for record in group)
+        path = out / "plots" / UNSAFE_IN_NAMES.sub("_", f"{model}_{dataset}.png")
+        plot_runs([record for record in group if record.config["seed"] == seed], path)
+        paths.append(path)
+    return paths

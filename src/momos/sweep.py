@@ -29,7 +29,6 @@ import itertools
 import json
 import os
 import re
-import statistics
 import sys
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -41,8 +40,7 @@ from pathlib import Path
 from .config import MoMosConfig
 from .io import write_bytes_atomic, write_json_atomic
 from .models import check_model_name
-from .report import (SIMPLIFICATION, RunRecord, compare_rows, format_cell, format_table, load_run, logged_metrics,
-                     plot_runs)
+from .report import SUMMARY_VALUES, UNSAFE_IN_NAMES, RunRecord, SweepReport, axis_order, load_run, summarize_runs
 from .runfolder import RESULTS, STATE, read_results
 from .train import check_metric_names, resolve_device, resume, train
 from .trainconfig import DEFAULT_MOMOS, TrainConfig
@@ -58,10 +56,9 @@ NOT_COMPARED = ("data_dir", "download", "versions")
 SEED_AXIS = "seed"
 NAME_KEY = "name"
 RUNS, PLAN, ERROR = "runs", "sweep.json", "error.txt"
-SUMMARY_VALUES = ("test_acc", "final_val_acc", SIMPLIFICATION, "least_used_half_share", "wall_seconds")
 
 _SCALARS = (str, int, float, bool, type(None))
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
+_UNSAFE = UNSAFE_IN_NAMES
 _FIELD_TYPES = {f.name: str(f.type) for f in (*fields(TrainConfig), *fields(MoMosConfig))}
 _TRAIN_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
@@ -83,18 +80,6 @@ class SweepOutcome:
     skipped: list[str] = field(default_factory=list)
     trained: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class SweepReport:
-    """What :func:`aggregate` wrote: per-run rows, per-group rows, the Markdown table and figures;
-    ``missing``: runs of the grid without results yet."""
-
-    runs: list[dict]
-    summary: list[dict]
-    markdown: str
-    plots: list[Path]
-    missing: list[str]
 
 
 # --- the spec ----------------------------------------------------------------------------------
@@ -483,59 +468,7 @@ def aggregate(out: str | os.PathLike, points: list[SweepPoint] | None = None) ->
     if not any(record.results["summary"].get("complete") for _, record in found):
         raise ValueError(f"no run of the sweep in {out} is complete yet")
     axis_names = axis_order([axes for _, axes in planned])
-    rows = run_rows(found, axis_names)
-    numbers, cells = summary_rows(rows, [a for a in axis_names if a != SEED_AXIS],
-                                  [*SUMMARY_VALUES, *logged_metrics([record for _, record in found])])
-    markdown = format_table(cells, "markdown")
-    write_bytes_atomic(format_table(rows, "csv").encode(), out / "runs.csv")
-    write_bytes_atomic(format_table(numbers, "csv").encode(), out / "summary.csv")
-    write_bytes_atomic(markdown.encode(), out / "summary.md")
-    plots = _plot(out, [record for _, record in found if record.results["summary"].get("complete")])
-    return SweepReport(rows, numbers, markdown, plots, missing)
-
-
-def axis_order(axes_of_runs: list[dict]) -> list[str]:
-    """The axes of all runs in grid order, although each run names only the axes that apply to it
-    (the run with the most axes sets the order; axes it lacks follow their predecessor elsewhere)."""
-    order: list[str] = []
-    for axes in sorted(axes_of_runs, key=len, reverse=True):
-        previous = None
-        for axis in axes:
-            if axis not in order:
-                order.insert(order.index(previous) + 1 if previous is not None else 0, axis)
-            previous = axis
-    return order
-
-
-def run_rows(found: list[tuple[dict, RunRecord]], axis_names: list[str]) -> list[dict]:
-    """One row per ``(axis labels, run)``: run name, the axis labels, the other columns of
-    ``report.compare_rows``, wall seconds and whether the run is complete."""
-    rows = []
-    for (axes, record), row in zip(found, compare_rows([record for _, record in found])):
-        summary = record.results["summary"]
-        rows.append({"run": row["run"], **{a: axes.get(a) for a in axis_names},
-                     **{k: v for k, v in row.items() if k != "run" and k not in axis_names},
-                     "wall_seconds": summary.get("wall_seconds"), "complete": bool(summary.get("complete"))})
-    return rows
-
-
-def summary_rows(rows: list[dict], group_axes: list[str], values: list[str]) -> tuple[list[dict], list[dict]]:
-    """The complete runs grouped by their labels on ``group_axes``: per group ``n`` and the mean
-    and sample standard deviation of each of ``values``, as numbers (``<value>_mean``,
-    ``<value>_std``) and as ``mean ± std`` cells."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        if row["complete"]:
-            groups.setdefault(tuple(row[a] for a in group_axes), []).append(row)
-    numbers, cells = [], []
-    for key, members in groups.items():
-        labels = {**dict(zip(group_axes, key)), "n": len(members)}
-        stats = {name: _mean_std([member[name] for member in members]) for name in values}
-        numbers.append({**labels, **{f"{name}_{part}": stat for name, pair in stats.items()
-                                     for part, stat in zip(("mean", "std"), pair)}})
-        cells.append({**labels, **{name: None if mean is None else f"{format_cell(mean)} ± {format_cell(std)}"
-                                   for name, (mean, std) in stats.items()}})
-    return numbers, cells
+    return summarize_runs(out, found, axis_names, [a for a in axis_names if a != SEED_AXIS], missing)
 
 
 def _planned(out: Path) -> list[tuple[str, dict]]:
@@ -543,24 +476,3 @@ def _planned(out: Path) -> list[tuple[str, dict]]:
         return [(run["name"], run["axes"]) for run in json.loads((out / PLAN).read_text())["runs"]]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{out} holds no sweep plan ({PLAN}: {error}); pass the sweep's spec") from None
-
-
-def _mean_std(values: list) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof 1) of the values that are not None."""
-    present = [v for v in values if v is not None]
-    mean = statistics.fmean(present) if present else None
-    return mean, statistics.stdev(present) if len(present) > 1 else None
-
-
-def _plot(out: Path, records: list) -> list[Path]:
-    """One figure per (model, dataset) over the runs of its lowest seed."""
-    by_data: dict[tuple[str, str], list] = {}
-    for record in records:
-        by_data.setdefault((record.config["model"], record.config["dataset"]), []).append(record)
-    paths = []
-    for (model, dataset), group in by_data.items():
-        seed = min(record.config["seed"] for record in group)
-        path = out / "plots" / _UNSAFE.sub("_", f"{model}_{dataset}.png")
-        plot_runs([record for record in group if record.config["seed"] == seed], path)
-        paths.append(path)
-    return paths
