@@ -466,3 +466,15 @@ def test_bdm_on_every_alphabet():
     for name in ("bdm", "bdm4", "bdm5", "bdm6", "bdm9"):
         assert result[name] > 0 and result[f"{name}_per_bit"] > 0
         assert 0 <= result[f"{name}_normalized"] <= 1
+
+
+def test_mosaic_codebooks_are_the_file_decomposition_signed_zeros_apart():
+    """-0.0 and 0.0 blocks are two motifs, as in the .momos file (compared bit for bit)."""
+    from momos.fileformat.decompose import decompose
+
+    weights = [torch.tensor([0.0, 1.0, -0.0, 1.0, 0.0, 1.0, 2.0, 2.0])]
+    config = momos.MoMosConfig(block_size=2, num_motifs=3)
+    (book,) = mosaic_codebooks(weights, config)
+    (table,) = decompose(weights, config).motifs
+    assert book.num_motifs == 3 and book.motif_counts.tolist() == [2, 1, 1]
+    assert torch.equal(book.motifs.view(torch.int32), table.view(torch.int32))

@@ -27,6 +27,12 @@ With several codebooks (``scope="per_tensor"``) every term is summed over codebo
 
 The motifs of weights are found by :func:`momos.fileformat.decompose.decompose`, the
 decomposition the ``.momos`` file stores: blocks compared bit for bit, normalized first.
+
+Signed zeros: blocks are compared by their bits, so a block holding ``-0.0`` and one holding
+``0.0`` at the same place are two motifs, as in the file (which must give back every weight bit
+for bit); ``k``, the indices and the usage are exactly the file's. The ``needed_table``
+dictionary of values, though, counts distinct values by ``==`` (``torch.unique``), so ``-0.0``
+and ``0.0`` are one value there (as in the ``entropy`` metric).
 """
 
 from __future__ import annotations
@@ -41,10 +47,9 @@ from ..blocks import BlockLayout, codebook_groups, layout_of
 from ..config import MoMosConfig
 from ..fileformat.bitpack import bits_for
 from ..fileformat.decompose import decompose
-from ..scales import Scales, num_scales
 from ..project import ProjectionStats, select_parameters
 from ..qat import fake_quantized, latent_name
-from ..scales import scale_exponents, scales_of
+from ..scales import Scales, num_scales, scale_exponents, scales_of
 
 SCALE_BITS = 8
 """Bits per stored scale: the exponent ``e`` of ``2**e``, a signed byte as in the ``.momos`` file."""
@@ -296,6 +301,8 @@ def mosaic_codebooks(tensors: list[torch.Tensor], config: MoMosConfig,
     """
     if config.normalize != "none" and scales is None:
         scales = [scales_of(scale_exponents(t.detach().cpu(), config.normalize)) for t in tensors]
+    # The file's own decomposition, not a copy of it: blocks compared bit for bit, so -0.0 and
+    # 0.0 make different motifs here exactly as they do in the .momos file.
     mosaic = decompose(list(tensors), config, scales, names=names, bounded=False)
     return [CodebookUsage(len(index), len(table), torch.bincount(index, minlength=len(table)), table)
             for table, index in zip(mosaic.motifs, mosaic.indices)]
@@ -346,5 +353,5 @@ def _needed_table_bits(book: CodebookUsage, block_size: int, q: int) -> int | No
     if book.motifs is None:
         return None
     num_values = book.num_motifs * block_size
-    distinct = int(torch.unique(book.motifs).numel())
+    distinct = int(torch.unique(book.motifs).numel())   # by value: -0.0 and 0.0 count once
     return min(num_values * q, distinct * q + num_values * bits_for(distinct))
