@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     add_dataclass_arguments(data, CompressConfig, only=("dataset", "text_file", "data_dir", "batch_size", "epochs",
                                                         "calibration"))
     mosaic = parser.add_argument_group("mosaic (default s=4, capacity 0.01, force-zero)")
-    add_projection_arguments(mosaic, seed_help="seed of the motifs and the data order (default 0)")
+    add_projection_arguments(mosaic, seed_help="seed of the motifs and the data order")
     tuning = parser.add_argument_group("fine-tuning")
     add_dataclass_arguments(tuning, FinetuneConfig)
     runtime = parser.add_argument_group("runtime")
