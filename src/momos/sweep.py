@@ -43,14 +43,11 @@ from .models import check_model_name
 from .report import SUMMARY_VALUES, UNSAFE_IN_NAMES, RunRecord, SweepReport, axis_order, load_run, summarize_runs
 from .runfolder import RESULTS, STATE, read_results
 from .train import check_metric_names, resolve_device, resume, train
-from .trainconfig import DEFAULT_MOMOS, TrainConfig
+from .trainconfig import DEFAULT_MOMOS, MOMOS_OPTIONS, TrainConfig, option_applies
 
 SPEC_KEYS = ("out", "fixed", "grid")
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name != "momos")
-MOMOS_KEYS = tuple(f.name for f in fields(MoMosConfig) if f.name != "seed")
-# The Projector's schedule: meaningful only where a projection happens.
-SCHEDULE_KEYS = ("warmup_epochs", "anneal_from", "anneal_epochs", "every_n_steps")
-QAT_KEYS = ("qat_bits",)
+MOMOS_KEYS = MOMOS_OPTIONS
 # Where the data is read from does not change a run.
 NOT_COMPARED = ("data_dir", "download", "versions")
 SEED_AXIS = "seed"
@@ -222,12 +219,9 @@ def _label(key: str, value) -> str:
 
 
 def applies(key: str, method: str) -> bool:
-    """Whether setting ``key`` changes a run of ``method``."""
-    if key in MOMOS_KEYS or key in SCHEDULE_KEYS:
-        return "momos" in method
-    if key in QAT_KEYS:
-        return "qat" in method
-    return True
+    """Whether setting ``key`` changes a run of ``method``: TrainConfig's rule, which refuses the
+    keys that do not (the sweep drops them instead)."""
+    return option_applies(key, method)
 
 
 def _point(fixed: dict, chosen: list[tuple[str, str, dict]]) -> SweepPoint:

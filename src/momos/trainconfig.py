@@ -24,6 +24,44 @@ PROFILES = {"sgd": (0.1, 1e-4, 0.9), "adamw": (3e-4, 1e-2, None)}
 DATASET_DEFAULTS = {None: {"epochs": 10, "batch_size": 128}, "digits": {"epochs": 30, "batch_size": 32}}
 DEFAULT_QAT_BITS = 8
 DEFAULT_MOMOS = MoMosConfig(block_size=4, capacity=0.01, force_zero=True)
+# The options that only some methods use, by the part of the method ("momos" in "momos+qat")
+# that uses them, with the error for a method without it ({option}: the field, or the command
+# line's flag). The one rule behind TrainConfig's check, the sweep's dropping of keys and
+# momos train's errors.
+METHOD_OPTIONS = {
+    "momos": (("momos", "every_n_steps", "warmup_epochs", "anneal_from", "anneal_epochs"),
+              "{option} is a MoMos option; method {method} does not project (use momos or momos+qat)"),
+    "qat": (("qat_bits",), "{option}: quantization bits need method qat or momos+qat, not {method}"),
+}
+# The MoMosConfig fields that are MoMos options of a run (its seed is the run's seed).
+MOMOS_OPTIONS = tuple(f.name for f in fields(MoMosConfig) if f.name != "seed")
+
+
+def option_applies(name: str, method: str) -> bool:
+    """Whether setting ``name`` (a TrainConfig field, or one of :data:`MOMOS_OPTIONS`) changes
+    a run of ``method``."""
+    if name in MOMOS_OPTIONS:
+        name = "momos"
+    for part, (names, _) in METHOD_OPTIONS.items():
+        if name in names:
+            return part in method
+    return True
+
+
+class UnusedOptionError(ValueError):
+    """An option set for a method that does not use it: ``option`` names it (a TrainConfig
+    field, or the MoMosConfig field that differs from the default projection)."""
+
+    def __init__(self, option: str, method: str, template: str):
+        self.option, self.method, self.template = option, method, template
+        super().__init__(self.message(option))
+
+    def message(self, option: str) -> str:
+        """The error with ``option`` in place of the field name (e.g. the flag that set it)."""
+        return self.template.format(option=option, method=self.method)
+
+    def __reduce__(self):
+        return type(self), (self.option, self.method, self.template)
 
 
 @dataclass(frozen=True)
@@ -32,33 +70,44 @@ class TrainConfig:
     method or data set when the config is built, so a stored config is always complete.
 
     Attributes:
-        dataset: one of ``data.DATASETS``.
-        model: ``mlp``, ``resnet20``, ``vit`` or a timm model name.
-        method: one of ``METHODS``.
-        epochs, batch_size: positive ints (default 10 and the paper's 128; 30 and 32 for the
-            1,366 training images of ``digits``).
+        dataset: ``digits``, ``mnist``, ``fashion-mnist`` or ``cifar10`` (``data.DATASETS``).
+        model: ``mlp``, ``resnet20``, ``vit`` or a timm model name, e.g. ``vit_tiny_patch16_224``.
+        method: ``baseline``, ``qat``, ``momos`` or ``momos+qat`` (``METHODS``).
+        epochs: the number of epochs, positive (default 10; 30 for the 1,366 training images of
+            ``digits``).
+        batch_size: the batch size, positive (default the paper's 128; 32 on ``digits``).
         optimizer: ``sgd`` or ``adamw`` (default: SGD for ResNets, AdamW otherwise).
-        lr, weight_decay, momentum: default from the optimizer (SGD 0.1 / 1e-4 / 0.9; AdamW
-            3e-4 / 1e-2); momentum is for SGD only.
+        lr: the learning rate (default from the optimizer: SGD 0.1, AdamW 3e-4).
+        weight_decay: the weight decay (default from the optimizer: SGD 1e-4, AdamW 1e-2).
+        momentum: SGD's momentum (default 0.9); AdamW has none.
         schedule: ``cosine`` (annealed to 0 over the epochs, stepped per epoch) or ``constant``.
-        val_fraction, split_seed: the validation split held out from the training split.
+        val_fraction: the share of the training split held out for validation.
+        split_seed: seeds the validation split.
         train_subset: keep only this many images of the training split (after the validation
             split is held out), drawn at random with ``split_seed``; for quick studies.
         augment: random crop with padding 4 + horizontal flip (default: on for CIFAR-10 only).
         randaugment: RandAugment(2, 9) before the crop and flip.
         seed: seeds the model initialization, the data order and augmentation.
-        qat_bits: q for the ``qat`` methods (default 8).
+        qat_bits: q, the bits of the fake-quantized weights of the ``qat`` methods (default 8).
         momos: the projection for the ``momos`` methods (default s=4, capacity 0.01,
             force-zero, seed = ``seed``).
         every_n_steps: project every N optimizer steps instead of at every epoch end.
-        warmup_epochs, anneal_from, anneal_epochs: the Projector's schedule options.
-        metrics: complexity metrics (``momos.complexity.METRICS``) logged at every epoch.
-        data_dir, download: where data sets are read from, and whether missing ones are fetched.
+        warmup_epochs: epochs of training before the first projection.
+        anneal_from: start at this capacity and shrink it geometrically to the projection's.
+        anneal_epochs: epochs of capacity annealing.
+        metrics: complexity metrics (``momos.complexity.METRICS``) logged at epoch 0 and after
+            every epoch.
+        data_dir: the folder of the data sets (default ``$MOMOS_DATA``, else ``~/.cache/momos/data``).
+        download: fetch a missing data set through torchvision.
         init_from: start from the weights of a run folder or a ``.safetensors`` state dict of
             the same model and data set, or of ``timm:NAME`` (``NAME`` = ``model``, with
             ``init_weights``; head and input channels must fit the data set), instead of a
             random initialization (see ``momos.sources``).
         init_weights: the weight file of a ``timm:`` ``init_from``.
+
+    Only the ``momos`` methods use ``momos`` and the projection schedule, only the ``qat`` ones
+    ``qat_bits`` (:data:`METHOD_OPTIONS`); setting one for another method is an
+    :class:`UnusedOptionError`.
     """
 
     dataset: str = "digits"
@@ -97,7 +146,7 @@ class TrainConfig:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         self._check()
-        uses_momos, uses_qat = "momos" in self.method, "qat" in self.method
+        uses_momos, uses_qat = option_applies("momos", self.method), option_applies("qat_bits", self.method)
         optimizer = self.optimizer or optimizer_profile(self.model)
         lr, weight_decay, momentum = PROFILES[optimizer]
         defaults = {
@@ -135,22 +184,24 @@ class TrainConfig:
         for name in ("seed", "split_seed", "warmup_epochs", "anneal_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        uses_momos, uses_qat = "momos" in self.method, "qat" in self.method
-        if self.qat_bits is not None and not uses_qat:
-            raise ValueError(f"quantization bits need method qat or momos+qat, not {self.method}")
+        self._check_method_options()
         if self.qat_bits is not None:
             QATConfig(bits=self.qat_bits)
-        if self.momos is not None and not uses_momos:
-            raise ValueError(f"MoMos options need method momos or momos+qat, not {self.method}")
-        if uses_momos and self.warmup_epochs >= self.epochs:
+        if option_applies("warmup_epochs", self.method) and self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
-        if not uses_momos and (self.warmup_epochs or self.anneal_from is not None or self.anneal_epochs
-                               or self.every_n_steps is not None):
-            raise ValueError(f"projection schedule options need method momos or momos+qat, not {self.method}")
         if self.init_weights is not None and not (self.init_from or "").startswith("timm:"):
             raise ValueError("init_weights is the weight file of a timm: init_from; give init_from timm:NAME")
         if self.momentum is not None and (self.optimizer or optimizer_profile(self.model)) != "sgd":
             raise ValueError("momentum is an SGD option; AdamW has none")
+
+    def _check_method_options(self) -> None:
+        """Options only other methods use are an :class:`UnusedOptionError`."""
+        defaults = {f.name: f.default for f in fields(self)}
+        for names, template in METHOD_OPTIONS.values():
+            for name in names:
+                if getattr(self, name) != defaults[name] and not option_applies(name, self.method):
+                    option = _changed_momos_option(self.momos, self.seed) if name == "momos" else name
+                    raise UnusedOptionError(option, self.method, template)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -165,3 +216,13 @@ class TrainConfig:
         if d.get("momos") is not None:
             d["momos"] = MoMosConfig.from_dict(d["momos"])
         return cls(**d)
+
+
+def _changed_momos_option(config: MoMosConfig, seed: int) -> str:
+    """The first MoMos option in which ``config`` differs from the default projection of a run
+    seeded ``seed`` (``num_motifs`` rather than the capacity it replaces); ``momos`` if none."""
+    default = replace(DEFAULT_MOMOS, seed=seed)
+    changed = [name for name in MOMOS_OPTIONS if getattr(config, name) != getattr(default, name)]
+    if "num_motifs" in changed:
+        changed.remove("capacity")
+    return changed[0] if changed else "momos"

@@ -9,6 +9,7 @@ import sys
 from contextlib import contextmanager
 
 from momos.cli.common import add_projection_arguments
+from momos.cli.options import add_dataclass_arguments, dataclass_from_args, option_flag
 
 DESCRIPTION = """\
 Train a model and record the run: results.json (config, one entry per epoch, summary),
@@ -33,59 +34,24 @@ EXIT_DIVERGED = 3
 
 
 def register(subparsers) -> None:
-    from momos.data import DATASETS
-    from momos.models import MODELS
-    from momos.trainconfig import METHODS, OPTIMIZERS, SCHEDULES
+    from momos.trainconfig import TrainConfig
 
     parser = subparsers.add_parser("train", help="train a model (baseline, qat, momos, momos+qat) and record the run",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    what = parser.add_argument_group("what to train")
-    what.add_argument("--dataset", default="digits", metavar="NAME",
-                      help=f"{', '.join(DATASETS)} (default digits)")
-    what.add_argument("--model", default="mlp", metavar="NAME",
-                      help=f"{', '.join(MODELS)} or a timm model name, e.g. vit_tiny_patch16_224 (default mlp)")
-    what.add_argument("--method", default="momos", metavar="NAME", help=f"{', '.join(METHODS)} (default momos)")
-    what.add_argument("--init-from", metavar="SOURCE",
-                      help="start from the weights of a run folder or a .safetensors state dict of the same "
-                           "model and data set, or timm:NAME with --init-weights FILE (NAME = --model) "
-                           "(default: random initialization)")
-    what.add_argument("--init-weights", metavar="FILE", help="the weight file of a timm: --init-from")
-    what.add_argument("--metrics", type=_names, default=(), metavar="NAME,...",
-                      help="complexity metrics logged at epoch 0 and after every epoch")
 
-    how = parser.add_argument_group("optimization")
-    how.add_argument("--epochs", type=int, help="number of epochs (default 10; 30 on digits)")
-    how.add_argument("--batch-size", type=int, help="batch size (default 128; 32 on digits)")
-    how.add_argument("--optimizer", metavar="NAME", help=f"{', '.join(OPTIMIZERS)} (default: by model)")
-    how.add_argument("--lr", type=float, help="learning rate (default: by optimizer)")
-    how.add_argument("--weight-decay", type=float, help="weight decay (default: by optimizer)")
-    how.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    how.add_argument("--schedule", default="cosine", metavar="NAME", help=f"{', '.join(SCHEDULES)} (default cosine)")
+    def options(group, *names: str) -> None:
+        add_dataclass_arguments(group, TrainConfig, only=names, **TRAIN_OPTIONS)
 
-    data = parser.add_argument_group("data")
-    data.add_argument("--data-dir", help="folder of the data sets (default $MOMOS_DATA, else ~/.cache/momos/data)")
-    data.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                      help="download a missing data set through torchvision (default: on)")
-    data.add_argument("--val-fraction", type=float, default=0.05,
-                      help="share of the training split held out for validation (default 0.05)")
-    data.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (default 0)")
-    data.add_argument("--train-subset", type=int, metavar="N",
-                      help="train on N images drawn at random (with --split-seed) from the training split")
-    data.add_argument("--augment", action=argparse.BooleanOptionalAction,
-                      help="random crop (padding 4) and horizontal flip (default: on for cifar10 only)")
-    data.add_argument("--randaugment", action="store_true", help="add RandAugment(2, 9)")
-
-    qat = parser.add_argument_group("quantization-aware training (methods qat, momos+qat)")
-    qat.add_argument("--q", type=int, help="bits of the fake-quantized weights (default 8)")
-
+    options(parser.add_argument_group("what to train"),
+            "dataset", "model", "method", "init_from", "init_weights", "metrics")
+    options(parser.add_argument_group("optimization"),
+            "epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule")
+    options(parser.add_argument_group("data"),
+            "data_dir", "download", "val_fraction", "split_seed", "train_subset", "augment", "randaugment")
+    options(parser.add_argument_group("quantization-aware training (methods qat, momos+qat)"), "qat_bits")
     momos = parser.add_argument_group("MoMos (methods momos, momos+qat; default s=4, capacity 0.01, force-zero)")
-    add_projection_arguments(momos, seed_help="seed of the model initialization, data order and motifs (default 0)")
-    momos.add_argument("--every-n-steps", type=int, metavar="N",
-                       help="project every N optimizer steps instead of at every epoch end")
-    momos.add_argument("--warmup-epochs", type=int, default=0, help="epochs before the first projection")
-    momos.add_argument("--anneal-from", type=float,
-                       help="start at this capacity and shrink geometrically to --capacity")
-    momos.add_argument("--anneal-epochs", type=int, default=0, help="epochs of capacity annealing")
+    add_projection_arguments(momos, seed_help="seed of the model initialization, data order and motifs")
+    options(momos, "every_n_steps", "warmup_epochs", "anneal_from", "anneal_epochs")
 
     run = parser.add_argument_group("run folder")
     run.add_argument("--out", help="run folder (default: the next runs/NNN)")
@@ -100,19 +66,23 @@ def register(subparsers) -> None:
                           f"shared among the processes of this machine under torchrun)")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no epoch lines")
     run.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
-    parser.set_defaults(handler=run_command, parser=parser, projection_dests=_dests(momos))
+    parser.set_defaults(handler=run_command, parser=parser)
 
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def _dests(group) -> tuple[str, ...]:
-    return tuple(action.dest for action in group._group_actions)
-
+# How TrainConfig's fields read on the command line (the MoMos ones: cli.common).
+TRAIN_OPTIONS = dict(
+    flags={"qat_bits": "--q"},
+    metavars={"dataset": "NAME", "model": "NAME", "method": "NAME", "init_from": "SOURCE", "init_weights": "FILE",
+              "metrics": "NAME,...", "optimizer": "NAME", "schedule": "NAME", "train_subset": "N",
+              "every_n_steps": "N", "qat_bits": "Q"},
+    parse={"metrics": _names})
 
 # Namespace entries that are not options, and the options --resume accepts.
-_NOT_OPTIONS = ("handler", "parser", "projection_dests", "command")
+_NOT_OPTIONS = ("handler", "parser", "command")
 _RESUME_OPTIONS = ("resume", "quiet", "threads", "device", "data_dir", "stop_after_epoch", "lr")
 
 
@@ -134,7 +104,7 @@ def run_command(args) -> int:
     given = [name for name in vars(args) if name not in _NOT_OPTIONS
              and getattr(args, name) != args.parser.get_default(name)]
     if args.resume:
-        conflicting = [f"--{n.replace('_', '-')}" for n in given if n not in _RESUME_OPTIONS]
+        conflicting = [option_flag(args.parser, n) for n in given if n not in _RESUME_OPTIONS]
         if conflicting:
             raise UsageError("--resume continues a run with its own configuration; drop " + ", ".join(conflicting))
         run = train.prepare_resume(args.resume, device=args.device, data_dir=args.data_dir, lr=args.lr)
@@ -171,23 +141,25 @@ def _progress_on_stdout(*, quiet: bool):
 
 
 def config_from_args(args, given: list[str]):
-    """The TrainConfig of the command line; MoMos options with a method without MoMos are an error."""
+    """The TrainConfig of the command line (``given``: the options set to other than their
+    defaults). TrainConfig refuses options its method does not use; the error names the flag."""
     from momos.cli import UsageError
     from momos.cli.common import projection_config
-    from momos.trainconfig import TrainConfig
+    from momos.trainconfig import DEFAULT_MOMOS, MOMOS_OPTIONS, TrainConfig, UnusedOptionError
 
-    projection_given = [n for n in given if n in args.projection_dests and n != "seed"]
-    uses_momos = "momos" in args.method
-    if projection_given and not uses_momos:
-        raise UsageError(f"--{projection_given[0].replace('_', '-')} is a MoMos option; "
-                         f"method {args.method} does not project (use momos or momos+qat)")
-    momos = projection_config(args) if uses_momos else None
-    return TrainConfig(
-        dataset=args.dataset, model=args.model, method=args.method, epochs=args.epochs,
-        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-        momentum=args.momentum, schedule=args.schedule, val_fraction=args.val_fraction,
-        split_seed=args.split_seed, train_subset=args.train_subset, augment=args.augment,
-        randaugment=args.randaugment, seed=args.seed, qat_bits=args.q, momos=momos,
-        every_n_steps=args.every_n_steps, warmup_epochs=args.warmup_epochs, anneal_from=args.anneal_from,
-        anneal_epochs=args.anneal_epochs, metrics=args.metrics, data_dir=args.data_dir,
-        download=args.download, init_from=args.init_from, init_weights=args.init_weights)
+    momos_given = [name for name in given if name in MOMOS_OPTIONS]
+    # Without MoMos options the config takes its method's default projection (if any).
+    try:
+        momos, invalid = projection_config(args) if momos_given else None, None
+    except (UsageError, ValueError) as error:   # still, MoMos options for a method without come first
+        momos, invalid = DEFAULT_MOMOS, error
+    try:
+        config = dataclass_from_args(TrainConfig, args, momos=momos)
+    except UnusedOptionError as error:
+        # The MoMos field TrainConfig names may be one the options left at its default.
+        option = momos_given[0] if error.option == "momos" or error.option in MOMOS_OPTIONS and \
+            error.option not in momos_given else error.option
+        raise UsageError(error.message(option_flag(args.parser, option))) from None
+    if invalid is not None:
+        raise invalid
+    return config
