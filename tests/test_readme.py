@@ -29,7 +29,7 @@ def test_finetune_snippet_runs_and_ends_as_a_saved_mosaic(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(python_block_after("## Compressing a pretrained model"), "README.md", "exec"), namespace)
-    momos, model, cfg = namespace["momos"], namespace["model"], namespace["cfg"]
+    momos, model = namespace["momos"], namespace["model"]
     state = momos.load(tmp_path / "finetuned.momos")
     assert all(torch.equal(state[name], tensor) for name, tensor in model.state_dict().items())
     assert namespace["accuracy"] > 0.8

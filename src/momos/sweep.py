@@ -40,7 +40,7 @@ from pathlib import Path
 from .config import MoMosConfig
 from .io import write_bytes_atomic, write_json_atomic
 from .models import check_model_name
-from .report import SUMMARY_VALUES, UNSAFE_IN_NAMES, RunRecord, SweepReport, axis_order, load_run, summarize_runs
+from .report import UNSAFE_IN_NAMES, RunRecord, SweepReport, axis_order, load_run, summarize_runs
 from .runfolder import RESULTS, STATE, read_results
 from .train import check_metric_names, resolve_device, resume, train
 from .trainconfig import DEFAULT_MOMOS, MOMOS_OPTIONS, TrainConfig, option_applies
