@@ -57,7 +57,7 @@ class Recorder(TrainerCallback):
         self.logs.append(dict(logs))
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
-        self.evaluated_mosaics.append(momos.is_mosaic(model, CFG, self.momos_callback.projector.codebooks))
+        self.evaluated_mosaics.append(momos.is_mosaic(model, CFG, self.momos_callback.projector.codebook_motifs))
 
 
 def train(output_dir, callbacks, model=None, resume=None, **arguments):
@@ -97,7 +97,7 @@ def test_projects_at_each_epoch_end_before_evaluation_and_ends_as_exact_mosaic(e
     out, trainer, callback, recorder = epoch_run
     assert [entry["step"] for entry in callback.projector.history] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
     assert recorder.evaluated_mosaics == [True, True]
-    assert momos.is_mosaic(trainer.model, CFG, callback.projector.codebooks)
+    assert momos.is_mosaic(trainer.model, CFG, callback.projector.codebook_motifs)
     info = momos.save(trainer.model, tmp_path / "bert.momos", CFG)
     assert info.bits_per_weight < 32
     state = momos.load(tmp_path / "bert.momos")
@@ -144,7 +144,7 @@ def test_every_n_steps_projects_every_n_optimizer_steps_and_once_more_at_train_e
     assert [entry["step"] for entry in callback.projector.history] == [3, 6, 8]
     # the callback asks for a log at each projection (logging_steps=100 would log none)
     assert [entry["step"] for entry in momos_entries(trainer.state.log_history)] == [3, 6]
-    assert momos.is_mosaic(trainer.model, CFG, callback.projector.codebooks)
+    assert momos.is_mosaic(trainer.model, CFG, callback.projector.codebook_motifs)
     model = tiny_bert()
     model.load_state_dict(load_file(tmp_path / "checkpoint-6" / "model.safetensors"))
     momos.save(model, tmp_path / "step6.momos", CFG)
@@ -163,7 +163,7 @@ def test_resume_restores_counters_history_and_motif_generator(tmp_path):
     assert [entry["step"] for entry in restored.projector.history] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
     assert restored.projector.history[0] == whole.projector.history[0]
     assert torch.equal(restored.projector.generator.get_state(), whole.projector.generator.get_state())
-    assert momos.is_mosaic(resumed.model, CFG, restored.projector.codebooks)
+    assert momos.is_mosaic(resumed.model, CFG, restored.projector.codebook_motifs)
 
 
 def test_importing_momos_does_not_import_transformers():
@@ -194,7 +194,7 @@ callback, checks = MoMosCallback(CFG), RankChecks()
 trainer = train({out!r}, [callback, checks], eval_strategy="epoch", per_device_train_batch_size=8)
 record = {{"world_size": world_size(), "checksums": checks.checksums,
            "final": checksums_of_ranks(list(trainer.model.parameters())),
-           "mosaic": momos.is_mosaic(trainer.model, CFG, callback.projector.codebooks),
+           "mosaic": momos.is_mosaic(trainer.model, CFG, callback.projector.codebook_motifs),
            "projections": len(callback.projector.history),
            "wrapped": type(trainer.model_wrapped).__name__, "unwrapped": callback.projector.model is trainer.model}}
 with open(f"{out}/rank{{rank()}}.json", "w") as f:

@@ -33,7 +33,7 @@ class Classifier(pl.LightningModule):
         projector = callback.projector
         if not self.trainer.sanity_checking:
             self.validated_mosaics.append(
-                projector.codebooks is not None and momos.is_mosaic(self, projector.config, projector.codebooks))
+                projector.codebook_motifs is not None and momos.is_mosaic(self, projector.config, projector.codebook_motifs))
         x, y = batch
         self.log("val_acc", (self.net(x).argmax(1) == y).float().mean())
 
@@ -52,7 +52,7 @@ def test_callback_projects_before_validation_and_ends_as_mosaic():
     trainer.fit(model, train, val)
     assert model.validated_mosaics == [True, True, True]
     assert len(callback.projector.history) == 3
-    assert momos.is_mosaic(model, callback.config, callback.projector.codebooks)
+    assert momos.is_mosaic(model, callback.config, callback.projector.codebook_motifs)
     assert trainer.callback_metrics["val_acc"] > 0.5
     state = callback.state_dict()
     fresh = MoMosCallback(momos.MoMosConfig(block_size=2, capacity=0.05))
@@ -69,7 +69,7 @@ class DistributedClassifier(Classifier):
             # collective call: every rank runs the same number of validation steps
             assert same_on_all_ranks(list(self.parameters()))
             callback = next(c for c in self.trainer.callbacks if isinstance(c, MoMosCallback))
-            assert momos.is_mosaic(self, callback.config, callback.projector.codebooks)
+            assert momos.is_mosaic(self, callback.config, callback.projector.codebook_motifs)
         return super().validation_step(batch, batch_idx)
 
 

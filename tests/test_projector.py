@@ -37,7 +37,19 @@ def test_finalize_projects_only_when_needed():
     with torch.no_grad():
         model[0].weight.add_(0.01)
     assert projector.finalize() is not None
-    assert momos.is_mosaic(model, projector.config, projector.codebooks)
+    assert momos.is_mosaic(model, projector.config, projector.codebook_motifs)
+
+
+def test_a_state_saved_before_the_rename_still_restores_the_codebooks():
+    model = small_model()
+    projector = momos.Projector(model, momos.MoMosConfig(capacity=0.1, motifs="persistent"))
+    projector.project()
+    state = projector.state_dict()
+    state["codebooks"] = state.pop("codebook_motifs")   # the key of momos 0.1
+    restored = momos.Projector(model, projector.config)
+    restored.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(restored.codebook_motifs, projector.codebook_motifs))
+    assert restored.finalize() is None
 
 
 def test_state_dict_resume_reproduces_draws():

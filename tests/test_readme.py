@@ -20,7 +20,7 @@ def test_training_loop_snippet_runs_and_ends_as_a_mosaic(capsys):
     namespace = {}
     exec(compile(python_block_after("## MoMos in your own training loop"), "README.md", "exec"), namespace)
     momos, model, projector = namespace["momos"], namespace["model"], namespace["projector"]
-    assert momos.is_mosaic(model, projector.config, projector.codebooks)
+    assert momos.is_mosaic(model, projector.config, projector.codebook_motifs)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert float(last.rsplit(" ", 1)[1]) > 0.5   # far above the 0.1 of guessing
 

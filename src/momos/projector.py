@@ -69,7 +69,7 @@ class Projector:
         self.epochs = 0  # epochs ended so far; the epoch in progress is number epochs + 1
         self.history: list[dict] = []
         self.last: ProjectionStats | None = None
-        self.codebooks: list[torch.Tensor] | None = None
+        self.codebook_motifs: list[torch.Tensor] | None = None   # each codebook's motifs, last projection
         self.scales: tuple[torch.Tensor, ...] | None = None  # of the last projection, with normalize
 
     @property
@@ -106,11 +106,11 @@ class Projector:
     def project(self) -> ProjectionStats:
         """Project now (a new codebook; refined from the last one when ``motifs="persistent"``)."""
         config = self.current_config()
-        stats = project_(self.model, config, generator=self.generator, init_motifs=self.codebooks,
+        stats = project_(self.model, config, generator=self.generator, init_motifs=self.codebook_motifs,
                          calibration=self.calibration, warn_relative_error=None, keep_nonzero=False)
         broadcast_parameters_([p for _, p in select_parameters(self.model, config)])
         self.last = stats
-        self.codebooks = stats.codebook_motifs()
+        self.codebook_motifs = stats.codebook_motifs()
         self.scales = stats.scales
         self.history.append({"epoch": self.epochs + 1, "step": self.steps, **stats.summary()})
         return stats
@@ -120,7 +120,7 @@ class Projector:
 
         Returns the new projection's statistics, or None when nothing had to change.
         """
-        if self.codebooks is not None and is_mosaic(self.model, self.config, self.codebooks, self.scales):
+        if self.codebook_motifs is not None and is_mosaic(self.model, self.config, self.codebook_motifs, self.scales):
             return None
         return self.project()
 
@@ -131,7 +131,7 @@ class Projector:
             "epochs": self.epochs,
             "history": list(self.history),
             "generator_state": self.generator.get_state(),
-            "codebooks": self.codebooks,
+            "codebook_motifs": self.codebook_motifs,
             "scales": self.scales,
         }
 
@@ -140,5 +140,6 @@ class Projector:
         self.epochs = int(state["epochs"])
         self.history = list(state["history"])
         self.generator.set_state(state["generator_state"])
-        self.codebooks = state.get("codebooks")
+        # states written before 0.2 name them "codebooks"
+        self.codebook_motifs = state.get("codebook_motifs", state.get("codebooks"))
         self.scales = state.get("scales")

@@ -185,4 +185,4 @@ def _projector_state_to_json(state: dict) -> dict:
 
 def _projector_state_from_json(state: dict) -> dict:
     generator = torch.frombuffer(bytearray(base64.b64decode(state["generator_state"])), dtype=torch.uint8)
-    return {**state, "generator_state": generator, "codebooks": None, "scales": None}
+    return {**state, "generator_state": generator, "codebook_motifs": None, "scales": None}
