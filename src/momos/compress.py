@@ -40,11 +40,12 @@ from . import __version__
 from .config import MoMosConfig
 from .data import DATASETS, batches, load_dataset, num_batches
 from .finetune import FinetuneConfig, Output, finetune, outputs, split_batch, to_device
-from .io import save_safetensors_atomic, write_json_atomic
+from .io import write_json_atomic
 from .project import warn_if_slow
+from .runfolder import FINAL, RESULTS, checkpoint_scales, load_model_weights_, save_projection
 from .sources import Source, load_source
 
-RESULTS, PROJECTED, FINAL, MOSAIC_FILE = "results.json", "projected.safetensors", "final.safetensors", "model.momos"
+PROJECTED, MOSAIC_FILE = "projected.safetensors", "model.momos"   # besides momos train's results.json, final
 EVAL_BATCH_SIZE = 256
 TEXT_MAX_LENGTH = 128
 TEXT_EVAL_FRACTION = 0.1
@@ -142,8 +143,7 @@ def compress(config: CompressConfig, out_dir: str | os.PathLike, *, overwrite: b
     source.model.to(device)
     data = load_data(config, source)
     steps = finetune_steps(config, data)
-    model, teacher = source.model, copy.deepcopy(source.model).requires_grad_(False)
-    reference = [outputs(teacher, to_device(inputs, device)) for inputs, _ in data.eval]
+    model = source.model
     if overwrite:   # only now: bad input must leave the old run as it was
         for name in (RESULTS, PROJECTED, FINAL, MOSAIC_FILE):
             (out_dir / name).unlink(missing_ok=True)
@@ -157,11 +157,13 @@ def compress(config: CompressConfig, out_dir: str | os.PathLike, *, overwrite: b
         log(f"{stage:<10} " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in value.items() if k != "projection"))
 
-    if "original" not in results:
-        record("original", evaluate(model, data.eval, reference))
     if "finetuned" in results:
         scales = _load_final(source, out_dir)
     else:
+        teacher = copy.deepcopy(model).requires_grad_(False)
+        reference = predictions(teacher, data.eval)
+        if "original" not in results:
+            record("original", scores(reference, data.eval, reference))
         scales = _project_and_finetune(config, source, teacher, data, steps, reference, record, out_dir)
     if "file" not in results:
         record("file", export(model, config.momos, scales, out_dir / MOSAIC_FILE, config.source))
@@ -171,26 +173,22 @@ def compress(config: CompressConfig, out_dir: str | os.PathLike, *, overwrite: b
 
 
 def _project_and_finetune(config, source: Source, teacher, data: Data, steps: int, reference, record, out_dir):
-    from .runfolder import plain_state_dict, scale_metadata
-
     model = source.model
     start = time.perf_counter()
 
     def after_projection(step: int, stats) -> None:
         if step == 0:
-            state = plain_state_dict(model)
-            save_safetensors_atomic(state, out_dir / PROJECTED, metadata=_scales_metadata(stats, scale_metadata))
+            save_projection(out_dir / PROJECTED, model, stats)
             record("projected", {**evaluate(model, data.eval, reference),
                                  "seconds": time.perf_counter() - start, "projection": stats.summary()})
 
     calibration = None
     if config.calibration is not None:
-        calibration = [inputs for inputs, _ in _first_inputs(data.train, config.calibration)]
+        calibration = list(_first_inputs(data.train, config.calibration))
     warn_if_slow(model, config.momos)
     result = finetune(model, config.momos, data.train, teacher=teacher, calibration=calibration,
                       on_projection=after_projection, **{**asdict(config.finetune), "steps": steps})
-    save_safetensors_atomic(plain_state_dict(model), out_dir / FINAL,
-                            metadata=_scales_metadata(result.stats, scale_metadata))
+    save_projection(out_dir / FINAL, model, result.stats)
     losses = result.losses
     record("finetuned", {**evaluate(model, data.eval, reference), "steps": steps,
                          "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
@@ -198,15 +196,9 @@ def _project_and_finetune(config, source: Source, teacher, data: Data, steps: in
     return result.stats.scales
 
 
-def _scales_metadata(stats, scale_metadata) -> dict | None:
-    return None if stats.scales is None else scale_metadata(list(stats.parameter_names), stats.scales)
-
-
 def _load_final(source: Source, out_dir: Path):
     """Resume after the fine-tune: the final weights and their scales back into the model."""
     from safetensors.torch import load_file
-
-    from .runfolder import checkpoint_scales, load_model_weights_
 
     load_model_weights_(source.model, load_file(out_dir / FINAL))
     return checkpoint_scales(out_dir / FINAL)
@@ -234,15 +226,12 @@ def load_data(config: CompressConfig, source: Source) -> Data:
     generator = torch.Generator().manual_seed(config.seed)
     adapt = source.inputs
 
-    class Shuffled:
-        """A new shuffled pass over the training split at every iteration."""
-
-        def __iter__(self):
-            for x, y in batches(data.train, data.info, config.batch_size, generator=generator, drop_last=True):
-                yield adapt(x), y
+    def shuffled_pass():
+        for x, y in batches(data.train, data.info, config.batch_size, generator=generator, drop_last=True):
+            yield adapt(x), y
 
     evaluation = [(adapt(x), y) for x, y in batches(data.test, data.info, EVAL_BATCH_SIZE)]
-    return Data(Shuffled(), evaluation, num_batches(data.train, config.batch_size, drop_last=True),
+    return Data(Passes(shuffled_pass), evaluation, num_batches(data.train, config.batch_size, drop_last=True),
                 f"{name}: {len(data.train)} training images ({data.source}), {len(data.test)} test images")
 
 
@@ -267,17 +256,26 @@ def _text_data(config: CompressConfig, source: Source) -> Data:
 
     train_count = len(texts) - held_out
 
-    class Shuffled:
-        def __iter__(self):
-            order = torch.randperm(train_count, generator=generator).tolist()
-            for start in range(0, train_count, config.batch_size):
-                inputs, y = encode(order[start:start + config.batch_size])
-                yield inputs if y is None else {**inputs, "labels": y}
+    def shuffled_pass():
+        order = torch.randperm(train_count, generator=generator).tolist()
+        for start in range(0, train_count, config.batch_size):
+            inputs, y = encode(order[start:start + config.batch_size])
+            yield inputs if y is None else {**inputs, "labels": y}
 
     evaluation = [encode(range(start, min(start + EVAL_BATCH_SIZE, len(texts))))
                   for start in range(train_count, len(texts), EVAL_BATCH_SIZE)]
-    return Data(Shuffled(), evaluation, math.ceil(train_count / config.batch_size),
+    return Data(Passes(shuffled_pass), evaluation, math.ceil(train_count / config.batch_size),
                 f"{path.name}: {train_count} training texts, {held_out} held out")
+
+
+class Passes:
+    """Re-iterable batches: every ``iter()`` starts a new pass, ``make_pass()`` (finetune repeats them)."""
+
+    def __init__(self, make_pass: Callable) -> None:
+        self.make_pass = make_pass
+
+    def __iter__(self):
+        return self.make_pass()
 
 
 def _split_labels(lines: list[str], path: Path) -> tuple[list[int] | None, list[str]]:
@@ -293,11 +291,11 @@ def _split_labels(lines: list[str], path: Path) -> tuple[list[int] | None, list[
 
 
 def _first_inputs(train, count: int):
-    """``(inputs, None)`` pairs covering the first ``count`` training inputs."""
+    """The inputs of the first training batches, ``count`` inputs or a little more."""
     taken = 0
     for batch in train:
         inputs, _ = split_batch(batch)
-        yield inputs, None
+        yield inputs
         taken += len(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs)
         if taken >= count:
             return
@@ -311,35 +309,45 @@ def finetune_steps(config: CompressConfig, data: Data) -> int:
 
 # --- evaluation ----------------------------------------------------------------------------------
 
-@torch.no_grad()
 def evaluate(model: nn.Module, evaluation: list, reference: list[Output]) -> dict:
-    """Agreement with the original's outputs (``reference``) and accuracy where labels exist."""
+    """``model``'s :func:`scores` on the evaluation batches."""
+    return scores(predictions(model, evaluation), evaluation, reference)
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, evaluation: list) -> list[Output]:
+    """``model``'s outputs on every evaluation batch, in eval mode (its mode is restored)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    scores: dict[str, float] = {}
+    try:
+        return [outputs(model, to_device(inputs, device)) for inputs, _ in evaluation]
+    finally:
+        model.train(was_training)
+
+
+def scores(predicted: list[Output], evaluation: list, reference: list[Output]) -> dict:
+    """Agreement with the original's outputs (``reference``) and accuracy where labels exist;
+    mean cosine similarity to the original for embeddings."""
     counts = {"agreement": 0, "accuracy": 0, "cosine": 0.0, "n": 0}
-    for (inputs, labels), original in zip(evaluation, reference):
-        out = outputs(model, to_device(inputs, device))
+    for out, (_, labels), original in zip(predicted, evaluation, reference):
         if out.is_logits:
-            predicted = out.value.argmax(-1)
-            counts["agreement"] += int((predicted == original.value.argmax(-1)).sum())
+            predicted_class = out.value.argmax(-1)
+            counts["agreement"] += int((predicted_class == original.value.argmax(-1)).sum())
             if labels is not None:
-                counts["accuracy"] += int((predicted.cpu() == labels).sum())
-            counts["n"] += predicted.numel()
+                counts["accuracy"] += int((predicted_class.cpu() == labels).sum())
+            counts["n"] += predicted_class.numel()
         else:
             similarity = torch.nn.functional.cosine_similarity(out.value, original.value, dim=-1)
             counts["cosine"] += float(similarity.sum())
             counts["n"] += similarity.numel()
-    model.train(was_training)
     n = max(counts["n"], 1)
     if reference and reference[0].is_logits:
-        scores["agreement"] = counts["agreement"] / n
+        result = {"agreement": counts["agreement"] / n}
         if evaluation[0][1] is not None:
-            scores["accuracy"] = counts["accuracy"] / n
-    else:
-        scores["cosine"] = counts["cosine"] / n
-    return scores
+            result["accuracy"] = counts["accuracy"] / n
+        return result
+    return {"cosine": counts["cosine"] / n}
 
 
 # --- the run folder ------------------------------------------------------------------------------

@@ -126,6 +126,15 @@ def save_checkpoint(path: Path, model: nn.Module, config: TrainConfig, *, epoch:
     save_safetensors_atomic(plain_state_dict(model), path, metadata=metadata)
 
 
+def save_projection(path: Path, model: nn.Module, stats: ProjectionStats) -> dict[str, torch.Tensor]:
+    """Write the model's plain state dict as the projection ``stats`` left it, recording its
+    scales as :func:`save_checkpoint` does when it was normalized; returns the state dict."""
+    metadata = None if stats.scales is None else scale_metadata(list(stats.parameter_names), stats.scales)
+    state = plain_state_dict(model)
+    save_safetensors_atomic(state, path, metadata=metadata)
+    return state
+
+
 def save_motif_counts(out_dir: Path, stats: ProjectionStats) -> None:
     """The usage count and value of every motif of the projection ``stats``."""
     save_safetensors_atomic({"motif_counts": stats.motif_counts, "motifs": stats.motifs}, out_dir / MOTIF_COUNTS)

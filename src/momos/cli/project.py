@@ -45,8 +45,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from momos import project_, warn_if_slow
     from momos.cli import UsageError
-    from momos.io import save_safetensors_atomic
-    from momos.runfolder import plain_state_dict, scale_metadata
+    from momos.runfolder import save_projection
 
     config = projection_config(args)
     path = Path(args.source)
@@ -61,9 +60,7 @@ def run(args) -> int:
     warn_if_slow(module, config)
     stats = project_(module, config, calibration=calibration)
     # the scales of a normalized mosaic are not in its weights: recorded as a checkpoint records them
-    metadata = None if stats.scales is None else scale_metadata(list(stats.parameter_names), stats.scales)
-    state = plain_state_dict(module)
-    save_safetensors_atomic(state, args.out, metadata=metadata)
+    state = save_projection(Path(args.out), module, stats)
     print(selection_line(state, stats), file=sys.stderr)
     print(json.dumps(stats.summary(), indent=2))
     return 0
