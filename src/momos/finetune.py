@@ -187,7 +187,7 @@ def _tune_motifs(model, config, stats, teacher, batches, options, loss_fn, losse
 
 def _tune_weights(model, projector, teacher, batches, options, loss_fn, losses, on_step, on_projection) -> None:
     """Train every weight freely; the projector projects every ``every_n_steps`` steps."""
-    def after_step(step: int) -> None:
+    def after_step(step: int) -> ProjectionStats | None:
         projected = projector.step()
         if projected is not None and on_projection is not None:
             on_projection(step, projected)

@@ -6,6 +6,16 @@ import argparse
 from pathlib import Path
 
 
+def check_positive(args, *names: str) -> None:
+    """Refuse an integer option (``--threads``, ``--jobs``) given as less than 1."""
+    from momos.cli import UsageError
+
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
 def add_projection_arguments(parser: argparse.ArgumentParser, *, seed_help: str | None = None) -> None:
     """The MoMosConfig options, shared by every sub-command that projects (a parser or an argument
     group), made from MoMosConfig's fields: names, types, choices, defaults and help in one place."""

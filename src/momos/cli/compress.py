@@ -61,19 +61,17 @@ def run(args) -> int:
     import torch
 
     from momos.cli import UsageError
-    from momos.cli.common import projection_config
+    from momos.cli.common import check_positive, projection_config
     from momos.compress import CompressConfig, compress
     from momos.finetune import FinetuneConfig
     from momos.train import resolve_device
 
     if args.steps is not None and args.epochs is not None:
         raise UsageError("give --steps or --epochs, not both")
+    check_positive(args, "threads")
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
-    finetune = dataclass_from_args(FinetuneConfig, args, steps=args.steps if args.steps is not None
-                                   else FinetuneConfig.steps)
+    finetune = dataclass_from_args(FinetuneConfig, args)   # --steps unset: the field's default
     config = dataclass_from_args(CompressConfig, args, source=args.source, seed=args.seed,
                                  momos=projection_config(args), finetune=finetune)
     results = compress(config, args.out, overwrite=args.overwrite, device=resolve_device(args.device),

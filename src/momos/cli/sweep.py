@@ -55,11 +55,9 @@ def run(args) -> int:
 
     from momos import sweep
     from momos.cli import UsageError
+    from momos.cli.common import check_positive
 
-    for name in ("jobs", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name} must be a positive integer, got {value}")
+    check_positive(args, "jobs", "threads")
     spec = sweep.load_spec(args.config)
     points = sweep.expand(spec)
     out = args.out or spec.get("out")

@@ -8,7 +8,7 @@ import os
 import sys
 from contextlib import contextmanager
 
-from momos.cli.common import add_projection_arguments
+from momos.cli.common import add_projection_arguments, check_positive
 from momos.cli.options import add_dataclass_arguments, dataclass_from_args, option_flag
 
 DESCRIPTION = """\
@@ -92,8 +92,7 @@ def run_command(args) -> int:
     from momos import distributed, train
     from momos.cli import UsageError
 
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
+    check_positive(args, "threads")
     threads = args.threads or max(1, os.cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
         # Started by torchrun: its environment variables give the rank, world size and rendezvous.
