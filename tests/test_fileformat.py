@@ -20,6 +20,8 @@ from momos.fileformat.decompose import decompose
 from momos.fileformat.tables import same_bits
 from momos.models import build_model
 
+from fileformat_helpers import assert_same_state, load_bytes, resign
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -57,24 +59,10 @@ def projected(model, cfg):
     return model
 
 
-def assert_same_state(got, expected, *, ordered=True):
-    assert list(got) == list(expected) if ordered else sorted(got) == sorted(expected)
-    for name, tensor in expected.items():
-        assert same_bits(got[name], tensor.detach()), name
-
-
 def save_bytes(model, cfg, tmp_path, **options):
     path = tmp_path / "model.momos"
     save(model, path, cfg, **options)
     return path.read_bytes()
-
-
-def resign(data, edit):
-    """A file whose header or tensors were changed by ``edit(header, tensors)`` and whose
-    checksum was recomputed: only the loader's consistency checks can catch it."""
-    header, tensors, version = read_container(data)
-    edit(header, tensors)
-    return write_container(tensors, header, version=version)
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -561,12 +549,6 @@ def valid_file(tmp_path_factory):
     assert {c.coding for c in info.codebooks} == {"packed", "rans"}
     assert info.motif_storage == "float32, byte planes entropy-coded"
     return path.read_bytes(), model.state_dict()
-
-
-def load_bytes(data, tmp_path, **limits):
-    path = tmp_path / "f.momos"
-    path.write_bytes(data)
-    return load(path, **limits)
 
 
 def test_format_error_is_a_value_error():

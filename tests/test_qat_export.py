@@ -26,6 +26,8 @@ from momos.quantization import fake_quantize
 from momos.runfolder import load_model
 from momos.train import TrainConfig, train
 
+from fileformat_helpers import assert_same_state, load_bytes, resign
+
 DATA = Path(__file__).parent / "data"
 MLP_WEIGHTS = ["1.weight", "3.weight", "5.weight", "7.weight", "9.weight"]  # the mlp's Linear layers
 
@@ -60,9 +62,7 @@ def mlp(qat_bits: int | None = None) -> nn.Module:
 
 
 def assert_same_tensors(got, expected):
-    assert sorted(got) == sorted(expected)
-    for name, tensor in expected.items():
-        assert same_bits(got[name], tensor), name
+    assert_same_state(got, expected, ordered=False)
 
 
 # ----------------------------------------------------------------------------- a momos+qat run
@@ -305,17 +305,6 @@ def qat_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("format") / "q.momos"
     save(model, path, cfg)
     return path.read_bytes(), {**forward_weights(model), "steps": model.steps}
-
-
-def resign(data, edit):
-    header, tensors, version = read_container(data)
-    edit(header, tensors)
-    return write_container(tensors, header, version=version)
-
-
-def load_bytes(data, tmp_path):
-    (tmp_path / "f.momos").write_bytes(data)
-    return load(tmp_path / "f.momos")
 
 
 def _set_bits(q):
