@@ -45,12 +45,15 @@ def test_project_command_motif_options(tmp_path, capsys):
     src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
     save_file({"conv": torch.randn(4, 2, 3, 3)}, src)
     args = ["project", str(src), "-o", str(out), "--block-size", "9", "--tile-shape", "3x3", "--num-motifs", "3",
-            "--motifs", "kmeans", "--kmeans-iterations", "2"]
+            "--motif-method", "kmeans", "--kmeans-iterations", "2"]
     assert main(args) == 0
     kernels = load_file(out)["conv"].reshape(8, 9)
     assert len(torch.unique(kernels, dim=0)) <= 3
     assert main(args[:-6] + ["--tile-shape", "3by3"]) == 2
     assert "--tile-shape" in capsys.readouterr().err
+    former = tmp_path / "former.safetensors"
+    assert main(args[:2] + ["-o", str(former)] + args[4:10] + ["--motifs", "kmeans"] + args[12:]) == 0
+    assert torch.equal(load_file(former)["conv"], load_file(out)["conv"])   # --motifs: the former name
 
 
 def test_project_a_run_with_calibration_then_export_it(tmp_path, capsys):

@@ -84,7 +84,7 @@ def test_round_trip_is_bit_exact(tmp_path, scope, force_zero, block_size, capaci
     momos.MoMosConfig(block_size=2, capacity=0.1, motif_bits=3, scope="per_tensor", force_zero=False),
     momos.MoMosConfig(block_size=4, capacity=0.1, exclude=("bn", "norm")),
     momos.MoMosConfig(block_size=4, num_motifs=1, force_zero=False),
-    momos.MoMosConfig(block_size=4, capacity=0.1, motifs="kmeans"),
+    momos.MoMosConfig(block_size=4, capacity=0.1, motif_method="kmeans"),
 ])
 def test_round_trip_of_other_configurations(tmp_path, cfg):
     model = projected(zoo(), cfg)

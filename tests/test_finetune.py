@@ -80,7 +80,7 @@ def test_distillation_pulls_the_student_towards_the_teacher(tune):
     with torch.no_grad():
         target = model(x)
     # persistent motifs: the weights schedule refines one codebook instead of redrawing it
-    config = momos.MoMosConfig(block_size=4, capacity=0.2, motifs="persistent")
+    config = momos.MoMosConfig(block_size=4, capacity=0.2, motif_method="persistent")
     projected = copy.deepcopy(model)
     finetune(projected, config, [x], steps=0)
     tuned = copy.deepcopy(model)

@@ -66,7 +66,7 @@ def model_and_blocks(seed=0):
 def test_kmeans_projection_is_exact_mosaic_with_lower_distortion(method):
     sampled = momos.project_(model_and_blocks(), momos.MoMosConfig(block_size=2, capacity=0.02))
     model = model_and_blocks()
-    cfg = momos.MoMosConfig(block_size=2, capacity=0.02, motifs=method, kmeans_iterations=5)
+    cfg = momos.MoMosConfig(block_size=2, capacity=0.02, motif_method=method, kmeans_iterations=5)
     stats = momos.project_(model, cfg)
     assert stats.num_motifs == sampled.num_motifs
     assert stats.distortion < sampled.distortion
@@ -76,7 +76,7 @@ def test_kmeans_projection_is_exact_mosaic_with_lower_distortion(method):
 
 def test_persistent_refines_previous_codebook():
     model = model_and_blocks()
-    cfg = momos.MoMosConfig(block_size=2, capacity=0.02, motifs="persistent", kmeans_iterations=0)
+    cfg = momos.MoMosConfig(block_size=2, capacity=0.02, motif_method="persistent", kmeans_iterations=0)
     projector = momos.Projector(model, cfg)
     first = projector.epoch_end()
     with torch.no_grad():
@@ -102,7 +102,7 @@ def test_capacity_annealing_schedule():
 def test_bad_importance_leaves_model_untouched():
     model = model_and_blocks()
     before = [p.detach().clone() for p in model.parameters()]
-    cfg = momos.MoMosConfig(block_size=2, capacity=0.05, motifs="kmeans")
+    cfg = momos.MoMosConfig(block_size=2, capacity=0.05, motif_method="kmeans")
     with pytest.raises(ValueError, match="importance"):
         momos.project_(model, cfg, importance=[torch.ones(3)])
     with pytest.raises(ValueError, match="non-negative"):

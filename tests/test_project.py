@@ -296,7 +296,7 @@ def test_kmeans_refines_with_the_approximate_search_when_asked(monkeypatch):
         return search(*args, **kwargs)
 
     monkeypatch.setattr(project, "nearest_motif_approximate", counting)
-    cfg = momos.MoMosConfig(block_size=4, capacity=0.2, motifs="kmeans", kmeans_iterations=3,
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.2, motif_method="kmeans", kmeans_iterations=3,
                             assignment="approximate")
     momos.project_(make_model(), cfg, keep_nonzero=False, warn_relative_error=None)
     assert len(calls) == 3 + 1  # every Lloyd iteration, then the final assignment
@@ -309,3 +309,9 @@ def test_configs_stored_with_the_former_runtime_knobs_still_load():
     assert "max_distance_bytes" not in cfg.to_dict()
     with pytest.raises(TypeError):
         momos.MoMosConfig.from_dict({**cfg.to_dict(), "no_such_field": 1})
+
+
+def test_configs_stored_with_the_former_name_of_motif_method_still_load():
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1, motif_method="kmeans")
+    stored = {k: v for k, v in cfg.to_dict().items() if k != "motif_method"} | {"motifs": "kmeans"}
+    assert momos.MoMosConfig.from_dict(stored) == cfg

@@ -42,7 +42,7 @@ def test_finalize_projects_only_when_needed():
 
 def test_a_state_saved_before_the_rename_still_restores_the_codebooks():
     model = small_model()
-    projector = momos.Projector(model, momos.MoMosConfig(capacity=0.1, motifs="persistent"))
+    projector = momos.Projector(model, momos.MoMosConfig(capacity=0.1, motif_method="persistent"))
     projector.project()
     state = projector.state_dict()
     state["codebooks"] = state.pop("codebook_motifs")   # the key of momos 0.1

@@ -22,8 +22,8 @@ EXAMPLE = {
         "block_size": [2, 4],
         "capacity": [0.01, 0.05],
         "qat_bits": [8],
-        "option": [{"name": "sample", "motifs": "sample"},
-                   {"name": "kmeans-warmup", "motifs": "kmeans", "warmup_epochs": 1}],
+        "option": [{"name": "sample", "motif_method": "sample"},
+                   {"name": "kmeans-warmup", "motif_method": "kmeans", "warmup_epochs": 1}],
         "seed": [0, 1],
     },
 }
@@ -52,10 +52,10 @@ def test_example_expands_without_inapplicable_axes():
     config = momos.config
     assert (config.dataset, config.epochs, config.metrics, config.warmup_epochs, config.qat_bits) == \
         ("fashion-mnist", 10, ("lzma",), 1, None)
-    assert (config.momos.block_size, config.momos.capacity, config.momos.motifs, config.momos.seed) == \
+    assert (config.momos.block_size, config.momos.capacity, config.momos.motif_method, config.momos.seed) == \
         (2, 0.05, "kmeans", 1)
     both = points["dataset-mnist__method-momos+qat__block_size-4__capacity-0.01__qat_bits-8__option-sample__seed-0"]
-    assert both.config.qat_bits == 8 and both.config.momos.motifs == "sample"
+    assert both.config.qat_bits == 8 and both.config.momos.motif_method == "sample"
     baseline = points["dataset-mnist__method-baseline__seed-1"].config
     assert baseline == TrainConfig(dataset="mnist", model="mlp", method="baseline", epochs=10, metrics=("lzma",),
                                    seed=1)
@@ -89,12 +89,13 @@ def test_mapping_values_that_set_nothing_leave_the_name():
     ({"grid": {"seed": 0}}, r"axis 'seed' must be a non-empty list"),
     ({"grid": {"seed": []}}, r"axis 'seed' must be a non-empty list"),
     ({"fixed": {"method": "momos"}}, r"grid must be a mapping"),
-    ({"grid": {"option": [{"motifs": "kmeans"}]}}, r"needs a `name`"),
+    ({"grid": {"option": [{"motif_method": "kmeans"}]}}, r"needs a `name`"),
+    ({"grid": {"motifs": ["kmeans"]}}, r"key 'motifs' in grid is now called 'motif_method'"),
     ({"grid": {"option": [{"name": "a"}, "b"]}}, r"mixes mappings and plain values"),
     ({"grid": {"tile_shape": [[[2, 2]]]}}, r"tile_shape must be a number, a string or a list of them"),
     ({"grid": {"capacity": [0.05, 0.050]}}, r"two values labelled '0.05'"),
     ({"grid": {"method": ["momos"],
-               "option": [{"name": "a", "warmup_epochs": 0}, {"name": "b", "motifs": "sample"}]}},
+               "option": [{"name": "a", "warmup_epochs": 0}, {"name": "b", "motif_method": "sample"}]}},
      r"runs method-momos__option-a and method-momos__option-b have the same config"),
     ({"fixed": {"method": "baseline"}, "grid": {"capacity": [0.05]}}, r"no axis of the grid applies"),
     ({"grid": {"method": ["momos"], "capacity": [0.05, 2.0]}}, r"run method-momos__capacity-2: capacity must be in"),
@@ -188,8 +189,8 @@ def test_a_run_folder_with_another_config_is_an_error(tiny):
     with pytest.raises(ValueError, match=r"run method-baseline__seed-0: .* another config \(epochs: 2 != 3\)"):
         sweep.run_sweep(changed, out)
     point = next(p for p in sweep.expand(TINY) if p.name == INTERRUPTED)
-    kmeans = replace(point, config=replace(point.config, momos=replace(point.config.momos, motifs="kmeans")))
-    differing = r"another config \(momos.motifs: 'sample' != 'kmeans'\)"
+    kmeans = replace(point, config=replace(point.config, momos=replace(point.config.momos, motif_method="kmeans")))
+    differing = r"another config \(momos.motif_method: 'sample' != 'kmeans'\)"
     with pytest.raises(ValueError, match=rf"run {INTERRUPTED}: .*{differing}"):
         sweep.plan([kmeans], out)
 

@@ -19,6 +19,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from momos.config import MoMosConfig
 from momos.io import write_bytes_atomic
 from momos.report import checkpoint_complexity, format_table, least_used_share
 from momos.sweep import complete_runs, load_spec
@@ -36,7 +37,7 @@ def option_of(config: dict, axes: dict) -> str:
     """The option a run stands for: its named option, else its motif method, or baseline."""
     if config["method"] == "baseline":
         return "baseline"
-    return axes.get("option") or config["momos"]["motifs"]
+    return axes.get("option") or MoMosConfig.from_dict(config["momos"]).motif_method
 
 
 def collect(root: Path) -> list[dict]:

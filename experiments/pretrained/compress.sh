@@ -29,7 +29,7 @@ one() {
   case "$variant" in lr3e-3) lr=3e-3 ;; bs32) batch=32 ;; esac
   if [ -f "$out/results.json" ] && grep -q '"complete": true' "$out/results.json"; then return 0; fi
   momos compress "runs/pretrained/$model" -o "$out" --block-size "$s" --capacity "$c" --normalize channel \
-    --motifs kmeans --parameters matrices --calibration 256 --epochs 1 --tune motifs --lr "$lr" \
+    --motif-method kmeans --parameters matrices --calibration 256 --epochs 1 --tune motifs --lr "$lr" \
     --batch-size "$batch" --threads 1 > "$out.log" 2>&1 || echo "failed: $out (see $out.log)"
 }
 export -f one

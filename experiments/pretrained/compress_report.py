@@ -177,7 +177,7 @@ def main() -> None:
         "[`pretrained/compress.csv`](pretrained/compress.csv)); no number here is typed by hand.", "",
         "Each point is one `momos compress` run on a network of [PRETRAINED.md](PRETRAINED.md) (trained without "
         "MoMos): channel-normalized, calibrated (256 training images) k-means projection of the matrices "
-        "(`--normalize channel --motifs kmeans --parameters matrices --calibration 256`), then **one epoch** "
+        "(`--normalize channel --motif-method kmeans --parameters matrices --calibration 256`), then **one epoch** "
         "of distillation from the original (`--epochs 1`, batch 64, AdamW lr 1e-3 with a cosine decay, "
         "`--tune motifs`: the motif table and the parameters outside the mosaic train, the assignments stay), "
         "seed 0, one run per point. After that first pass, lr 3e-3 (and batch 32 on ResNet-20) were tried; "

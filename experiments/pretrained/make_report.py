@@ -56,11 +56,11 @@ CAPACITIES = (0.001, 0.01, 0.05)
 PARAMETER_SETS = ("all", "matrices")
 # variant -> (MoMosConfig fields, use calibration images)
 VARIANTS = {
-    "plain": ({"normalize": "none", "motifs": "sample"}, False),
-    "tensor": ({"normalize": "tensor", "motifs": "sample"}, False),
-    "channel": ({"normalize": "channel", "motifs": "sample"}, False),
-    "channel+calib": ({"normalize": "channel", "motifs": "sample"}, True),
-    "channel+calib+kmeans": ({"normalize": "channel", "motifs": "kmeans"}, True),
+    "plain": ({"normalize": "none", "motif_method": "sample"}, False),
+    "tensor": ({"normalize": "tensor", "motif_method": "sample"}, False),
+    "channel": ({"normalize": "channel", "motif_method": "sample"}, False),
+    "channel+calib": ({"normalize": "channel", "motif_method": "sample"}, True),
+    "channel+calib+kmeans": ({"normalize": "channel", "motif_method": "kmeans"}, True),
 }
 RTN_BITS = (2, 3, 4, 8)
 RTN_GRANULARITIES = ("per-tensor", "per-channel")

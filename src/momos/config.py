@@ -30,7 +30,7 @@ class MoMosConfig:
         force_zero: motif 0 is the all-zero block; ``k - 1`` motifs are drawn.
         scope: ``"global"`` (one codebook for the whole model, as in the paper) or
             ``"per_tensor"`` (each tensor has its own codebook).
-        motifs: how motifs are chosen. ``"sample"``: ``k`` distinct blocks drawn uniformly
+        motif_method: how motifs are chosen. ``"sample"``: ``k`` distinct blocks drawn uniformly
             at random at every projection (the paper's method). ``"kmeans"``: sampled, then
             refined by ``kmeans_iterations`` Lloyd iterations. ``"persistent"``: the previous
             projection's codebook refined by Lloyd iterations (sampled the first time), so
@@ -68,7 +68,7 @@ class MoMosConfig:
     num_motifs: int | None = None
     force_zero: bool = True
     scope: Literal["global", "per_tensor"] = "global"
-    motifs: Literal["sample", "kmeans", "persistent"] = "sample"
+    motif_method: Literal["sample", "kmeans", "persistent"] = "sample"
     kmeans_iterations: int = 5
     normalize: Literal["none", "tensor", "channel"] = "none"
     parameters: Literal["all", "matrices"] = "all"
@@ -111,8 +111,8 @@ class MoMosConfig:
             _check_int("num_motifs", self.num_motifs, minimum=1)
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
-        if self.motifs not in MOTIF_METHODS:
-            raise ValueError(f"motifs must be one of {MOTIF_METHODS}, got {self.motifs!r}")
+        if self.motif_method not in MOTIF_METHODS:
+            raise ValueError(f"motif_method must be one of {MOTIF_METHODS}, got {self.motif_method!r}")
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
         if self.parameters not in PARAMETER_SETS:
@@ -147,11 +147,13 @@ class MoMosConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "MoMosConfig":
         # Configs stored by versions before 0.2 also held these runtime knobs; they never
-        # changed the mosaic, so they are dropped.
-        return cls(**{k: v for k, v in d.items() if k not in _FORMER_RUNTIME_KNOBS})
+        # changed the mosaic, so they are dropped. They called motif_method "motifs".
+        d = {FORMER_NAMES.get(k, k): v for k, v in d.items() if k not in _FORMER_RUNTIME_KNOBS}
+        return cls(**d)
 
 
 _FORMER_RUNTIME_KNOBS = ("max_distance_bytes", "max_projection_seconds")
+FORMER_NAMES = {"motifs": "motif_method"}
 
 
 def _check_int(name: str, value, *, minimum: int) -> None:

@@ -45,10 +45,10 @@ class CostEstimate:
 def search_pairs(num_blocks: int, num_motifs: int, config: MoMosConfig) -> int:
     """Distances evaluated to assign ``num_blocks`` blocks to one codebook of ``num_motifs``.
 
-    Counts the Lloyd iterations of ``motifs="kmeans"``/``"persistent"`` and, for the
+    Counts the Lloyd iterations of ``motif_method="kmeans"``/``"persistent"`` and, for the
     approximate assignment, the clustering of the motifs and the probing of the cells.
     """
-    lloyd = config.kmeans_iterations if config.motifs in ("kmeans", "persistent") else 0
+    lloyd = config.kmeans_iterations if config.motif_method in ("kmeans", "persistent") else 0
     if config.assignment == "exact":
         return num_blocks * num_motifs * (1 + lloyd)
     cells = default_num_cells(num_motifs)

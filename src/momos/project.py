@@ -147,7 +147,7 @@ def project_(model: nn.Module, config: MoMosConfig, *, generator: torch.Generato
             (``ProjectionStats.codebook_motifs()``).
         scales: with ``config.normalize``, reuse these scales (``ProjectionStats.scales``)
             instead of measuring them; with ``motifs`` too, projecting a mosaic changes nothing.
-        init_motifs: for ``config.motifs="persistent"``, the codebooks to refine (one per
+        init_motifs: for ``config.motif_method="persistent"``, the codebooks to refine (one per
             codebook, as ``ProjectionStats.codebook_motifs()``); without them it samples.
         importance: one non-negative tensor per selected parameter (same shapes): blocks are
             assigned to the motif minimizing ``Σ_c h_c (b_c − z_c)²`` and k-means weighs its
@@ -280,7 +280,7 @@ def _choose_and_assign(cut, tensors, names, config, *, generator, motifs, init_m
     given = _given_motifs(motifs, groups, config, blocks)
     if given is None:
         _refuse_zero_codebooks(_codebook_sizes(layout, groups, config), groups, tensors, names, config)
-    init = _given_motifs(init_motifs, groups, config, blocks) if config.motifs == "persistent" else None
+    init = _given_motifs(init_motifs, groups, config, blocks) if config.motif_method == "persistent" else None
     valid = layout.valid_mask(blocks.device)
     patterns = layout.padding_patterns(blocks.device)
     weights = _importance_blocks(importance, tensors, config, blocks, layout)
@@ -376,13 +376,13 @@ def _refuse_zeroed_tensors(new_values, tensors, names) -> None:
 
 def _choose_motifs(blocks, config, generator, *, init, valid_mask, importance, search,
                    max_distance_bytes) -> torch.Tensor:
-    """One codebook for ``blocks`` ``(m, s)``, as ``config.motifs`` says."""
+    """One codebook for ``blocks`` ``(m, s)``, as ``config.motif_method`` says."""
     k = config.motifs_for(len(blocks))
     if init is not None and len(init) == k:
         motifs = init
     else:  # the first projection, or k changed (capacity annealing): start from a fresh draw
         motifs = sample_motifs(blocks, k, generator, force_zero=config.force_zero)
-    if config.motifs in ("kmeans", "persistent"):
+    if config.motif_method in ("kmeans", "persistent"):
         motifs = refine_motifs_kmeans(blocks, motifs, config.kmeans_iterations, valid_mask=valid_mask,
                                       importance=importance, fixed_zero=config.force_zero,
                                       max_distance_bytes=max_distance_bytes, search=search)

@@ -104,7 +104,7 @@ class Projector:
         return replace(self.config, capacity=capacity)
 
     def project(self) -> ProjectionStats:
-        """Project now (a new codebook; refined from the last one when ``motifs="persistent"``)."""
+        """Project now (a new codebook; refined from the last one when ``motif_method="persistent"``)."""
         config = self.current_config()
         stats = project_(self.model, config, generator=self.generator, init_motifs=self.codebook_motifs,
                          calibration=self.calibration, warn_relative_error=None, keep_nonzero=False)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
 
-from .config import MoMosConfig
+from .config import FORMER_NAMES, MoMosConfig
 from .io import write_bytes_atomic, write_json_atomic
 from .models import check_model_name
 from .report import UNSAFE_IN_NAMES, RunRecord, SweepReport, axis_order, load_run, summarize_runs
@@ -164,6 +164,8 @@ def _settings(mapping, where: str) -> dict:
 
 
 def _check_key(key, where: str) -> None:
+    if key in FORMER_NAMES:
+        raise ValueError(f"key {key!r} in {where} is now called {FORMER_NAMES[key]!r}")
     if key not in TRAIN_KEYS and key not in MOMOS_KEYS:
         raise ValueError(f"unknown key {key!r} in {where}; valid keys: {', '.join(sorted(TRAIN_KEYS + MOMOS_KEYS))}")
 

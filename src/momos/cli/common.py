@@ -28,8 +28,10 @@ def add_projection_arguments(parser: argparse.ArgumentParser, *, seed_help: str 
 
 # How MoMosConfig's fields read on the command line: ``--nprobe`` stays None unless given, so that
 # it can be refused without ``--assignment approximate``; ``--capacity`` and ``--num-motifs``
-# exclude each other (neither: capacity 0.01, see projection_config).
-PROJECTION_OPTIONS = dict(metavars={"include": "REGEX", "exclude": "REGEX", "tile_shape": "RxC", "nprobe": "N"},
+# exclude each other (neither: capacity 0.01, see projection_config); --motifs is the former
+# name of --motif-method.
+PROJECTION_OPTIONS = dict(flags={"motif_method": ("--motif-method", "--motifs")},
+                          metavars={"include": "REGEX", "exclude": "REGEX", "tile_shape": "RxC", "nprobe": "N"},
                           unset=("nprobe",), exclusive=(("capacity", "num_motifs"),))
 DEFAULT_CAPACITY = 0.01
 

@@ -45,14 +45,15 @@ def field_docs(cls) -> dict[str, str]:
 
 
 def add_dataclass_arguments(parser, cls, *, only: tuple[str, ...] | None = None,
-                            flags: dict[str, str] | None = None, metavars: dict[str, str] | None = None,
+                            flags: dict[str, str | tuple[str, ...]] | None = None, metavars: dict[str, str] | None = None,
                             parse: dict[str, typing.Callable] | None = None, helps: dict[str, str] | None = None,
                             unset: tuple[str, ...] = (), exclusive: tuple[tuple[str, ...], ...] = ()) -> None:
     """Add one option per field of ``cls`` to ``parser`` (a parser or an argument group).
 
     Args:
         only: the fields to add (default all), in the dataclass's order.
-        flags: option names other than ``--field-name``.
+        flags: option names other than ``--field-name``: one, or a tuple (the first is the
+            name shown, the others are former names still accepted).
         metavars: placeholders in the usage other than the field's name.
         parse: a function from the option's text to the field's value, instead of the type's.
         helps: help texts other than the field's docs.
@@ -75,7 +76,9 @@ def add_dataclass_arguments(parser, cls, *, only: tuple[str, ...] | None = None,
             help_text += f" (default {default})" if kind is not bool else f" (default: {'on' if default else 'off'})"
         if shape == "repeated" and f.name not in parse:
             help_text += " (repeatable)"
-        flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
+        names = flags.get(f.name, "--" + f.name.replace("_", "-"))
+        names = (names,) if isinstance(names, str) else tuple(names)
+        flag = names[0]
         target = parser
         for members in exclusive:
             if f.name in members:
@@ -85,21 +88,21 @@ def add_dataclass_arguments(parser, cls, *, only: tuple[str, ...] | None = None,
                 target = groups[key]
         options = {"dest": f.name, "help": help_text, "default": None if f.name in unset else default}
         if f.name in parse:
-            target.add_argument(flag, type=parse[f.name], metavar=metavars.get(f.name, f.name.upper()), **options)
+            target.add_argument(*names, type=parse[f.name], metavar=metavars.get(f.name, f.name.upper()), **options)
         elif kind is bool:
-            target.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+            target.add_argument(*names, action=argparse.BooleanOptionalAction, **options)
         elif typing.get_origin(kind) is typing.Literal:
-            target.add_argument(flag, choices=typing.get_args(kind), **options)
+            target.add_argument(*names, choices=typing.get_args(kind), **options)
         elif shape == "repeated":
             # A list, empty for a field of no entries; None for one whose default is None.
             factory = f.default_factory if f.default_factory is not dataclasses.MISSING else None
             entries = factory() if factory is not None else default
-            target.add_argument(flag, type=kind, action="append", metavar=metavars.get(f.name, f.name.upper()),
+            target.add_argument(*names, type=kind, action="append", metavar=metavars.get(f.name, f.name.upper()),
                                 **{**options, "default": None if entries is None else list(entries)})
         elif shape == "shape":
-            target.add_argument(flag, type=_shape_parser(flag), metavar=metavars.get(f.name, "RxC"), **options)
+            target.add_argument(*names, type=_shape_parser(flag), metavar=metavars.get(f.name, "RxC"), **options)
         else:
-            target.add_argument(flag, type=kind, metavar=metavars.get(f.name, f.name.upper() if kind is not str
+            target.add_argument(*names, type=kind, metavar=metavars.get(f.name, f.name.upper() if kind is not str
                                                                       else None), **options)
 
 

@@ -18,8 +18,8 @@ CONFIG.yaml:
     block_size: [2, 4]
     capacity: [0.01, 0.05]
     option:                       # values that are mappings: a name, then the keys they set
-      - {name: sample, motifs: sample}
-      - {name: kmeans-warmup, motifs: kmeans, warmup_epochs: 1}
+      - {name: sample, motif_method: sample}
+      - {name: kmeans-warmup, motif_method: kmeans, warmup_epochs: 1}
     seed: [0, 1]
 
 Keys are TrainConfig and MoMosConfig field names. MoMos keys and the projection schedule

@@ -42,7 +42,7 @@ Resuming. The counters, the history and the motif generator's state are saved in
 checkpoint's ``trainer_state.json`` and restored with ``TrainingArguments(
 restore_callback_states_from_checkpoint=True)``; the Trainer then replaces the callback given
 to it by a new instance (find it in ``trainer.callback_handler.callbacks``). The last codebook
-is not saved (it may be large), so after a resume ``motifs="persistent"`` starts from a fresh
+is not saved (it may be large), so after a resume ``motif_method="persistent"`` starts from a fresh
 draw. Without restoring, the schedule still follows the Trainer's step and epoch counters, but
 the motifs are drawn anew from ``config.seed``.
 """
