@@ -49,3 +49,16 @@ def test_hugging_face_trainer_snippet_runs_and_saves_a_mosaic(tmp_path, monkeypa
         torch.set_num_threads(threads)
     state = namespace["momos"].load(tmp_path / "bert.momos")
     assert all(torch.equal(state[name], tensor) for name, tensor in namespace["trainer"].model.state_dict().items())
+
+
+def test_lightning_snippet_builds_a_one_device_trainer_with_the_callback():
+    import pytest
+
+    pytest.importorskip("lightning")
+    from momos.integrations.lightning import MoMosCallback
+
+    namespace = {}
+    exec(compile(python_block_after("### Several processes"), "README.md", "exec"), namespace)
+    trainer = namespace["trainer"]
+    assert trainer.num_devices == 1
+    assert any(isinstance(callback, MoMosCallback) for callback in trainer.callbacks)
