@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import warnings
 
 import pytest
 import torch
@@ -10,15 +11,17 @@ import torch
 from momos.cli import main
 from momos.io import save_safetensors_atomic
 from momos.report import (compare_rows, format_table, least_used_share, load_run, plot_runs,
-                          usage_curve)
+                          runs_figure, usage_curve)
 
 
-def fake_run(root, name, method, *, test_acc, metrics=(), counts=None):
-    """A run folder as ``momos train`` writes it, with 2 epochs."""
+def fake_run(root, name, method, *, test_acc, metrics=(), counts=None, simplification=12.0):
+    """A run folder as ``momos train`` writes it, with 2 epochs (``simplification``: the final
+    simplification factor of a MoMos run)."""
     momos = {"block_size": 4, "capacity": 0.01, "num_motifs": None} if "momos" in method else None
     epochs = []
     for epoch in range(3):
-        projection = {"num_motifs": 5, "simplification_factor": 10.0 + epoch} if momos and epoch else None
+        projection = ({"num_motifs": 5, "simplification_factor": simplification - 2 + epoch}
+                      if momos and epoch else None)
         entry = {"epoch": epoch, "lr": 1e-3, "train_loss": None if epoch == 0 else 1.0 / epoch,
                  "train_acc": None if epoch == 0 else 0.5, "val_loss": 1.0, "val_acc": 0.1 + 0.3 * epoch,
                  "seconds": 0.1, "projection": projection}
@@ -87,6 +90,35 @@ def test_plot_writes_a_figure_and_checks_the_metric(folders, tmp_path):
         plot_runs(runs, tmp_path / "other.png", metric="bdm")
 
 
+def test_runs_without_the_metric_are_named(folders):
+    runs = [load_run(f) for f in folders]                         # a logged gzip, b gzip and l2
+    with pytest.warns(UserWarning, match=r"^1 of 2 runs did not log 'l2' and are left out .*: a$"):
+        figure, _ = runs_figure(runs, "l2")
+    assert len(figure.axes[2].collections) == 1                   # b alone in the Pareto panel
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runs_figure(runs, "gzip")                                 # both logged it: no warning
+
+
+def visible_labels(axis):
+    """The major tick labels inside the axis' view, after a draw has placed them."""
+    axis.figure.savefig(io.BytesIO(), format="png")
+    low, high = axis.get_view_interval()
+    return [label.get_text() for tick, label in zip(axis.get_majorticklocs(), axis.get_majorticklabels())
+            if low <= tick <= high]
+
+
+def test_a_log_axis_shows_plain_numbers(tmp_path):
+    baseline = fake_run(tmp_path, "a", "baseline", test_acc=0.9)            # simplification factor 1
+    wide = fake_run(tmp_path, "b", "momos", test_acc=0.8, simplification=40.0)
+    narrow = fake_run(tmp_path, "c", "momos", test_acc=0.8, simplification=3.0)
+    figure, _ = runs_figure([load_run(baseline), load_run(wide)], "simplification_factor")
+    assert figure.axes[2].get_xscale() == "log"
+    assert visible_labels(figure.axes[2].xaxis) == ["1", "2", "5", "10", "20"]
+    figure, _ = runs_figure([load_run(baseline), load_run(narrow)], "simplification_factor")
+    assert figure.axes[2].get_xscale() == "linear"                # less than a decade: log ticks could be none
+
+
 def test_not_a_run_folder(tmp_path):
     with pytest.raises(ValueError, match="not a momos run folder"):
         load_run(tmp_path)
@@ -103,6 +135,25 @@ def test_compare_and_plot_commands(folders, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 4 and "Traceback" not in err
     assert not (tmp_path / "t.xyz").exists() and not (tmp_path / "f.png").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two one-epoch digits runs of ``momos train``: ``gzip`` logs the gzip ratio, ``plain`` nothing."""
+    root = tmp_path_factory.mktemp("trained")
+    for name, metrics in (("gzip", ["--metrics", "gzip"]), ("plain", [])):
+        assert main(["train", "--epochs", "1", "--threads", "1", "--quiet", "--out", str(root / name),
+                     *metrics]) == 0
+    return root
+
+
+def test_plot_command_names_the_runs_without_the_metric(trained, tmp_path, capsys):
+    runs = [str(trained / "gzip"), str(trained / "plain")]
+    assert main(["plot", *runs, "--out", str(tmp_path / "f.png")]) == 0
+    out, err = capsys.readouterr()
+    assert "wrote" in out and (tmp_path / "f.png").is_file()
+    assert err == ("momos plot: warning: 1 of 2 runs did not log 'gzip' and are left out of the complexity "
+                   "and Pareto panels: plain\n")
 
 
 def test_checkpoint_complexity_is_measured_once_and_cached(tmp_path):

@@ -16,10 +16,15 @@ import statistics
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from .runfolder import MOTIF_COUNTS, RESULTS, read_results
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TABLE_FORMATS = ("text", "markdown", "csv")
 SIMPLIFICATION = "simplification_factor"
@@ -218,26 +223,42 @@ def metric_label(name: str) -> str:
 
 
 def plot_runs(runs: list[RunRecord], path: str | os.PathLike, metric: str | None = None) -> str:
-    """Write a 2x2 figure: validation accuracy and complexity against epoch, test accuracy against
+    """Write :func:`runs_figure` to ``path`` (.png, .pdf or .svg); returns the metric shown."""
+    from .io import write_bytes_atomic
+
+    figure, metric = runs_figure(runs, metric)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=110)
+    write_bytes_atomic(buffer.getvalue(), path)
+    return metric
+
+
+def runs_figure(runs: list[RunRecord], metric: str | None = None) -> tuple[Figure, str]:
+    """A 2x2 figure: validation accuracy and complexity against epoch, test accuracy against
     complexity across runs (Pareto view), and the motif usage of the MoMos runs.
 
     ``metric``: the complexity shown (a logged metric name); default the first logged metric,
-    else the simplification factor. Returns the metric used.
+    else the simplification factor. Returns the figure and the metric used.
+
+    Warns (``UserWarning``, one line) naming the runs without ``metric``, which the two complexity
+    panels leave out.
 
     Raises:
         ValueError: ``metric`` was not logged by any run.
     """
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import write_bytes_atomic
+    from matplotlib.figure import Figure   # not pyplot: no global figure to close, any backend
 
     metric = metric or next(iter(logged_metrics(runs)), SIMPLIFICATION)
-    if metric != SIMPLIFICATION and all(final_value(r, metric) is None for r in runs):
+    lacking = [run.name for run in runs if final_value(run, metric) is None]
+    if len(lacking) == len(runs):
         raise ValueError(f"no run logged metric {metric!r}; logged: {', '.join(logged_metrics(runs)) or 'none'}")
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if lacking:
+        warnings.warn(f"{len(lacking)} of {len(runs)} runs did not log {metric!r} and are left out of the "
+                      f"complexity and Pareto panels: {', '.join(lacking)}")
+    fig = Figure(figsize=(13, 9.5), layout="tight")
+    axes = fig.subplots(2, 2)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     color = {run.name: colors[i % len(colors)] for i, run in enumerate(runs)}
     _plot_against_epoch(axes[0, 0], runs, color, lambda r, e: e["val_acc"], "validation accuracy")
     axes[0, 0].set_title("Validation accuracy (epoch 0 = initialization)")
@@ -245,12 +266,7 @@ def plot_runs(runs: list[RunRecord], path: str | os.PathLike, metric: str | None
     axes[0, 1].set_title(f"Complexity: {metric.replace('_', ' ')}")
     _plot_pareto(axes[1, 0], runs, color, metric)
     _plot_usage(axes[1, 1], runs, color)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=110)
-    plt.close(fig)
-    write_bytes_atomic(buffer.getvalue(), path)
-    return metric
+    return fig, metric
 
 
 def _plot_against_epoch(ax, runs, color, value, ylabel) -> None:
@@ -265,26 +281,45 @@ def _plot_against_epoch(ax, runs, color, value, ylabel) -> None:
 
 
 def _plot_pareto(ax, runs, color, metric) -> None:
+    shown = []
     for run in runs:
         x, y = final_value(run, metric), run.results["summary"]["test_acc"]
         if y is None:
             y = run.results["summary"]["final_val_acc"]
         if x is None or y is None:
             continue
+        shown.append(x)
         ax.scatter([x], [y], s=50, color=color[run.name], label=run.label(), zorder=3)
         ax.annotate(run.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    if metric == SIMPLIFICATION or metric.split("_")[0] in ("gzip", "bz2", "lzma", "zstd"):
-        from matplotlib.ticker import FuncFormatter
-
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        # Label the 2s and 5s between powers of ten, not every minor tick.
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+    if shown and (metric == SIMPLIFICATION or metric.split("_")[0] in ("gzip", "bz2", "lzma", "zstd")):
+        _log_x_if_wide(ax, shown)
     ax.set_xlabel(metric_label(metric) + " (final)")
     ax.set_ylabel("test accuracy (final model)")
     ax.set_title("Accuracy against complexity across runs (up and right is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _log_x_if_wide(ax, values: list[float]) -> None:
+    """A log x axis when ``values`` (ratios) span a decade or more, labelled with plain numbers:
+    ticks at 1, 2 and 5 times the powers of ten over up to three decades, at the powers alone
+    beyond (more labels would overlap). A narrower span keeps the linear axis, whose ticks are
+    readable as they are, while a log axis might show none."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    low, high = min(values), max(values)
+    if low <= 0 or high < 10 * low:
+        return
+    ax.set_xscale("log")   # resets the locators and formatters, so they come after
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if high <= 1000 * low else (1.0,)))
+    ax.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _plain_number(value: float, _position=None) -> str:
+    """A tick label such as 0.5, 20 or 1000 instead of 2×10^1: one significant digit, which is
+    all a 1-2-5 tick has (and float noise such as 0.30000000000000004 would add)."""
+    return np.format_float_positional(value, precision=1, unique=False, fractional=False, trim="-")
 
 
 def _plot_usage(ax, runs, color) -> None:
