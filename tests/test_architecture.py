@@ -17,7 +17,7 @@ LAYERS = [
     {"fileformat"},
     {"complexity"},
     {"data", "models", "trainconfig", "runstate", "runfolder", "train", "finetune", "sources", "compress",
-     "sweep", "report"},
+     "sweep", "report", "figures"},
     {"integrations"},
     {"cli", "__main__", "__init__"},
 ]
