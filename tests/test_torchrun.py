@@ -84,10 +84,12 @@ def test_batch_that_does_not_split_evenly_is_refused(tmp_path):
 @pytest.mark.slow
 def test_resume_under_torchrun_matches_the_uninterrupted_run(runs, tmp_path):
     run_dir = tmp_path / "run"
-    assert torchrun("--epochs", str(EPOCHS), "--out", str(run_dir), "--stop-after-epoch", "1").returncode == 0
+    stopped = torchrun("--epochs", str(EPOCHS), "--out", str(run_dir), "--stop-after-epoch", "1")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
     assert not results(run_dir)["summary"]["complete"]
     resumed = torchrun("--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final, reference = load_file(run_dir / "final.safetensors"), load_file(runs / "two" / "final.safetensors")
     for name in reference:
-        assert torch.equal(final[name], reference[name]), name
+        assert torch.equal(final[name], reference[name]), \
+            f"{name}: largest difference {(final[name] - reference[name]).abs().max():.3g}"
