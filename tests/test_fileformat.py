@@ -285,7 +285,8 @@ def test_normalized_round_trip_is_bit_exact(tmp_path, cfg):
     state, info_read = read(tmp_path / "m.momos")
     assert_same_state(state, model.state_dict())
     assert info == info_read
-    assert info.version == 2 and info.normalize == cfg.normalize
+    # only cfg4 leaves out enough weights (fc.weight, head.weight) for coded plain tensors to pay
+    assert info.version == (4 if cfg.include else 2) and info.normalize == cfg.normalize
     assert info.scale_bytes == info.num_scales == expected_scale_count(model, cfg)
     # the file keeps the projection's scales, shapes included
     names = [name for name, _ in momos.select_parameters(model, cfg)]

@@ -11,16 +11,16 @@ Header (JSON, in the container's ``header`` tensor)::
      "motif_storage": <see tables.py>,
      "config": <MoMosConfig.to_dict()> | null, "metadata": {str: str},
      "quantization": null | {"scheme": "symmetric_per_tensor",           # from version 3
-                             "tensors": {name: q, ...}}}
+                             "tensors": {name: q, ...}},
+     "plain": {dtype: <byte planes, see plain.py>, ...}}                 # version 4
 
 Tensors: the motif table (``motifs``, or ``motif_levels`` + ``motif_scales``), ``indices``
 (every codebook's stream, back to back; ``bytes`` locates each), with ``normalize`` other than
 ``"none"`` the int8 tensor ``scales``: the exponents ``e`` of every mosaic tensor's scales
 ``2**e`` in header order (one per tensor, or one per dim-0 row of a tensor of two or more
 dimensions under ``"channel"``; each in ``scales.EXPONENT_RANGE``), and, for the tensors that
-are not mosaics, ``plain/<dtype>``: their values as they are, flattened and concatenated in
-header order, one tensor per dtype (one entry each would cost more header than a small
-tensor holds).
+are not mosaics, ``plain/<dtype>``: their values flattened and concatenated in header order,
+one tensor per dtype, as they are or (version 4) as coded byte planes; see :mod:`.plain`.
 
 A normalized mosaic tensor is ``2**e x`` its motif values, blocks cut as
 :class:`momos.blocks.BlockLayout` with ``per_row`` under ``"channel"``.
@@ -30,7 +30,9 @@ stored as its latent values, a mosaic or plain tensor like any other, and the fi
 holds those values fake-quantized to ``q`` bits; see :mod:`.quantized`.
 
 Version 1 (no ``normalize`` key, no ``scales``) is read as ``"none"``; versions 1 and 2 have no
-``quantization`` key (no quantized tensors).
+``quantization`` key (no quantized tensors); versions 1 to 3 have no ``plain`` key (every plain
+tensor as it is). The writer writes the lowest version that holds the file: 4 when a plain
+dtype is coded, else 3 with quantization, else 2.
 """
 
 from __future__ import annotations
@@ -47,18 +49,18 @@ from ..config import NORMALIZATIONS, SCOPES, MoMosConfig
 from .container import DTYPE_NAMES, DTYPES, as_uint8_tensor, read_container, write_container
 from ..scales import Scales, scale_shape
 from .decompose import Mosaic, NotAMosaicError, decompose, rebuild
-from . import quantized
+from . import plain, quantized
 from .errors import FormatError
 from .streams import decode_stream, encode_stream, span_end
 from .tables import decode_tables, encode_tables
 
-PLAIN_PREFIX = "plain/"
 MOTIF_ENTRIES = ("motifs", "motif_levels", "motif_scales")
 SCALES = "scales"
 HEADER_KEYS = {"block_size", "tile_shape", "scope", "padding", "tensors", "codebooks", "motif_storage",
                "config", "metadata"}
 HEADER_KEYS_BY_VERSION = {1: HEADER_KEYS, 2: HEADER_KEYS | {"normalize"},
-                          3: HEADER_KEYS | {"normalize", "quantization"}}
+                          3: HEADER_KEYS | {"normalize", "quantization"},
+                          4: HEADER_KEYS | {"normalize", "quantization", "plain"}}
 MAX_BLOCK_SIZE = 1 << 16
 DEFAULT_MAX_WEIGHTS = 1 << 28
 FLOAT_DTYPES = tuple(name for name, dtype in DTYPES.items() if dtype.is_floating_point)
@@ -134,7 +136,8 @@ def encode(state: dict[str, torch.Tensor], mosaic_names: list[str], config: MoMo
         scales: with ``config.normalize``, the mosaic tensors' power-of-two scales: one tensor
             per name of ``mosaic_names`` (in that order), or a mapping from names to them.
         quantization: tensor name -> q of the tensors that the model fake-quantizes; ``state``
-            holds their latent values. A file with them is version 3, without them version 2.
+            holds their latent values. A file with them is version 3 (or 4), without them
+            version 2 (or 4: when a plain dtype is stored as coded byte planes).
 
     Raises:
         NotAMosaicError (a ValueError): a codebook needs more than ``config``'s k motifs, or
@@ -178,13 +181,17 @@ def encode(state: dict[str, torch.Tensor], mosaic_names: list[str], config: MoMo
         "config": config.to_dict(),
         "metadata": dict(metadata or {}),
     }
-    if quantization is not None:  # version 3; a file without stays readable by version-2 readers
+    plain_tensors, plain_coding = plain.join([(name, t) for name, t in state.items() if name not in chosen])
+    # The lowest version that holds the file, so that older readers keep reading what they can.
+    version = 4 if plain_coding else 3 if quantization is not None else 2
+    if version >= 3:
         header["quantization"] = quantization
-    version = 3 if quantization is not None else 2
+    if version == 4:
+        header["plain"] = plain_coding
     tensors = {**motif_tensors, "indices": as_uint8_tensor(b"".join(streams))}
     if mosaic.exponents is not None:
         tensors[SCALES] = torch.cat([e.reshape(-1) for e in mosaic.exponents]).to(torch.int8)
-    tensors.update(_join_plain([(name, t) for name, t in state.items() if name not in chosen]))
+    tensors.update(plain_tensors)
     data = write_container(tensors, header, version=version)
     return data, _info(header, tensors, mosaic.layout, len(data), version)
 
@@ -221,16 +228,20 @@ def decode_stored(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS
     entries = _tensor_entries(header["tensors"])
     quantized.read_field(header.get("quantization"), entries)
     mosaic_entries = [e for e in entries if e["mosaic"]]
+    plain_entries = [e for e in entries if not e["mosaic"]]
+    plain_coding = header.get("plain", {})
+    coded = plain.coded_values(plain_coding, plain_entries)
     try:
         layout = BlockLayout(tuple(torch.Size(e["shape"]) for e in mosaic_entries), block_size, tile_shape,
                              per_row=normalize == "channel")
     except ValueError as error:
         raise FormatError(f"impossible block layout: {error}") from None
-    if layout.num_blocks * block_size > max_weights:
-        raise FormatError(f"the file would decode to {layout.num_blocks * block_size} mosaic values, more "
-                          f"than max_weights={max_weights}")
+    # Raw plain values lie in the file; mosaic and coded plain values can be far more than its bytes.
+    if layout.num_blocks * block_size + coded > max_weights:
+        raise FormatError(f"the file would decode to {layout.num_blocks * block_size} mosaic and {coded} coded "
+                          f"plain values, more than max_weights={max_weights}")
     _expect_keys(tensors, _expected_tensors(header, entries, normalize), "file's tensors")
-    state = _split_plain([e for e in entries if not e["mosaic"]], tensors)
+    state = plain.split(plain_entries, tensors, plain_coding)
     exponents = _scale_exponents(tensors, mosaic_entries, normalize)
     mosaic = _decode_mosaic(header, tensors, layout, [DTYPES[e["dtype"]] for e in mosaic_entries],
                             normalize, exponents)
@@ -347,34 +358,8 @@ def _tensor_entries(value) -> list[dict]:
     return value
 
 
-def _join_plain(named: list[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """``plain/<dtype>``: the tensors of each dtype flattened and concatenated, in order."""
-    by_dtype: dict[str, list[torch.Tensor]] = {}
-    for _, t in named:
-        by_dtype.setdefault(DTYPE_NAMES[t.dtype], []).append(t.detach().cpu().reshape(-1))
-    return {PLAIN_PREFIX + dtype: torch.cat(parts) for dtype, parts in by_dtype.items()}
-
-
-def _split_plain(entries: list[dict], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`_join_plain`, checked against the header's shapes and dtypes."""
-    sizes: dict[str, int] = {}
-    for e in entries:
-        sizes[e["dtype"]] = sizes.get(e["dtype"], 0) + math.prod(e["shape"])
-    for dtype, size in sizes.items():
-        t = tensors[PLAIN_PREFIX + dtype]
-        if DTYPE_NAMES[t.dtype] != dtype or tuple(t.shape) != (size,):
-            raise FormatError(f"{PLAIN_PREFIX + dtype} must hold {size} {dtype} values, "
-                              f"holds {DTYPE_NAMES[t.dtype]}{list(t.shape)}")
-    state, position = {}, dict.fromkeys(sizes, 0)
-    for e in entries:
-        start, n = position[e["dtype"]], math.prod(e["shape"])
-        state[e["name"]] = tensors[PLAIN_PREFIX + e["dtype"]][start:start + n].reshape(e["shape"]).clone()
-        position[e["dtype"]] = start + n
-    return state
-
-
 def _expected_tensors(header, entries, normalize: str) -> set[str]:
-    names = {PLAIN_PREFIX + e["dtype"] for e in entries if not e["mosaic"]}
+    names = {plain.PREFIX + e["dtype"] for e in entries if not e["mosaic"]}
     if any(e["mosaic"] for e in entries):
         storage = header["motif_storage"]
         names |= {"indices"} | ({"motifs"} if isinstance(storage, dict) and "dtype" in storage
@@ -445,7 +430,7 @@ def _info(header: dict, tensors: dict[str, torch.Tensor], layout: BlockLayout, f
         codebooks=codebooks, file_bytes=file_bytes,
         motif_bytes=sum(nbytes.get(name, 0) for name in MOTIF_ENTRIES),
         index_bytes=nbytes.get("indices", 0),
-        other_bytes=sum(n for name, n in nbytes.items() if name.startswith(PLAIN_PREFIX)),
+        other_bytes=sum(n for name, n in nbytes.items() if name.startswith(plain.PREFIX)),
         normalize=header.get("normalize", "none"), scale_bytes=nbytes.get(SCALES, 0),
         config=header["config"], metadata=dict(header["metadata"]),
         quantization=dict((header.get("quantization") or {}).get("tensors", {})))

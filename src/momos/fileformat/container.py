@@ -5,9 +5,10 @@ every tensor (name, dtype, shape, bytes) in name order, so that no byte that mat
 without notice. The momos header is JSON, zlib-compressed, in the uint8 tensor ``header``
 (tensor names repeat the same few words, so it shrinks about fivefold; decompression is bounded).
 
-Versions: ``"1"`` (the first), ``"2"`` (adds normalized mosaics) and ``"3"`` (adds quantized,
-QAT, mosaics) are read. Version 3 is written only for a file that holds a quantization, every
-other file as version 2, so that version-2 readers keep reading every file they can.
+Versions: ``"1"`` (the first), ``"2"`` (adds normalized mosaics), ``"3"`` (adds quantized,
+QAT, mosaics) and ``"4"`` (adds coded plain tensors) are read. The writer writes the lowest
+version that holds the file (see :mod:`.codec`), so that older readers keep reading every file
+they can.
 
 The safetensors library writes the file and reads it (:func:`safetensors.deserialize`): it
 checks the length field, the JSON, every dtype, shape and offset, and that the tensors tile the
@@ -29,8 +30,8 @@ from .errors import FormatError
 
 MAGIC = "momos"
 HEADER = "header"
-VERSION = 3           # the newest
-VERSIONS = (1, 2, 3)  # the versions this reader knows
+VERSION = 4              # the newest
+VERSIONS = (1, 2, 3, 4)  # the versions this reader knows
 MAX_HEADER_BYTES = 64 * 2**20
 MAX_DIMS = 16         # momos stores 1-D and 2-D tensors; safetensors and torch would take more
 

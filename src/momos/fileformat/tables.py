@@ -59,16 +59,24 @@ def encode_tables(tables: list[torch.Tensor], storage: str = "auto") -> tuple[di
 
 
 def _float_forms(values: torch.Tensor, name: str) -> list[tuple[dict, dict]]:
-    """The raw tensor, and its byte planes coded as streams when that is smaller."""
-    planes = values.contiguous().view(torch.uint8).reshape(values.numel(), values.element_size()).numpy()
+    """The raw tensor, and its byte planes coded as streams (:func:`encode_planes`)."""
+    blob, descs = encode_planes(values)
+    return [({"motifs": values}, {"dtype": name}),
+            ({"motifs": as_uint8_tensor(blob)}, {"dtype": name, "planes": descs})]
+
+
+def encode_planes(values: torch.Tensor) -> tuple[bytes, list[dict]]:
+    """The byte planes of ``values`` (plane ``j``: byte ``j`` of every little-endian value), each
+    coded as a stream over 256 symbols, back to back, and their entries ``{"bytes", "stream"}``."""
+    flat = values.contiguous().reshape(-1)
+    planes = flat.view(torch.uint8).reshape(flat.numel(), flat.element_size()).numpy()
     streams, descs, position = [], [], 0
     for j in range(planes.shape[1]):
         data, desc = encode_stream(planes[:, j], 256)
         descs.append({"bytes": [position, position + len(data)], "stream": desc})
         streams.append(data)
         position += len(data)
-    return [({"motifs": values}, {"dtype": name}),
-            ({"motifs": as_uint8_tensor(b"".join(streams))}, {"dtype": name, "planes": descs})]
+    return b"".join(streams), descs
 
 
 def _grid_form(bits: int, levels: torch.Tensor, scales: torch.Tensor) -> tuple[dict, dict]:
@@ -116,7 +124,8 @@ def decode_tables(storage, tensors: dict[str, torch.Tensor], ks: list[int], bloc
         dtype = MOTIF_DTYPES.get(storage["dtype"]) if isinstance(storage["dtype"], str) else None
         if dtype is None:
             raise FormatError(f"unknown motif dtype {storage['dtype']!r}")
-        values = _planes(storage["planes"], tensors, dtype, count) if "planes" in storage else tensors.get("motifs")
+        values = (decode_planes(tensor_bytes(tensors, "motifs"), storage["planes"], dtype, count)
+                  if "planes" in storage else tensors.get("motifs"))
         if values is None or values.dtype != dtype or values.numel() != count:
             raise FormatError(f"the motif table must hold {count} {storage['dtype']} values")
         return list(values.reshape(-1, block_size).split(ks))
@@ -125,10 +134,14 @@ def decode_tables(storage, tensors: dict[str, torch.Tensor], ks: list[int], bloc
     raise FormatError(f"unknown motif storage {sorted(map(str, storage))}")
 
 
-def _planes(descs, tensors, dtype: torch.dtype, count: int) -> torch.Tensor:
-    blob = _blob(tensors, "motifs")
+def decode_planes(blob: bytes, descs, dtype: torch.dtype, count: int) -> torch.Tensor:
+    """The inverse of :func:`encode_planes`: ``(count,)`` values of ``dtype``.
+
+    Raises:
+        FormatError: the entries do not describe ``dtype.itemsize`` planes tiling ``blob``.
+    """
     if not isinstance(descs, list) or len(descs) != dtype.itemsize:
-        raise FormatError(f"a {dtype} motif table needs {dtype.itemsize} byte planes")
+        raise FormatError(f"{dtype} values need {dtype.itemsize} byte planes")
     planes, position = np.empty((count, dtype.itemsize), dtype=np.uint8), 0
     for j, desc in enumerate(descs):
         if not isinstance(desc, dict) or set(desc) != {"bytes", "stream"}:
@@ -137,7 +150,7 @@ def _planes(descs, tensors, dtype: torch.dtype, count: int) -> torch.Tensor:
         planes[:, j] = decode_stream(blob[position:end], desc["stream"], 256, count)
         position = end
     if position != len(blob):
-        raise FormatError("the motif table has bytes that belong to no plane")
+        raise FormatError("byte planes leave bytes that belong to no plane")
     return torch.from_numpy(planes).reshape(-1).view(dtype)
 
 
@@ -151,12 +164,14 @@ def _grid_tables(storage, tensors, ks: list[int], block_size: int) -> list[torch
     if not torch.isfinite(scales).all() or (scales < 0).any():
         raise FormatError("a motif scale is negative, NaN or infinite")
     limit = 2 ** (bits - 1) - 1
-    stored = decode_stream(_blob(tensors, "motif_levels"), storage["levels"], 2 * limit + 1, sum(ks) * block_size)
+    stored = decode_stream(tensor_bytes(tensors, "motif_levels"), storage["levels"], 2 * limit + 1,
+                           sum(ks) * block_size)
     levels = torch.from_numpy(stored - limit).reshape(-1, block_size)
     return [_grid_values(level, scale) for level, scale in zip(levels.split(ks), scales)]
 
 
-def _blob(tensors, name: str) -> bytes:
+def tensor_bytes(tensors, name: str) -> bytes:
+    """The bytes of the 1-D uint8 tensor ``name``."""
     blob = tensors.get(name)
     if blob is None or blob.dtype != torch.uint8 or blob.dim() != 1:
         raise FormatError(f"{name} must be a 1-D uint8 tensor")
