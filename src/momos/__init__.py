@@ -6,6 +6,7 @@
 """
 
 from .blocks import BlockLayout, from_blocks, to_blocks
+from .compact import compact_, dense_
 from .config import MoMosConfig
 from .cost import CostEstimate
 from .fileformat import FormatError, load, save
@@ -18,6 +19,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlockLayout", "Codebook", "CostEstimate", "FinetuneConfig", "FinetuneResult", "FormatError", "MoMosConfig", "ProjectionStats", "Projector", "QATConfig",
-    "add_qat_", "estimate_cost", "finetune", "from_blocks", "is_mosaic", "load", "project_", "remove_qat_", "save", "select_parameters",
+    "add_qat_", "compact_", "dense_", "estimate_cost", "finetune", "from_blocks", "is_mosaic", "load", "project_", "remove_qat_", "save", "select_parameters",
     "to_blocks", "warn_if_slow", "__version__",
 ]

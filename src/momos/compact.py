@@ -1,0 +1,228 @@
+"""Compact modules: a mosaic held as what it is, shared motif tables plus block indices.
+
+    momos.project_(model, cfg)                   # or momos.load("model.momos", model)
+    momos.compact_(model, cfg, scales=stats.scales)
+    model(x)                                     # bit for bit the dense mosaic's output
+    momos.dense_(model)                          # plain dense parameters again
+
+Each mosaic tensor is parametrized (``torch.nn.utils.parametrize``) by a :class:`MosaicWeight`:
+its block indices in the smallest integer dtype that holds the codebook's ``k`` (uint8 for
+``k <= 256``), its power-of-two scale exponents when normalized, and the codebook's
+:class:`MotifTable`, one module shared by every tensor of the codebook (like tied weights: one
+tensor in memory, one key per tensor in ``state_dict()``). The parametrization's ``original`` is
+a zero-size tensor that keeps the weight's dtype and device, so the dense weight exists only
+while a forward pass computes it: ``motifs[indices]``, un-blocked by :func:`momos.from_blocks`,
+times ``2**e``.
+
+``state_dict()`` of a compact model holds the compact tensors (``...parametrizations.weight.0.indices``,
+``...0.table.motifs``, ``...0.exponents``, a zero-size ``...original``); it loads into any compact
+model of the same architecture and config, since a table holds ``config.motifs_for(num_blocks)``
+rows whatever number of them the mosaic uses (unused rows are zero).
+
+A fake-quantized weight (``momos.add_qat_``) whose latent value is the mosaic keeps its fake
+quantization after the rebuild: the forward pass quantizes the rebuilt weight, as it did the
+latent one.
+
+Outputs are the dense mosaic's bit for bit in eager mode, with or without gradients: the rebuilt
+weight requires grad exactly when its parameter did, because PyTorch's matmul chooses its kernel
+by that flag (a Linear on a non-contiguous batched input). Under ``torch.inference_mode`` a
+rebuilt weight cannot require grad, so there the outputs are identical when the parameters do not
+either (``model.requires_grad_(False)``, the usual for deployment); ``torch.compile`` traces its
+own kernels, like compiling the dense model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .blocks import BlockLayout, from_blocks
+from .config import MoMosConfig
+from .fileformat.decompose import Mosaic, NotAMosaicError, decompose
+from .project import select_parameters
+from .qat import latent_names
+from .scales import Scales, multiply
+
+
+class MotifTable(nn.Module):
+    """One codebook's ``(k, s)`` motifs (a buffer), shared by all the tensors it serves."""
+
+    def __init__(self, motifs: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("motifs", motifs)
+
+    def extra_repr(self) -> str:
+        return f"k={self.motifs.shape[0]}, s={self.motifs.shape[1]}, dtype={self.motifs.dtype}"
+
+
+class MosaicWeight(nn.Module):
+    """Parametrization ``original (0,) -> weight``: ``table.motifs[indices]`` un-blocked to the
+    weight's shape (``layout.shapes[0]``), times ``2**exponents`` when normalized, in
+    ``original``'s dtype.
+
+    ``indices``: ``(num_blocks,)`` uint8/int16/int32; ``exponents``: int16 of shape ``()`` or
+    ``(rows,)``, or None.
+    """
+
+    def __init__(self, table: MotifTable, indices: torch.Tensor, layout: BlockLayout,
+                 exponents: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.table = table
+        self.layout = layout
+        self.register_buffer("indices", indices)
+        self.register_buffer("exponents", exponents)
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        # uint8 indices would index as a mask: widen them (transiently, as the weight itself)
+        weight = from_blocks(self.table.motifs[self.indices.long()], self.layout)[0]
+        if self.exponents is not None:
+            weight = multiply(weight, self.exponents)
+        weight = weight.to(original.dtype).contiguous()
+        if not torch.compiler.is_compiling():
+            # eager matmul picks its kernel by whether the weight requires grad (it folds batched
+            # inputs when it does): reporting the parameter's flag keeps the outputs bit for bit
+            weight.requires_grad_(original.requires_grad)
+        return weight
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        """What parametrize stores as ``original`` when the weight is registered or assigned: a
+        zero-size tensor for the mosaic's own value (or for a tied twin, already zero-size)."""
+        if weight.numel() and not torch.equal(weight, self(weight.new_empty(0))):
+            raise ValueError("a compact weight holds its mosaic and nothing else; "
+                             "call momos.dense_(model) before changing it")
+        return weight.new_empty(0)
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.layout.shapes[0])}, indices={self.indices.dtype}"
+
+
+def compact_(model: nn.Module, config: MoMosConfig, scales: Scales | None = None) -> nn.Module:
+    """Hold the mosaic tensors of ``model`` as motif tables plus block indices, in place.
+
+    Args:
+        model: an exact mosaic under ``config`` (after ``project_``, a ``momos+qat`` run, or
+            ``momos.load``), checked bit for bit as ``momos.save`` checks it; fake quantization
+            may be attached. Tied parameters are compacted under every name they have.
+        config: the mosaic's block size, tile shape, scope, normalization, selection and ``k``.
+        scales: with ``config.normalize``, the mosaic's power-of-two scales, as ``momos.save``
+            takes them (``ProjectionStats.scales``, or by name, e.g. ``momos.fileformat.read_scales``).
+
+    Returns:
+        ``model``, whose forward pass gives the dense mosaic's outputs bit for bit (see the
+        module's notes on ``inference_mode``); its ``state_dict()`` holds the compact tensors.
+
+    Raises:
+        ValueError: the model is already compact, a selected tensor is not a mosaic (named),
+            scales are missing or do not fit, or a parametrization other than fake quantization
+            is attached. The model is untouched then.
+        TypeError: a selected parameter is not floating point.
+    """
+    if any(isinstance(m, MosaicWeight) for m in model.modules()):
+        raise ValueError("the model is already compact; call momos.dense_(model) first")
+    config.validate()
+    selected = select_parameters(model, config)
+    plain = latent_names(model)
+    names = [plain.get(name, name) for name, _ in selected]
+    if isinstance(scales, Mapping):
+        scales = {plain.get(name, name): table for name, table in scales.items()}
+    try:
+        mosaic = decompose([p for _, p in selected], config, scales, names=names)
+    except NotAMosaicError as error:
+        raise ValueError(f"parameter {names[error.tensor]!r} is not a mosaic under this configuration: {error}; "
+                         "project the model first (momos.project_) or give the configuration (and scales) "
+                         "it was made with") from None
+    owners = _owners(model, plain)
+    for (_, param), weight in zip(selected, _parametrizations(mosaic, config, [p for _, p in selected])):
+        if weight is not None:
+            for name in owners[id(param)]:
+                _attach(model, name, weight)
+    return model
+
+
+def dense_(model: nn.Module) -> nn.Module:
+    """Undo :func:`compact_`, in place: every compact tensor becomes a plain dense parameter again
+    (the same ``nn.Parameter`` object, holding the mosaic); fake quantization stays attached."""
+    for owner in list(model.modules()):
+        for tensor in list(getattr(owner, "parametrizations", {})):
+            chain = owner.parametrizations[tensor]
+            if isinstance(chain[0], MosaicWeight):
+                with torch.no_grad():
+                    value = chain[0](chain.original)
+                rest = _detach(owner, tensor)[1:]
+                with torch.no_grad():   # in place, so optimizers and tied twins keep the parameter
+                    getattr(owner, tensor).set_(value)
+                for later in rest:
+                    parametrize.register_parametrization(owner, tensor, later)
+        # the parameters in their order before compact_, so selections (and positional scales) still fit
+        for name in owner.__dict__.pop("_momos_order", ()):
+            if name in owner._parameters:
+                owner._parameters[name] = owner._parameters.pop(name)
+    return model
+
+
+def resident_bytes(model: nn.Module) -> int:
+    """Bytes of the parameters and buffers of ``model``, each tensor counted once (a shared
+    motif table, a tied weight); a compact model's dense weights are not resident."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def index_dtype(k: int) -> torch.dtype:
+    """The smallest integer dtype that holds motif indices ``0 .. k-1``."""
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        if k - 1 <= torch.iinfo(dtype).max:
+            return dtype
+    return torch.int64
+
+
+def _parametrizations(mosaic: Mosaic, config: MoMosConfig, params: list[torch.Tensor]) -> list[MosaicWeight | None]:
+    """One :class:`MosaicWeight` per tensor of ``mosaic`` (None for a tensor without values), on
+    its tensor's device; tensors of one codebook share its :class:`MotifTable`."""
+    layout = mosaic.layout
+    weights: list[MosaicWeight | None] = [None] * len(params)
+    for (first, last), motifs, indices in zip(mosaic.groups, mosaic.motifs, mosaic.indices):
+        # every table of a config has k rows, so compact state dicts of one architecture fit each other
+        k = config.motifs_for(layout.block_offsets[last] - layout.block_offsets[first])
+        table = MotifTable(torch.cat([motifs, motifs.new_zeros(k - len(motifs), motifs.shape[1])])
+                           .to(params[first].device))
+        for i in range(first, last):
+            if layout.numels[i] == 0:
+                continue
+            start, end = (layout.block_offsets[j] - layout.block_offsets[first] for j in (i, i + 1))
+            own = indices[start:end].to(device=params[i].device, dtype=index_dtype(k), copy=True)
+            exponents = None if mosaic.exponents is None else mosaic.exponents[i].to(params[i].device)
+            weights[i] = MosaicWeight(table, own, replace(layout, shapes=(layout.shapes[i],)), exponents)
+    return weights
+
+
+def _owners(model: nn.Module, plain: dict[str, str]) -> dict[int, list[str]]:
+    """Every plain name under which each parameter of ``model`` is held (several for tied weights)."""
+    owners: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(plain.get(name, name))
+    return owners
+
+
+def _attach(model: nn.Module, name: str, weight: MosaicWeight) -> None:
+    """Parametrize the tensor ``name`` by ``weight``, before the fake quantization it may have."""
+    owner_name, _, tensor = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    if not hasattr(owner, "_momos_order"):   # parametrize moves a tensor it removes to the end
+        owner._momos_order = tuple(owner._parameters)
+    rest = _detach(owner, tensor)
+    # a tied twin's parameter is already zero-size: parametrize cannot compare shapes with it
+    parametrize.register_parametrization(owner, tensor, weight, unsafe=getattr(owner, tensor).numel() == 0)
+    for later in rest:
+        parametrize.register_parametrization(owner, tensor, later)
+
+
+def _detach(owner: nn.Module, tensor: str) -> list[nn.Module]:
+    """Remove the parametrizations of ``owner.<tensor>``, leaving its original; returns them."""
+    if not parametrize.is_parametrized(owner, tensor):
+        return []
+    chain = list(owner.parametrizations[tensor])
+    parametrize.remove_parametrizations(owner, tensor, leave_parametrized=False)
+    return chain
