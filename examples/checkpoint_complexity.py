@@ -14,7 +14,7 @@ Without a checkpoint the script makes two by training the same MLP briefly on sc
 digits, once plainly and once with MoMos (``momos.Projector``), saves both to ``--out`` and
 compares them: the mosaic compresses several times better.
 
-Run (about 10 s on one CPU thread without a checkpoint):
+Run (about 10 s on one CPU thread without a checkpoint, half of it importing torch):
 
     python examples/checkpoint_complexity.py                         # train two, compare them
     python examples/checkpoint_complexity.py model.safetensors --block-size 4

@@ -14,7 +14,7 @@ With the defaults (blocks of 8 weights, 1% as many motifs as blocks) the project
 costs about 17 points of accuracy and 300 steps of fine-tuning win most of them back, at
 about 1.4 bits per weight.
 
-Run (about 10 s on one CPU thread):
+Run (about 10 s on one CPU thread, half of it importing torch):
 
     python examples/compress_pretrained.py                    # outputs in a temporary folder
     python examples/compress_pretrained.py --block-size 4 --steps 600 --out runs/compressed

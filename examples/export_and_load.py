@@ -11,7 +11,7 @@ which suits a model trained without MoMos); the scales cannot be read back from 
 so ``momos.save`` takes them from the projection: ``scales=stats.scales``. With the paper's
 default ``normalize="none"`` no scales are needed.
 
-Run (about 5 s on one CPU thread):
+Run (about 10 s on one CPU thread, half of it importing torch):
 
     python examples/export_and_load.py                     # outputs in a temporary folder
     python examples/export_and_load.py --capacity 0.01 --out runs/export   # smaller, less accurate

@@ -8,7 +8,7 @@ before that epoch's evaluation and checkpoint (so both see the mosaic), puts eac
 so the trained model is an exact mosaic, which ``momos.save`` stores as a compact file.
 
 Needs transformers and accelerate: ``pip install -e ".[transformers]"``.
-Run (about 15 s on one CPU thread):
+Run (about 12 s on one CPU thread, most of it importing torch and transformers):
 
     python examples/hf_trainer.py                     # outputs in a temporary folder
     python examples/hf_trainer.py --epochs 5 --out runs/bert

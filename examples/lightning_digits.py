@@ -7,22 +7,26 @@ callback projects once more at the end of training, so the trained model is an e
 (checked with ``momos.is_mosaic``). Its state (counters, generator, codebook) is saved in
 Lightning checkpoints, so resuming continues the motif schedule.
 
-Needs Lightning: ``pip install -e ".[lightning]"``. Run (about 10 s on one CPU thread):
+Needs Lightning: ``pip install -e ".[lightning]"``.
+Run (about 15 s on one CPU thread, 10 of them importing Lightning):
 
     python examples/lightning_digits.py                    # outputs in a temporary folder
     python examples/lightning_digits.py --epochs 10 --out runs/lightning
+    python examples/lightning_digits.py --devices 2 --out runs/ddp     # DDP on 2 CPU processes
 
 Several devices (DDP). Nothing MoMos-specific changes: every rank projects the same
 DDP-synchronized weights with the same seeded generator, then rank 0's mosaic is broadcast, so
-all ranks hold the identical mosaic. Change the Trainer below, e.g.
+all ranks hold the identical mosaic. ``--devices N`` runs this script with ``strategy="ddp"``
+on N CPU processes (Lightning starts the other N - 1 itself); on GPUs change the Trainer below to
 
-    lightning.Trainer(accelerator="gpu", devices=4, strategy="ddp", ...)       # 4 GPUs
-    lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", ...)  # 2 CPU processes
-    lightning.Trainer(accelerator="gpu", devices=8, num_nodes=2, strategy="ddp", ...)  # 2 machines,
-    # each launched with: torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d \
-    #                              --rdzv_endpoint HOST:PORT examples/lightning_digits.py
+    L.Trainer(accelerator="gpu", devices=4, strategy="ddp", ...)                # 4 GPUs, one machine
+    L.Trainer(accelerator="gpu", devices=8, num_nodes=2, strategy="ddp", ...)   # 2 machines, each launched
+    # with: torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:PORT \
+    #       examples/lightning_digits.py
 
-and print and save on rank 0 only (``trainer.is_global_zero``), as this script does.
+Every process runs the whole script; only rank 0 (``trainer.is_global_zero``) prints and
+saves. Prefer ``strategy="ddp"`` to ``"ddp_spawn"``: with spawn, training happens in child
+processes and the callback's projector in this process never sees it.
 """
 
 import argparse
@@ -46,6 +50,7 @@ def parse_args():
     parser.add_argument("--block-size", type=int, default=4, help="s: weights per block")
     parser.add_argument("--capacity", type=float, default=0.05, help="motifs per block (k = capacity x blocks)")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--devices", type=int, default=1, help="CPU processes; more than 1: DDP")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -71,12 +76,12 @@ class DigitsClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = nn.functional.cross_entropy(self(x), y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)   # averaged over ranks
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self.log("val_acc", (self(x).argmax(1) == y).float().mean(), prog_bar=True)
+        self.log("val_acc", (self(x).argmax(1) == y).float().mean(), sync_dist=True)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
@@ -108,7 +113,8 @@ def main():
     momos_callback = MoMosCallback(cfg)        # Projector options too: MoMosCallback(cfg, warmup_epochs=1)
 
     trainer = L.Trainer(
-        max_epochs=args.epochs, accelerator="cpu", devices=1,   # DDP: see the module docstring
+        max_epochs=args.epochs, accelerator="cpu", devices=args.devices,   # DDP: see the module docstring
+        strategy="ddp" if args.devices > 1 else "auto",
         callbacks=[momos_callback, PrintEpochs(momos_callback)],
         default_root_dir=out, logger=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0)

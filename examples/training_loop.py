@@ -13,7 +13,7 @@ few shared motifs (``capacity`` x the number of blocks), so validation sees the 
 At the end the script checks that the weights are exactly a mosaic (``momos.is_mosaic``) and
 writes the final weights and the projection history to ``--out``.
 
-Run (about 5 s on one CPU thread):
+Run (about 10 s on one CPU thread, half of it importing torch):
 
     python examples/training_loop.py                        # outputs in a temporary folder
     python examples/training_loop.py --epochs 20 --capacity 0.01 --out runs/loop

@@ -66,6 +66,15 @@ def test_lightning_digits(tmp_path):
     assert (tmp_path / "digits.momos").is_file()
 
 
+@pytest.mark.slow
+def test_lightning_digits_under_ddp(tmp_path):
+    pytest.importorskip("lightning.pytorch")
+    out = run_example("lightning_digits.py", tmp_path, "--devices", "2", "--epochs", "2")
+    assert len(re.findall(r"^epoch +\d+: .*val accuracy", out, re.M)) == 2   # rank 0 alone prints
+    assert "is mosaic: True (2 projections" in out
+    assert (tmp_path / "digits.momos").is_file()
+
+
 def test_export_and_load(tmp_path):
     out = run_example("export_and_load.py", tmp_path)
     assert "identical weights: True, identical outputs: True" in out
