@@ -497,6 +497,152 @@ def test_file_info_counts_the_scales(tmp_path, normalized_file):
     assert info.to_dict()["num_scales"] == 20 and info.to_dict()["normalize"] == "channel"
 
 
+# ----------------------------------------------------------------------------- coded plain tensors (version 4)
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INT_OF = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def norm_like(dtype, n=2048, seed=0):
+    """LayerNorm-like weights near 1 (few distinct top bytes: their planes code small), with
+    every special value and random bit patterns (NaN payloads, subnormals) among them."""
+    g = torch.Generator().manual_seed(seed)
+    values = (1 + 0.05 * torch.randn(n, generator=g, dtype=torch.float64)).to(dtype)
+    info = torch.finfo(dtype)
+    special = torch.tensor([0.0, -0.0, float("nan"), -float("nan"), float("inf"), -float("inf"), info.max,
+                            -info.max, info.tiny, info.tiny / 4, -info.tiny / 4, info.eps], dtype=torch.float64)
+    values[:len(special)] = special.to(dtype)
+    bits = torch.randint(-2**15, 2**15, (64,), generator=g, dtype=INT_OF[dtype.itemsize])
+    values[-64:] = bits.view(dtype)
+    return values
+
+
+def with_plain(dtypes=FLOAT_DTYPES, plain=norm_like):
+    """A state dict: one mosaic tensor ``w``, one plain tensor per dtype, an int buffer."""
+    state = {"w": torch.tensor([0.5, -1.0] * 8)}
+    state.update({f"p{i}": plain(dtype, seed=i) for i, dtype in enumerate(dtypes)})
+    state["steps"] = torch.arange(5)
+    return state
+
+
+PLAIN_CFG = momos.MoMosConfig(block_size=2, num_motifs=2, include=("^w$",), force_zero=False)
+
+
+def test_coded_plain_tensors_round_trip_bit_exactly(tmp_path):
+    state = with_plain()
+    info = save(state, tmp_path / "m.momos", PLAIN_CFG)
+    assert info.version == 4
+    header, tensors, _ = read_container((tmp_path / "m.momos").read_bytes())
+    assert set(header["plain"]) == {"F16", "BF16", "F32", "F64"} and header["quantization"] is None
+    assert tensors["plain/F32"].dtype == torch.uint8
+    raw = sum(t.numel() * t.element_size() for name, t in state.items() if name != "w")
+    assert info.other_bytes < 0.8 * raw
+    assert_same_state(load(tmp_path / "m.momos"), state)
+
+
+def test_plain_tensors_are_coded_only_when_smaller(tmp_path):
+    """Random bit patterns do not shrink: that dtype stays as it is, the others are coded."""
+    def noise(dtype, seed):
+        g = torch.Generator().manual_seed(seed)
+        return torch.randint(-2**15, 2**15, (2048,), generator=g, dtype=INT_OF[dtype.itemsize]).view(dtype)
+
+    state = with_plain((torch.float16,), plain=noise) | {"n": norm_like(torch.float32)}
+    info = save(state, tmp_path / "m.momos", PLAIN_CFG)
+    header, tensors, _ = read_container((tmp_path / "m.momos").read_bytes())
+    assert info.version == 4 and set(header["plain"]) == {"F32"}
+    assert torch.equal(tensors["plain/F16"].view(torch.int16), state["p0"].view(torch.int16))
+    assert_same_state(load(tmp_path / "m.momos"), state)
+    # nothing coded: no plain key, and the version an older reader reads
+    info = save(with_plain((torch.float16,), plain=noise), tmp_path / "n.momos", PLAIN_CFG)
+    header, _, _ = read_container((tmp_path / "n.momos").read_bytes())
+    assert info.version == 2 and "plain" not in header and "quantization" not in header
+
+
+def test_a_small_saving_does_not_pay_for_its_header_entry():
+    from momos.fileformat import plain
+    from momos.fileformat.tables import encode_planes
+
+    ones = torch.ones(64)  # 256 bytes; each plane codes to ~40 bytes, but the header entry costs more
+    blob, _ = encode_planes(ones)
+    assert len(blob) < 200
+    tensors, coding = plain.join([("a", ones)])
+    assert coding == {} and torch.equal(tensors["plain/F32"], ones)
+    tensors, coding = plain.join([("a", ones.repeat(4))])
+    assert set(coding) == {"F32"} and tensors["plain/F32"].numel() == len(blob)
+
+
+@pytest.fixture(scope="module")
+def plain_file(tmp_path_factory):
+    """A valid version-4 file: every float dtype's plain tensors coded, an int buffer raw."""
+    path = tmp_path_factory.mktemp("plain") / "m.momos"
+    state = with_plain()
+    assert save(state, path, PLAIN_CFG).version == 4
+    return path.read_bytes(), state
+
+
+PLAIN_LIES = {
+    "plain not an object": lambda h, t: h.__setitem__("plain", ["F32"]),
+    "plain names a dtype without tensors": lambda h, t: h["plain"].__setitem__("I32", h["plain"]["F32"]),
+    "raw values said coded": lambda h, t: h["plain"].__setitem__("I64", h["plain"]["F64"]),
+    "coded values said raw": lambda h, t: h["plain"].pop("F32"),
+    "too few planes": lambda h, t: h["plain"]["F32"].pop(),
+    "planes swapped": lambda h, t: h["plain"].update(F16=h["plain"]["BF16"], BF16=h["plain"]["F16"]),
+    "coded bytes short": lambda h, t: t.__setitem__("plain/F32", t["plain/F32"][:-1]),
+    "coded bytes not uint8": lambda h, t: t.__setitem__("plain/F32", t["plain/F32"].to(torch.int16)),
+    "more values": lambda h, t: h["tensors"][1]["shape"].__setitem__(0, h["tensors"][1]["shape"][0] + 1),
+    "huge plain tensor": lambda h, t: h["tensors"][1].__setitem__("shape", [2**40]),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(PLAIN_LIES))
+def test_a_lying_version_4_file_is_a_format_error(tmp_path, plain_file, lie):
+    data, expected = plain_file
+    assert_same_state(load_bytes(data, tmp_path), expected)
+    with pytest.raises(FormatError):
+        load_bytes(resign(data, PLAIN_LIES[lie]), tmp_path)
+
+
+def test_only_version_4_has_the_plain_key(tmp_path, plain_file):
+    data, _ = plain_file
+    header, tensors, _ = read_container(data)
+    with pytest.raises(FormatError, match="plain"):
+        load_bytes(write_container(tensors, header, version=3), tmp_path)
+    header.pop("plain")
+    with pytest.raises(FormatError, match="plain"):
+        load_bytes(write_container(tensors, header, version=4), tmp_path)
+
+
+def test_coded_plain_values_count_against_max_weights(tmp_path, plain_file):
+    data, expected = plain_file
+    plain_values = sum(t.numel() for name, t in expected.items() if t.is_floating_point() and name != "w")
+    assert_same_state(load_bytes(data, tmp_path, max_weights=16 + plain_values), expected)
+    with pytest.raises(FormatError, match="max_weights"):
+        load_bytes(data, tmp_path, max_weights=16 + plain_values - 1)
+
+
+def test_fuzz_a_version_4_file(tmp_path, plain_file):
+    outcomes = fuzz(plain_file, tmp_path, cases=300, seed=4)
+    assert outcomes.count("error") > 200
+
+
+def test_a_version_4_file_still_loads_bit_exactly(tmp_path):
+    """tests/data/format_v4_plain.momos was written by the version-4 writer (tests/data/make_format_v4.py)."""
+    from momos.fileformat import read
+    from safetensors.torch import load_file
+
+    path = DATA / "format_v4_plain.momos"
+    state, info = read(path)
+    assert_same_state(state, load_file(DATA / "format_v4_plain.expected.safetensors"), ordered=False)
+    assert info.version == 4 and info.metadata == {"fixture": "version 4"}
+    # written again: the same file
+    cfg = momos.MoMosConfig.from_dict(info.config)
+    save(state, tmp_path / "again.momos", cfg, metadata=info.metadata)
+    (header, tensors, _), (again_header, again_tensors, _) = (
+        read_container(p.read_bytes()) for p in (path, tmp_path / "again.momos"))
+    assert header == again_header
+    assert_same_state(again_tensors, tensors, ordered=False)
+
+
 # ----------------------------------------------------------------------------- building blocks
 
 @settings(max_examples=60, deadline=None)

@@ -6,7 +6,8 @@ The stored form is chosen per file, over all codebooks (``K`` motifs of ``s`` va
 - ``{"dtype": "float32", "planes": [{"bytes": [a, b], "stream": ...}, ...]}``: the same values
   cut into byte planes (plane ``j``: byte ``j`` of every little-endian value, in order), each
   plane a stream of :mod:`.streams` over 256 symbols at ``motifs[a:b]`` (uint8). The sign and
-  exponent byte of weights takes few values, so it codes to a few bits.
+  exponent byte of weights takes few values, so it codes to a few bits. Plain tensors use the
+  same planes (:mod:`.plain`).
 - ``{"bits": q, "levels": ...}``: ``level + 2^(q-1) - 1`` of every value, a stream over
   ``2^q - 1`` symbols in ``motif_levels`` (uint8), and one float32 scale per codebook in
   ``motif_scales``; a value is ``float32(level) * scale`` (see :mod:`momos.quantization`).
