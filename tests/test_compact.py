@@ -243,3 +243,28 @@ def test_torch_compile_gives_the_same_outputs():
     compiled = torch.compile(momos.compact_(model, config), fullgraph=True)
     assert torch.equal(outputs(compiled, x), reference)
     assert torch.equal(compiled(x).detach(), reference)   # with gradients too
+
+
+def test_load_compact_holds_the_files_mosaic_as_tables_and_indices(case, tmp_path):
+    model, _, config, scales, x = case
+    path = tmp_path / "model.momos"
+    momos.save(model, path, config, scales=scales)
+    build = CASES[next(name for name, c in CASES.items() if c[1] == config)][0]
+    loaded = momos.load(path, build().eval().requires_grad_(False), compact=True)   # selection need not match
+    assert len(compact_tensors(loaded)) == len(compact_tensors(case[1]))
+    dense = momos.load(path, build().eval().requires_grad_(False))   # the same flags: the same matmul kernels
+    assert torch.equal(outputs(loaded, x), outputs(dense, x))
+    with pytest.raises(ValueError, match="needs the model"):
+        momos.load(path, compact=True)
+
+
+def test_load_compact_of_a_quantized_file_keeps_the_fake_quantization(tmp_path):
+    config = momos.MoMosConfig(block_size=4, capacity=0.1, seed=0)
+    torch.manual_seed(0)
+    model, _ = mosaic(momos.add_qat_(MLP(20, 3, hidden=(32, 32)), momos.QATConfig(bits=4)), config)
+    momos.save(model, tmp_path / "qat.momos", config)
+    x = torch.randn(5, 20)
+    loaded = momos.load(tmp_path / "qat.momos", momos.add_qat_(MLP(20, 3, hidden=(32, 32)), momos.QATConfig(bits=4)),
+                        compact=True)
+    assert [type(p).__name__ for p in loaded[1].parametrizations.weight] == ["MosaicWeight", "FakeQuantize"]
+    assert torch.equal(outputs(loaded, x), outputs(model, x))

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -160,11 +162,15 @@ def read_scales(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
     return decode_stored(_read_bytes(path, max_bytes), max_weights=max_weights)[2]
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
-         max_weights: int = DEFAULT_MAX_WEIGHTS):
+def load(path: str | os.PathLike, model: nn.Module | None = None, *, compact: bool = False,
+         max_bytes: int = DEFAULT_MAX_BYTES, max_weights: int = DEFAULT_MAX_WEIGHTS):
     """The state dict of a ``.momos`` file, bit-exact to what was saved (quantized weights as
     the forward pass used them); with ``model``, load it into the model (``strict``: same
     names and shapes) and return the model.
+
+    ``compact=True`` (with ``model``) then holds the file's mosaic tensors as motif tables plus
+    indices (:func:`momos.compact_`, with the file's configuration and scales), so the model
+    costs at inference about what the file does.
 
     Into a model with fake quantization attached, the file's quantization must be the same
     (weights and bits) and the latent weights are loaded: the forward pass then quantizes
@@ -177,8 +183,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, max_bytes: 
         ValueError: the file does not fit ``model``, or the model's fake quantization is not
             the file's (the model is not changed).
     """
-    stored, info, _ = decode_stored(_read_bytes(path, max_bytes), max_weights=max_weights)
+    stored, info, scales = decode_stored(_read_bytes(path, max_bytes), max_weights=max_weights)
     if model is None:
+        if compact:
+            raise ValueError("compact=True needs the model to hold the mosaic: momos.load(path, model, compact=True)")
         return apply_quantization(stored, info.quantization)
     state = _state_for(model, stored, info.quantization)
     expected = model.state_dict()
@@ -188,7 +196,24 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, max_bytes: 
         raise ValueError(f"the file does not fit the model: missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}, different shapes {wrong[:5]}")
     model.load_state_dict(state)
+    if compact:
+        _compact_as_stored(model, info, scales)
     return model
+
+
+def _compact_as_stored(model: nn.Module, info: FileInfo, scales: dict[str, torch.Tensor] | None) -> None:
+    """:func:`momos.compact_` of exactly the tensors the file stores as mosaics: the file's
+    config with its selection replaced by their names (the model's ``requires_grad`` flags need
+    not be what they were when it was saved)."""
+    from ..compact import compact_   # momos.compact imports this package's decompose
+
+    if info.config is None:
+        raise ValueError("the file holds no MoMosConfig; load it, then call momos.compact_(model, config)")
+    latent = {plain: name for name, plain in latent_names(model).items()}
+    names = [latent.get(name, name) for book in info.codebooks for name in book.tensors]
+    config = replace(MoMosConfig.from_dict(info.config), include=tuple(f"^{re.escape(n)}$" for n in names),
+                     exclude=(), parameters="all")
+    compact_(model, config, scales=scales)
 
 
 def module_of_state_dict(state: Mapping[str, torch.Tensor]) -> nn.Module:
