@@ -565,9 +565,9 @@ def test_a_small_saving_does_not_pay_for_its_header_entry():
     ones = torch.ones(64)  # 256 bytes; each plane codes to ~40 bytes, but the header entry costs more
     blob, _ = encode_planes(ones)
     assert len(blob) < 200
-    tensors, coding = plain.join([("a", ones)])
+    tensors, coding = plain.join([ones])
     assert coding == {} and torch.equal(tensors["plain/F32"], ones)
-    tensors, coding = plain.join([("a", ones.repeat(4))])
+    tensors, coding = plain.join([ones.repeat(4)])
     assert set(coding) == {"F32"} and tensors["plain/F32"].numel() == len(blob)
 
 

@@ -181,7 +181,7 @@ def encode(state: dict[str, torch.Tensor], mosaic_names: list[str], config: MoMo
         "config": config.to_dict(),
         "metadata": dict(metadata or {}),
     }
-    plain_tensors, plain_coding = plain.join([(name, t) for name, t in state.items() if name not in chosen])
+    plain_tensors, plain_coding = plain.join([t for name, t in state.items() if name not in chosen])
     # The lowest version that holds the file, so that older readers keep reading what they can.
     version = 4 if plain_coding else 3 if quantization is not None else 2
     if version >= 3:

@@ -10,9 +10,9 @@ names the dtype, their byte planes coded as streams, exactly as a motif table's
 
 The writer codes a dtype only when that is smaller than its values, header entry included;
 a file that codes none has no ``plain`` key and keeps the version an older reader reads.
-Norms and biases of trained networks share few exponents and signs, so their top byte
-planes shrink, while the low mantissa planes stay about 8 bits a byte (the stream then
-falls back to storing them bit-packed at 8 bits, as they are).
+The values of a trained network's norms and biases span few exponents, so the sign and
+exponent planes shrink, while the low mantissa planes stay about 8 bits a byte (such a
+stream falls back to bit-packing at 8 bits: the bytes as they are).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from .tables import decode_planes, encode_planes, tensor_bytes
 PREFIX = "plain/"
 
 
-def join(named: list[tuple[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
-    """``plain/<dtype>`` per dtype of ``named``'s tensors, and the header's ``plain``: the
-    planes of the dtypes stored coded (empty when none is)."""
+def join(plain: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
+    """``plain/<dtype>`` per dtype of the ``plain`` tensors (in header order), and the header's
+    ``plain``: the planes of the dtypes stored coded (empty when none is)."""
     by_dtype: dict[str, list[torch.Tensor]] = {}
-    for _, t in named:
+    for t in plain:
         by_dtype.setdefault(DTYPE_NAMES[t.dtype], []).append(t.detach().cpu().reshape(-1))
     tensors, coding = {}, {}
     for dtype, parts in by_dtype.items():
