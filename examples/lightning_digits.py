@@ -24,9 +24,9 @@ on N CPU processes (Lightning starts the other N - 1 itself); on GPUs change the
     # with: torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:PORT \
     #       examples/lightning_digits.py
 
-Every process runs the whole script; only rank 0 (``trainer.is_global_zero``) prints and
-saves. Prefer ``strategy="ddp"`` to ``"ddp_spawn"``: with spawn, training happens in child
-processes and the callback's projector in this process never sees it.
+With ``strategy="ddp"`` every process runs the whole script, the checks after ``fit`` included;
+only rank 0 (``trainer.is_global_zero``) prints and saves. Give ``--out`` under DDP, so that
+all processes agree on the folder.
 """
 
 import argparse
