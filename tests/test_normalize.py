@@ -1,6 +1,8 @@
 """Scale-normalized mosaics, the selection preset for pretrained networks, and the refusals of
 projections that would silently destroy a tensor."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -165,3 +167,13 @@ def test_warning_names_the_worst_tensors_and_stats_carry_relative_errors():
         assert stats.relative_errors[name] == pytest.approx(expected, rel=1e-5)
     assert stats.worst_tensors(1)[0][0] == max(stats.relative_errors, key=stats.relative_errors.get)
     assert stats.summary()["max_relative_error"] == max(stats.relative_errors.values())
+
+
+def test_warning_suggests_channel_normalization_only_when_not_used():
+    cfg = momos.MoMosConfig(block_size=4, num_motifs=2, force_zero=False)
+    with pytest.warns(UserWarning, match="relative error") as plain:
+        momos.project_(two_scale_model(), cfg)
+    with pytest.warns(UserWarning, match="relative error") as channel:
+        momos.project_(two_scale_model(), replace(cfg, normalize="channel"))
+    assert "normalize='channel'" in str(plain[0].message)
+    assert "normalize='channel'" not in str(channel[0].message)

@@ -183,9 +183,11 @@ def project_(model: nn.Module, config: MoMosConfig, *, generator: torch.Generato
     if warn_relative_error is not None and max(stats.relative_errors.values()) > warn_relative_error:
         worst = ", ".join(f"{name!r} {error:.2f}" for name, error in stats.worst_tensors()
                           if error > warn_relative_error)
+        remedies = "a higher capacity, or excluding those tensors"
+        if config.normalize != "channel":
+            remedies = "normalize='channel', " + remedies
         warnings.warn(f"the projection moved some tensors far from their values (relative error "
-                      f"||new - old|| / ||old|| above {warn_relative_error}): {worst}. Consider "
-                      "normalize='channel', a higher capacity, or excluding those tensors.",
+                      f"||new - old|| / ||old|| above {warn_relative_error}): {worst}. Consider {remedies}.",
                       UserWarning, stacklevel=2)
     return stats
 
