@@ -4,7 +4,7 @@
     from transformers import Trainer, TrainingArguments
     from momos.integrations.transformers import MoMosCallback
 
-    cfg = momos.MoMosConfig(block_size=4, capacity=0.01)
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.01, parameters="matrices")   # norms stay free
     trainer = Trainer(model=model, train_dataset=train, eval_dataset=val, callbacks=[MoMosCallback(cfg)],
                       args=TrainingArguments(output_dir="out", eval_strategy="epoch", save_strategy="epoch"))
     trainer.train()                                   # ends as an exact mosaic
