@@ -20,7 +20,8 @@ COMMAND_MODULES: tuple[str, ...] = ("project", "compress", "train", "sweep", "co
 # missing one says which extra to install instead of failing with a traceback.
 EXTRAS = {"torchvision": "train", "sklearn": "train", "tqdm": "train", "yaml": "train",
           "pybdm": "complexity", "zstandard": "complexity", "matplotlib": "plot", "timm": "timm",
-          "lightning": "lightning", "transformers": "transformers", "accelerate": "transformers"}
+          "lightning": "lightning", "transformers": "transformers", "accelerate": "transformers",
+          "tensorboard": "tensorboard"}
 
 
 class UsageError(Exception):
