@@ -14,7 +14,7 @@ LAYERS = [
     {"blocks", "scales", "quantization", "assign", "kernels", "distributed", "io"},
     {"config", "motifs", "approximate", "calibration", "cost"},
     {"project", "qat", "projector", "motif_tuning"},
-    {"fileformat", "compact"},
+    {"fileformat", "compact", "onnx"},
     {"complexity"},
     {"data", "models", "trainconfig", "runstate", "runfolder", "train", "finetune", "sources", "compress",
      "sweep", "report", "figures"},
