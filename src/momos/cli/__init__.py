@@ -21,7 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = ("project", "compress", "train", "sweep", "co
 EXTRAS = {"torchvision": "train", "sklearn": "train", "tqdm": "train", "yaml": "train",
           "pybdm": "complexity", "zstandard": "complexity", "matplotlib": "plot", "timm": "timm",
           "lightning": "lightning", "transformers": "transformers", "accelerate": "transformers",
-          "tensorboard": "tensorboard"}
+          "tensorboard": "tensorboard", "onnx": "onnx"}
 
 
 class UsageError(Exception):
