@@ -625,6 +625,11 @@ def test_fuzz_a_version_4_file(tmp_path, plain_file):
     assert outcomes.count("error") > 200
 
 
+@pytest.mark.slow
+def test_fuzz_a_version_4_file_long(tmp_path, plain_file):
+    fuzz(plain_file, tmp_path, cases=2000, seed=40)
+
+
 def test_a_version_4_file_still_loads_bit_exactly(tmp_path):
     """tests/data/format_v4_plain.momos was written by the version-4 writer (tests/data/make_format_v4.py)."""
     from momos.fileformat import read
