@@ -295,13 +295,6 @@ def test_resume_refuses_options_and_finished_runs(runs, tmp_path, capsys):
     assert "no run to resume" in capsys.readouterr().err
 
 
-def test_progress_and_epoch_lines(tmp_path, capsys):
-    assert main(["train", "--epochs", "1", "--method", "baseline", "--out", str(tmp_path / "run")]) == 0
-    captured = capsys.readouterr()
-    assert "epoch 1/1" in captured.out and "val loss" in captured.out and "test loss" in captured.out
-    assert "epoch 1/1" in captured.err                                  # tqdm's bar
-
-
 def test_resume_may_read_the_data_from_another_folder(tmp_path):
     out = tmp_path / "run"
     fit(prepare(TrainConfig(epochs=2), out), stop_after_epoch=1)

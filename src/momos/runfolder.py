@@ -7,6 +7,8 @@
         best.safetensors           the model of the best validation accuracy so far
         final.safetensors          the model at the end
         motif_counts.safetensors   the motifs of the latest projection and their usage (MoMos runs)
+        metrics.csv                one row per epoch: the numbers of results.json's epoch entries
+        tensorboard/               TensorBoard events (momos train --log tensorboard)
 
     model = load_model("runs/007", "best")
 
@@ -18,15 +20,18 @@ QAT they hold the latent full-precision weights (the ones MoMos projects), which
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .data import INFOS
-from .io import save_safetensors_atomic, write_json_atomic
+from .io import save_safetensors_atomic, write_bytes_atomic, write_json_atomic
 from .models import build_model
 from .project import ProjectionStats, select_parameters
 from .qat import QATConfig, add_qat_, latent_state_dict, plain_name
@@ -37,7 +42,8 @@ from .trainconfig import TrainConfig
 RESULTS, STATE = "results.json", "state.safetensors"
 INIT, BEST, FINAL, MOTIF_COUNTS = "init.safetensors", "best.safetensors", "final.safetensors", \
     "motif_counts.safetensors"
-RUN_FILES = (RESULTS, STATE, INIT, BEST, FINAL, MOTIF_COUNTS)
+METRICS, TENSORBOARD = "metrics.csv", "tensorboard"
+RUN_FILES = (RESULTS, STATE, INIT, BEST, FINAL, MOTIF_COUNTS, METRICS)
 SCALE_EXPONENTS = "scale_exponents"
 
 
@@ -64,6 +70,7 @@ def prepare_folder(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / TENSORBOARD, ignore_errors=True)
 
 
 def remove_temporaries(out_dir: Path) -> None:
@@ -77,6 +84,40 @@ def remove_temporaries(out_dir: Path) -> None:
 
 def write_results(out_dir: Path, results: dict) -> None:
     write_json_atomic(results, out_dir / RESULTS)
+
+
+def epoch_row(entry: dict) -> dict[str, float | int | None]:
+    """The numbers of one epoch entry of ``results.json``, flat: ``epoch``, ``lr``, the
+    training and validation loss and accuracy, the projection's statistics as
+    ``projection.<name>`` and the complexity metrics as ``metrics.<name>`` (when the entry has
+    them), then ``seconds``."""
+    row = {name: entry[name] for name in ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")}
+    for group in ("projection", "metrics"):
+        # lists (the ranks' checksums of a distributed projection) are no column
+        row.update({f"{group}.{name}": value for name, value in (entry.get(group) or {}).items()
+                    if not isinstance(value, (list, dict))})
+    row["seconds"] = entry["seconds"]
+    return row
+
+
+def write_metrics(out_dir: Path, epochs: list[dict]) -> None:
+    """``metrics.csv``: one :func:`epoch_row` per entry of ``epochs`` (results.json's), the
+    columns of every row, empty where a row has none (epoch 0 has no training or projection)."""
+    rows = [epoch_row(entry) for entry in epochs]
+    columns = list(dict.fromkeys(name for row in rows for name in row))
+    columns.sort(key=_column_place)
+    text = io.StringIO()
+    table = csv.DictWriter(text, columns, lineterminator="\n")
+    table.writeheader()
+    table.writerows(rows)
+    write_bytes_atomic(text.getvalue().encode(), out_dir / METRICS)
+
+
+def _column_place(column: str) -> int:
+    """The plain columns first, then the projection's, the metrics and ``seconds`` (a stable sort
+    keeps their order within each)."""
+    later = ("projection.", "metrics.", "seconds")
+    return next((place for place, prefix in enumerate(later, 1) if column.startswith(prefix)), 0)
 
 
 def read_results(run_dir: str | os.PathLike) -> dict:

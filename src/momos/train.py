@@ -29,9 +29,13 @@ shuffled global batches and trains on its equal share of each through Distribute
 so the gradients are those of the whole batch, as in one process; every rank projects and rank
 0's mosaic is broadcast; rank 0 alone validates, measures, logs and writes.
 
-Progress goes to the ``momos.train`` logger: one INFO line per epoch and one for the test, and,
-while INFO shows, a progress bar over each epoch's steps (tqdm, on stderr). ``momos train``
-prints the lines on stdout; ``--quiet`` raises the level to WARNING.
+Progress goes to the ``momos.train`` logger at INFO: a header (model and parameters, data and
+split sizes, method with s and k, threads, device), ``resuming at epoch N of M`` on a resume,
+one line per epoch and one for the test; while INFO shows and stderr is a terminal, a progress
+bar over each epoch's steps (tqdm, on stderr). ``momos train`` prints the lines on stdout;
+``--quiet`` raises the level to WARNING and prints the test line alone. ``metrics.csv`` repeats
+the numbers of every epoch as a table, and ``fit(..., log="tensorboard")`` also writes them, with
+every step's loss and learning rate, as TensorBoard events (:class:`TensorBoard`).
 
 The files of a run folder, how they are written and how a run is read back (``load_model``)
 are :mod:`momos.runfolder`'s.
@@ -44,6 +48,7 @@ import logging
 import math
 import os
 import platform
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -65,7 +70,7 @@ from .trainconfig import TrainConfig
 
 EVAL_BATCH_SIZE = 1024
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -267,44 +272,67 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
 # --- training ----------------------------------------------------------------------------------
 
 def train(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, overwrite: bool = False,
-          device: str | torch.device = "cpu") -> dict:
-    """Train one run from scratch; returns the content of ``results.json``."""
-    return fit(prepare(config, out_dir, overwrite=overwrite, device=device))
+          device: str | torch.device = "cpu", log: str | None = None) -> dict:
+    """Train one run from scratch; returns the content of ``results.json``. ``log``: see :func:`fit`."""
+    return fit(prepare(config, out_dir, overwrite=overwrite, device=device), log=log)
 
 
 def resume(out_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
-           data_dir: str | os.PathLike | None = None, lr: float | None = None) -> dict:
+           data_dir: str | os.PathLike | None = None, lr: float | None = None, log: str | None = None) -> dict:
     """Continue the run in ``out_dir`` from its last completed epoch (with the base learning rate
-    ``lr`` from there on, when given); returns ``results.json``."""
-    return fit(prepare_resume(out_dir, device=device, data_dir=data_dir, lr=lr))
+    ``lr`` from there on, when given); returns ``results.json``. ``log``: see :func:`fit`."""
+    return fit(prepare_resume(out_dir, device=device, data_dir=data_dir, lr=lr), log=log)
 
 
-def fit(run: Run, *, stop_after_epoch: int | None = None) -> dict | None:
+def fit(run: Run, *, stop_after_epoch: int | None = None, log: str | None = None) -> dict | None:
     """Train ``run`` from its current epoch to the end, writing the run files as it goes.
 
     Returns the content of ``results.json`` (None on ranks other than 0 under torch.distributed).
 
     ``stop_after_epoch``: return after that epoch as if the process had been killed there.
+    ``log``: ``"tensorboard"`` also writes TensorBoard events to ``<run>/tensorboard/``
+    (:class:`TensorBoard`; needs the ``tensorboard`` package).
 
     Raises:
+        ValueError: an unknown ``log``.
+        ModuleNotFoundError: ``log="tensorboard"`` without the ``tensorboard`` package; nothing
+            is written then.
         TrainingDiverged: a NaN or infinite loss or weight (on every rank at the same step);
             ``results.json`` is marked, the other run files keep the last completed epoch.
     """
+    check_log(log)
     start = time.perf_counter() - run.elapsed
     writer = distributed.rank() == 0   # validates, writes and logs; the other ranks train and project
     distributed.barrier()   # every rank has read the run folder before rank 0 changes it
     if writer:
+        logger.info(header_line(run))
+        if run.epoch > 0:
+            logger.info(f"resuming at epoch {run.epoch + 1} of {run.config.epochs}")
         runfolder.remove_temporaries(run.out_dir)
         if run.epoch == 0:
             runfolder.prepare_folder(run.out_dir)
-            run.epochs_log = [validate(run, time.perf_counter())]
-            save_checkpoint(run, INIT)
-            save_progress(run, start)
+    board = TensorBoard(run) if writer and log == "tensorboard" else None
+    try:
+        return run_epochs(run, start, board, stop_after_epoch)
+    finally:
+        if board is not None:
+            board.close()
+
+
+def run_epochs(run: Run, start: float, board: TensorBoard | None, stop_after_epoch: int | None) -> dict | None:
+    """:func:`fit` once the run folder is ready: epoch 0 (a new run), the epochs, the test."""
+    writer = distributed.rank() == 0
+    if writer and run.epoch == 0:
+        run.epochs_log = [validate(run, time.perf_counter())]
+        save_checkpoint(run, INIT)
+        if board is not None:
+            board.epoch(run.epochs_log[0], None)
+        save_progress(run, start)
     trained = _data_parallel(run.model, run.device)
     for epoch in range(run.epoch + 1, run.config.epochs + 1):
         epoch_start, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
         try:
-            train_stats, projection = train_one_epoch(run, trained, epoch)
+            train_stats, projection = train_one_epoch(run, trained, epoch, board)
         except TrainingDiverged as error:
             save_divergence(run, start, error)
             raise
@@ -321,8 +349,10 @@ def fit(run: Run, *, stop_after_epoch: int | None = None) -> dict | None:
             if run.best is None or entry["val_acc"] > run.best["val_acc"]:
                 run.best = {"epoch": epoch, "val_acc": entry["val_acc"]}
                 save_checkpoint(run, BEST)
+            if board is not None:   # before the state: a resume from it rewrites these events
+                board.epoch(entry, projection)
             save_progress(run, start)
-            log.info(epoch_line(entry, run.config))
+            logger.info(epoch_line(entry, run.config))
         if stop_after_epoch == epoch and epoch < run.config.epochs:
             return results_of(run, start) if writer else None
 
@@ -334,11 +364,10 @@ def fit(run: Run, *, stop_after_epoch: int | None = None) -> dict | None:
     if final_projection is not None:
         runfolder.save_motif_counts(run.out_dir, final_projection)
     save_checkpoint(run, FINAL)
-    test_loss, test_acc = evaluate(run.model, run.data.test, run.data)
-    results = results_of(run, start, test=(test_loss, test_acc), final_projection=final_projection)
+    test = evaluate(run.model, run.data.test, run.data)
+    results = results_of(run, start, test=test, final_projection=final_projection)
     runfolder.write_results(run.out_dir, results)
-    log.info(f"test loss {test_loss:.4f} acc {test_acc:.4f}  ({results['summary']['wall_seconds']:.1f} s)"
-             f"  -> {run.out_dir}")
+    logger.info(final_line(results, run.out_dir))
     return results
 
 
@@ -370,24 +399,26 @@ def checksums_after_projection(run: Run, projection: ProjectionStats | None) -> 
     return checksums
 
 
-def train_one_epoch(run: Run, trained: nn.Module, epoch: int) -> tuple[tuple[float, float], ProjectionStats | None]:
+def train_one_epoch(run: Run, trained: nn.Module, epoch: int,
+                    board: TensorBoard | None = None) -> tuple[tuple[float, float], ProjectionStats | None]:
     """One pass over the shuffled training split: the mean loss and accuracy of its batches over
     all processes, and the last projection made during the epoch (``every_n_steps`` only).
 
-    ``trained``: ``run.model``, or its DistributedDataParallel wrapper. The progress bar shows
-    on rank 0 while the ``momos.train`` logger shows INFO.
+    ``trained``: ``run.model``, or its DistributedDataParallel wrapper. ``board``: receives every
+    step's loss and learning rate. The progress bar shows on rank 0 while the ``momos.train``
+    logger shows INFO and stderr is a terminal (in a log file, the epoch lines are enough).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     config = run.config
     processes, rank = distributed.world_size(), distributed.rank()
     trained.train()
     loss_sum, correct, seen = 0.0, 0, 0
     projection = None
-    shown = rank == 0 and log.isEnabledFor(logging.INFO)
-    progress = tqdm(total=num_batches(run.data.train, config.batch_size, drop_last=True),
-                    desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, disable=not shown,
-                    dynamic_ncols=True)
+    shown = rank == 0 and logger.isEnabledFor(logging.INFO) and sys.stderr.isatty()
+    steps = num_batches(run.data.train, config.batch_size, drop_last=True)
+    progress = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
+                    disable=not shown, dynamic_ncols=True)
     step = 0
     # ``with``: a divergence closes the bar, so that its one-line message stands alone
     with progress:
@@ -403,6 +434,8 @@ def train_one_epoch(run: Run, trained: nn.Module, epoch: int) -> tuple[tuple[flo
             run.optimizer.step()
             loss_value = loss.item()
             check_finite_loss(run, loss_value, step)
+            if board is not None:
+                board.step((epoch - 1) * steps + step, loss_value, run.optimizer.param_groups[0]["lr"])
             if run.projector is not None and config.every_n_steps:
                 if run.projector.projects_at_next_step:
                     check_finite_weights(run, step)
@@ -491,12 +524,14 @@ def validate(run: Run, epoch_start: float, lr: float | None = None,
 
 
 def projection_record(stats: ProjectionStats, config: TrainConfig) -> dict:
-    """The scalar statistics of a projection and the paper's simplification factor
-    ``n·q / (k·s·q + m·⌈log2 k⌉)`` (q: the QAT bits, else 32; unused motifs not counted)."""
+    """The scalar statistics of a projection, the paper's simplification factor
+    ``n·q / (k·s·q + m·⌈log2 k⌉)`` (q: the QAT bits, else 32; unused motifs not counted) and
+    its bits per weight, ``(k·s·q + m·⌈log2 k⌉) / n``."""
     from .complexity.description import description_length_from_stats
 
     length = description_length_from_stats(stats, q=config.qat_bits or 32)
-    return {**stats.summary(), "simplification_factor": length.simplification_factor}
+    return {**stats.summary(), "simplification_factor": length.simplification_factor,
+            "bits_per_weight": length.bound_bits / length.num_weights}
 
 
 def measure_complexity(run: Run) -> dict:
@@ -563,8 +598,9 @@ def versions() -> dict:
 
 
 def save_progress(run: Run, start: float) -> None:
-    """Rewrite ``results.json`` and the resume state after a completed epoch."""
+    """Rewrite ``results.json``, ``metrics.csv`` and the resume state after a completed epoch."""
     runfolder.write_results(run.out_dir, results_of(run, start))
+    runfolder.write_metrics(run.out_dir, run.epochs_log)
     state = {
         "config": json.dumps(run.config.to_dict()),
         "epoch": run.epoch,
@@ -588,6 +624,40 @@ def save_checkpoint(run: Run, name: str) -> None:
                               scales=run.projector.scales if run.projector is not None else None)
 
 
+# --- what a run tells as it goes: console lines and TensorBoard ----------------------------------
+
+LOGS = ("tensorboard",)
+
+
+def header_line(run: Run) -> str:
+    """What is about to train, e.g. ``mlp (216,586 parameters) · digits (sklearn.datasets.load_digits):
+    train 1,366 / val 72 / test 359 · momos s=4 k=541 · 1 thread · cpu``."""
+    config, data = run.config, run.data
+    parameters = sum(p.numel() for p in run.model.parameters())
+    sizes = f"train {len(data.train):,} / val {len(data.val):,} / test {len(data.test):,}"
+    threads, processes = torch.get_num_threads(), distributed.world_size()
+    return " · ".join([
+        f"{config.model} ({parameters:,} parameters)",
+        f"{config.dataset} ({data.source}): {sizes}",
+        method_summary(run),
+        (f"{processes} processes × " if processes > 1 else "") + f"{threads} thread{'s' * (threads > 1)}",
+        str(run.device),
+    ])
+
+
+def method_summary(run: Run) -> str:
+    """The method and its sizes: ``momos+qat s=4 k=541 q=8``; ``k`` summed over codebooks."""
+    from .complexity.description import description_length_from_config
+
+    config, parts = run.config, [run.config.method]
+    if config.momos is not None:
+        k = description_length_from_config(run.model, config.momos).num_motifs
+        parts += [f"s={config.momos.block_size}", f"k={k}"]
+    if config.qat_bits is not None:
+        parts.append(f"q={config.qat_bits}")
+    return " ".join(parts)
+
+
 def epoch_line(entry: dict, config: TrainConfig) -> str:
     """The end-of-epoch summary line."""
     line = (f"epoch {entry['epoch']}/{config.epochs}  lr {entry['lr']:.2e}  "
@@ -601,3 +671,55 @@ def epoch_line(entry: dict, config: TrainConfig) -> str:
         if name in metrics:
             line += f"  {name} {metrics[name]:.4g}"
     return line + f"  {entry['seconds']:.1f} s"
+
+
+def final_line(results: dict, out_dir: Path) -> str:
+    """The last line of a complete run: its test loss and accuracy, time and folder."""
+    summary = results["summary"]
+    return (f"test loss {summary['test_loss']:.4f} acc {summary['test_acc']:.4f}  "
+            f"({summary['wall_seconds']:.1f} s)  -> {out_dir}")
+
+
+def check_log(log: str | None) -> None:
+    """Refuse an unknown ``log``, and (by importing it) a missing ``tensorboard`` package."""
+    if log is not None and log not in LOGS:
+        raise ValueError(f"unknown log {log!r}; choose {', '.join(LOGS)}")
+    if log == "tensorboard":
+        import torch.utils.tensorboard  # noqa: F401 - ModuleNotFoundError 'tensorboard' when missing
+
+
+class TensorBoard:
+    """The TensorBoard events of a run, in ``<run>/tensorboard/`` (rank 0 writes them).
+
+    Steps count optimizer steps from the start of the run: every step's ``step/train_loss`` (of
+    rank 0's share of the batch) and ``step/lr``; at the last step of every epoch (step 0 for
+    epoch 0) the numbers of its ``results.json`` entry, as ``metrics.csv`` has them:
+    ``epoch/val_acc``, ``projection/distortion``, ``projection/motifs_used``,
+    ``projection/bits_per_weight``, ``metrics/<name>`` ..., and the histogram
+    ``projection/motif_usage`` of the motifs' usage counts. A resumed run hides the events that
+    an interrupted session wrote after its last completed epoch.
+    """
+
+    def __init__(self, run: Run):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.steps_per_epoch = num_batches(run.data.train, run.config.batch_size, drop_last=True)
+        resumed_at = run.epoch * self.steps_per_epoch + 1 if run.epoch > 0 else None
+        self.writer = SummaryWriter(run.out_dir / runfolder.TENSORBOARD, purge_step=resumed_at)
+
+    def step(self, step: int, loss: float, lr: float) -> None:
+        self.writer.add_scalar("step/train_loss", loss, step)
+        self.writer.add_scalar("step/lr", lr, step)
+
+    def epoch(self, entry: dict, projection: ProjectionStats | None) -> None:
+        step = entry["epoch"] * self.steps_per_epoch
+        for column, value in runfolder.epoch_row(entry).items():
+            if column != "epoch" and value is not None:
+                tag = column.replace(".", "/") if "." in column else f"epoch/{column}"
+                self.writer.add_scalar(tag, value, step)
+        if projection is not None:
+            self.writer.add_histogram("projection/motif_usage", projection.motif_counts.float(), step)
+        self.writer.flush()   # a run killed later keeps the events of its completed epochs
+
+    def close(self) -> None:
+        self.writer.close()

@@ -13,8 +13,11 @@ from momos.cli.options import add_dataclass_arguments, dataclass_from_args, opti
 
 DESCRIPTION = """\
 Train a model and record the run: results.json (config, one entry per epoch, summary),
-init/best/final checkpoints (safetensors), the motif counts of the last projection and the
-state needed by --resume. Every file is written atomically.
+metrics.csv (one row per epoch), init/best/final checkpoints (safetensors), the motif counts of
+the last projection and the state needed by --resume. Every file is written atomically.
+
+Prints a header (model, data, method, threads, device), one line per epoch and the final test
+line; a progress bar per epoch only on a terminal; --quiet prints the final line alone.
 
 Without arguments: MoMos (s=4, capacity 0.01, force-zero) on an MLP, on scikit-learn's bundled
 8x8 digits, 30 epochs of batch 32, AdamW lr 3e-4 with a cosine schedule; offline, seconds.
@@ -34,6 +37,7 @@ EXIT_DIVERGED = 3
 
 
 def register(subparsers) -> None:
+    from momos.train import LOGS
     from momos.trainconfig import TrainConfig
 
     parser = subparsers.add_parser("train", help="train a model (baseline, qat, momos, momos+qat) and record the run",
@@ -64,7 +68,10 @@ def register(subparsers) -> None:
     run.add_argument("--threads", type=int,
                      help=f"CPU threads for torch per process (default: all {os.cpu_count()} cores, "
                           f"shared among the processes of this machine under torchrun)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar and no epoch lines")
+    run.add_argument("--log", choices=LOGS,
+                     help="also write TensorBoard events to DIR/tensorboard/ (pip install 'momos[tensorboard]')")
+    run.add_argument("--quiet", action="store_true",
+                     help="print only the final line (test accuracy, run folder): no header, epoch lines or bars")
     run.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run_command, parser=parser)
 
@@ -83,7 +90,7 @@ TRAIN_OPTIONS = dict(
 
 # Namespace entries that are not options, and the options --resume accepts.
 _NOT_OPTIONS = ("handler", "parser", "command")
-_RESUME_OPTIONS = ("resume", "quiet", "threads", "device", "data_dir", "stop_after_epoch", "lr")
+_RESUME_OPTIONS = ("resume", "quiet", "threads", "log", "device", "data_dir", "stop_after_epoch", "lr")
 
 
 def run_command(args) -> int:
@@ -112,7 +119,9 @@ def run_command(args) -> int:
     torch.set_num_threads(threads)
     try:
         with _progress_on_stdout(quiet=args.quiet):
-            train.fit(run, stop_after_epoch=args.stop_after_epoch)
+            results = train.fit(run, stop_after_epoch=args.stop_after_epoch, log=args.log)
+        if args.quiet and results is not None and results["summary"]["complete"]:
+            print(train.final_line(results, run.out_dir))   # what the quiet logger held back
     except train.TrainingDiverged as error:
         if distributed.rank() == 0:   # every rank stops; one line is enough
             print(f"momos train: error: {error}", file=sys.stderr, flush=True)
@@ -126,8 +135,9 @@ def run_command(args) -> int:
 
 @contextmanager
 def _progress_on_stdout(*, quiet: bool):
-    """The ``momos.train`` logger's lines on stdout, or (``quiet``) none and no progress bar.
-    Undone afterwards, so that every call of ``cli.main`` in one process starts afresh."""
+    """The ``momos.train`` logger's lines on stdout, or (``quiet``) none and no progress bar;
+    the caller prints the final line then. Undone afterwards, so that every call of
+    ``cli.main`` in one process starts afresh."""
     log = logging.getLogger("momos.train")
     handler, level = logging.StreamHandler(sys.stdout), log.level
     log.addHandler(handler)
