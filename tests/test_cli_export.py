@@ -3,6 +3,7 @@ scales, checkpoints projected on the way, and a normalized ``momos train`` run."
 
 import copy
 import json
+import sys
 
 import pytest
 import torch
@@ -154,3 +155,71 @@ def test_a_normalized_training_run_exports_bit_exactly(tmp_path, capsys):
         results["epochs"][-1]["projection"]["simplification_factor"])
     assert main(["export", str(run), "-o", str(tmp_path / "init.momos"), "--checkpoint", "init"]) == 2
     assert "records no scales" in capsys.readouterr().err
+
+
+# --- --onnx ----------------------------------------------------------------------------------------
+
+def onnx_outputs(path, x):
+    ort = pytest.importorskip("onnxruntime")
+    return torch.from_numpy(ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0])
+
+
+def digits_mlp(cfg):
+    """A projected MLP of the digits data set's shape (1 x 8 x 8, 10 classes) and its projection."""
+    from momos.models import build_model
+
+    torch.manual_seed(0)
+    return projected(build_model("mlp", channels=1, image_size=8, num_classes=10).eval(), cfg)
+
+
+def test_export_onnx_of_a_normalized_state_dict_with_its_architecture(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1, normalize="channel")
+    model, stats = digits_mlp(cfg)
+    ckpt = write_checkpoint(tmp_path / "ckpt.safetensors", model, cfg, stats)
+    out, onnx_file = tmp_path / "m.momos", tmp_path / "m.onnx"
+    assert main(["export", str(ckpt), "-o", str(out), "--onnx", str(onnx_file), *CHANNEL,
+                 "--model", "mlp", "--dataset", "digits"]) == 0
+    assert f"wrote {onnx_file} (" in capsys.readouterr().out
+    assert_same_tensors(load(out), model.state_dict())
+    x = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_outputs(onnx_file, x), model(x), rtol=0, atol=1e-5)
+    assert onnx_file.stat().st_size < sum(4 * p.numel() for p in model.parameters()) / 3
+
+
+def test_export_onnx_of_a_state_dict_needs_its_architecture(tmp_path, capsys):
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1)
+    model, _ = digits_mlp(cfg)
+    ckpt = write_checkpoint(tmp_path / "ckpt.safetensors", model)
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", str(ckpt), "--onnx", str(onnx_file), "--block-size", "4", "--capacity", "0.1"]) == 2
+    assert "give --model NAME and --dataset NAME" in capsys.readouterr().err and not onnx_file.exists()
+    assert main(["export", str(ckpt), "--block-size", "4", "--capacity", "0.1"]) == 2
+    assert "nothing to write" in capsys.readouterr().err
+
+
+def test_export_onnx_names_the_extra_when_onnx_is_missing(tmp_path, capsys, monkeypatch):
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1)
+    model, _ = digits_mlp(cfg)
+    ckpt = write_checkpoint(tmp_path / "ckpt.safetensors", model)
+    monkeypatch.setitem(sys.modules, "onnx", None)   # import onnx fails as if it were not installed
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", str(ckpt), "--onnx", str(onnx_file), "--block-size", "4", "--capacity", "0.1",
+                 "--model", "mlp", "--dataset", "digits"]) == 2
+    assert "pip install 'momos[onnx]'" in capsys.readouterr().err and not onnx_file.exists()
+
+
+def test_export_onnx_of_a_training_run(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    from momos.runfolder import load_model
+
+    run = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(run), "--quiet", "--threads", "1"]) == 0
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", str(run), "--onnx", str(onnx_file)]) == 0
+    assert main(["export", str(run), "--onnx", str(onnx_file), "--model", "mlp"]) == 2
+    assert "a run folder knows its own" in capsys.readouterr().err
+    model, x = load_model(run), torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_outputs(onnx_file, x), model(x), rtol=0, atol=1e-5)

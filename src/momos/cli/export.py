@@ -1,11 +1,13 @@
-"""``momos export``: write a run's (or a checkpoint's) mosaic as a compact ``.momos`` file."""
+"""``momos export``: write a run's (or a checkpoint's) mosaic as a compact ``.momos`` file, an ONNX file or both."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from momos.cli.common import add_projection_arguments, state_dict_module
+from momos.data import INFOS
 
 DESCRIPTION = """\
 momos export RUN_DIR -o model.momos          the final checkpoint of a `momos train` run, cut into
@@ -13,6 +15,10 @@ momos export RUN_DIR -o model.momos          the final checkpoint of a `momos tr
 momos export CHECKPOINT.safetensors -o ...   any safetensors state dict; give --block-size and
                                              --capacity/--num-motifs (every floating tensor is a
                                              candidate: --exclude running_ for BatchNorm statistics)
+momos export RUN_DIR --onnx model.onnx       an ONNX file that holds the mosaic as motif tables plus
+                                             indices, each weight rebuilt (Gather) before its use;
+                                             a state dict also needs --model and --dataset (-o as well
+                                             writes the .momos file too)
 
 The selected parameters must already be an exact mosaic (a trained MoMos model is); --project
 projects them first. The projection options override a run's own configuration.
@@ -32,7 +38,11 @@ def register(subparsers) -> None:
         "export", help="write a MoMos run or checkpoint as a compact .momos file",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="run folder or .safetensors checkpoint")
-    parser.add_argument("-o", "--out", required=True, help="output .momos file")
+    parser.add_argument("-o", "--out", help="output .momos file")
+    parser.add_argument("--onnx", metavar="FILE", help="output .onnx file (needs momos[onnx])")
+    parser.add_argument("--model", help="with --onnx and a state dict: its architecture (mlp, resnet20, vit, a timm name)")
+    parser.add_argument("--dataset", choices=tuple(INFOS),
+                        help="with --onnx and a state dict: the data set that fixes its input shape and classes")
     parser.add_argument("--checkpoint", choices=("init", "best", "final"), default="final",
                         help="which checkpoint of a run folder (default final)")
     parser.add_argument("--project", action="store_true",
@@ -49,22 +59,69 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from momos.cli import UsageError
-    from momos.cli.inspect import print_summary
-    from momos.fileformat import save
 
+    if not (args.out or args.onnx):
+        raise UsageError("nothing to write: give -o FILE.momos, --onnx FILE.onnx or both")
     path = Path(args.path)
     model, config, metadata = load_model_and_config(path, args)
     if config is None:
         raise UsageError("no MoMos configuration: give --block-size and --capacity or --num-motifs")
     scales = export_scales(model, config, path, args)
+    network = onnx_network(path, args, model) if args.onnx else None   # bad options refused before any work
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.out or Path(scratch) / "model.momos"
+        info = save_momos(model, out, config, scales, metadata, args)
+        if args.out:
+            from momos.cli.inspect import print_summary
+
+            print(f"wrote {args.out}")
+            print_summary(info)
+        if args.onnx:
+            export_onnx_file(out, *network, args.onnx)
+    return 0
+
+
+def save_momos(model, out, config, scales, metadata, args):
+    from momos.cli import UsageError
+    from momos.fileformat import save
+
     try:
-        info = save(model, args.out, config, scales=scales, project=args.project,
+        return save(model, out, config, scales=scales, project=args.project,
                     motif_storage=args.motif_storage, index_coding=args.index_coding, metadata=metadata)
     except (TypeError, ValueError) as error:
         raise UsageError(cli_hint(str(error))) from None
-    print(f"wrote {args.out}")
-    print_summary(info)
-    return 0
+
+
+def onnx_network(path: Path, args, model):
+    """``(module, example input)`` for --onnx: a run's own model and data set, or the
+    architecture that --model and --dataset name for a state dict (which has no forward pass)."""
+    import torch
+
+    from momos.cli import UsageError
+    from momos.models import build_model
+    from momos.runfolder import read_config
+
+    if path.is_dir() or _is_run_checkpoint(path):
+        if args.model or args.dataset:
+            raise UsageError("--model and --dataset are for a state dict: a run folder knows its own")
+        dataset = read_config(path if path.is_dir() else path.parent).dataset
+    elif not (args.model and args.dataset):
+        raise UsageError("--onnx of a state dict needs its architecture: give --model NAME and --dataset NAME")
+    else:
+        dataset = args.dataset
+        info = INFOS[dataset]
+        model = build_model(args.model, channels=info.shape[0], image_size=info.shape[1], num_classes=info.num_classes)
+    return model, torch.zeros(1, *INFOS[dataset].shape)
+
+
+def export_onnx_file(momos_file, network, example, onnx_path) -> None:
+    """The .momos file's mosaic loaded compact into ``network``, written as ONNX: the file's
+    configuration, scales and quantization are what the ONNX graph rebuilds."""
+    from momos.fileformat import load
+    from momos.onnx import export_onnx
+
+    size = export_onnx(load(momos_file, network, compact=True), example, onnx_path)
+    print(f"wrote {onnx_path} ({size:,} bytes: motif tables and indices, batch dimension dynamic)")
 
 
 # momos.save's advice for a model that is not a mosaic names the Python API; this is the CLI's.
