@@ -1,4 +1,4 @@
-"""What ``momos train`` tells as it goes: the console lines, metrics.csv, TensorBoard."""
+"""What ``momos train`` tells as it goes: the console lines, metrics.csv, TensorBoard, threads."""
 
 import csv
 import re
@@ -8,9 +8,11 @@ import time
 import pytest
 import torch
 
+from momos import distributed
 from momos.cli import main
 from momos.runfolder import read_results
-from momos.train import TrainConfig, fit, prepare, resume, train
+from momos.train import (ONE_THREAD_BELOW, TrainConfig, default_threads, fit, multiply_adds, prepare, resume, train,
+                         work_per_step)
 
 SMALL = ["--train-subset", "320", "--threads", "1"]
 FINAL = re.compile(r"test loss \d\.\d{4} acc \d\.\d{4}  \(\d+\.\d s\)  -> (.+)")
@@ -155,3 +157,34 @@ def test_unknown_log_and_missing_tensorboard_write_nothing(tmp_path, capsys, mon
     assert err == ("momos train: error: this needs tensorboard, which is not installed: "
                    "pip install 'momos[tensorboard]'\n")
     assert not out.exists()
+
+
+# --- the default number of threads -----------------------------------------------------------------
+
+def test_multiply_adds_of_linear_and_convolution_layers():
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.BatchNorm2d(3), torch.nn.Flatten(),
+                                torch.nn.Linear(75, 4))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    assert multiply_adds(model, (2, 5, 5)) == 3 * 5 * 5 * (2 * 3 * 3) + 75 * 4
+    assert model.training and all(torch.equal(before[n], v) for n, v in model.state_dict().items())
+
+
+def test_default_threads_one_for_small_steps_else_the_cores_shared(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    run = prepare(TrainConfig(), tmp_path / "run")
+    per_image = sum(m.weight.numel() for m in run.model.modules() if isinstance(m, torch.nn.Linear))
+    assert work_per_step(run) == per_image * 32
+
+    def with_batch(batch_size):
+        run.config = TrainConfig(batch_size=batch_size)
+        return run
+
+    below, at = (ONE_THREAD_BELOW - 1) // per_image, -(-ONE_THREAD_BELOW // per_image)
+    assert default_threads(with_batch(below)) == 1
+    assert default_threads(with_batch(at)) == 8
+    assert default_threads(with_batch(at), sharing=2) == 4
+    assert default_threads(with_batch(at), sharing=16) == 1
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)   # each process takes half a batch
+    assert work_per_step(with_batch(2 * at)) == per_image * at
+    assert default_threads(with_batch(2 * at)) == 8
+    assert default_threads(with_batch(2 * at - 2)) == 1

@@ -42,7 +42,7 @@ from .io import write_bytes_atomic, write_json_atomic
 from .models import check_model_name
 from .report import UNSAFE_IN_NAMES, RunRecord, SweepReport, axis_order, load_run, summarize_runs
 from .runfolder import RESULTS, STATE, read_results
-from .train import check_metric_names, resolve_device, resume, train
+from .train import check_metric_names, default_threads, fit, prepare, prepare_resume, resolve_device
 from .trainconfig import DEFAULT_MOMOS, MOMOS_OPTIONS, TrainConfig, option_applies
 
 SPEC_KEYS = ("out", "fixed", "grid")
@@ -339,7 +339,8 @@ def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | 
               threads: int | None = None, data_dir: str | os.PathLike | None = None,
               device: str = "cpu", quiet: bool = False) -> SweepOutcome:
     """Train every run of the sweep that is not complete in ``out``, ``jobs`` at a time, each in
-    its own process on ``threads`` torch threads (default: the cores shared among the jobs).
+    its own process on ``threads`` torch threads (default: ``train.default_threads`` of each run,
+    the cores shared among the jobs).
 
     ``out``: default the spec's ``out``. ``data_dir``: where every run reads its data set.
     ``device``: where every run trains; ``cuda`` spreads the runs over the GPUs (run ``i`` of
@@ -358,7 +359,6 @@ def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | 
     for name, value in (("jobs", jobs), ("threads", threads)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     if data_dir is not None:
         points = [replace(p, config=replace(p.config, data_dir=str(data_dir))) for p in points]
     resolve_device(device)   # an unknown or absent device fails now, not in every worker
@@ -370,14 +370,15 @@ def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | 
     if not quiet:
         resumed = sum(statuses[p.name] == "partial" for p in todo)
         print(f"sweep {out}: {len(points)} runs, {len(outcome.skipped)} complete, {resumed} to resume, "
-              f"{len(todo) - resumed} to train; {min(jobs, len(todo))} at a time, torch threads per run: {threads}",
+              f"{len(todo) - resumed} to train; {min(jobs, len(todo))} at a time, torch threads per run: "
+              f"{threads or 'by run (train.default_threads)'}",
               flush=True)
     if todo:
         _run_all(todo, out, statuses, jobs, threads, device, outcome, quiet=quiet)
     return outcome
 
 
-def _run_all(todo: list[SweepPoint], out, statuses: dict[str, str], jobs: int, threads: int, device: str,
+def _run_all(todo: list[SweepPoint], out, statuses: dict[str, str], jobs: int, threads: int | None, device: str,
              outcome: SweepOutcome, *, quiet: bool) -> None:
     options = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
     with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=get_context("spawn"), **options) as pool:
@@ -385,7 +386,7 @@ def _run_all(todo: list[SweepPoint], out, statuses: dict[str, str], jobs: int, t
         for index, point in enumerate(todo):
             folder = run_dir(out, point.name)
             future = pool.submit(train_run, point.config, str(folder), resuming=statuses[point.name] == "partial",
-                                 overwrite=(folder / RESULTS).is_file(), threads=threads,
+                                 overwrite=(folder / RESULTS).is_file(), threads=threads, jobs=jobs,
                                  device=_device_of_run(device, index))
             futures[future] = point
         for count, future in enumerate(as_completed(futures), 1):
@@ -420,21 +421,23 @@ def _device_of_run(device: str, index: int) -> str:
     return f"cuda:{index % torch.cuda.device_count()}"
 
 
-def train_run(config: TrainConfig, folder: str, *, resuming: bool, overwrite: bool, threads: int,
-              device: str = "cpu") -> dict:
+def train_run(config: TrainConfig, folder: str, *, resuming: bool, overwrite: bool, threads: int | None,
+              jobs: int = 1, device: str = "cpu") -> dict:
     """Train (or resume) one run; ``{"test_acc", "seconds"}``, or ``{"error", "traceback"}``.
 
     Runs in a worker process: every failure is returned as text, which always crosses back.
     ``overwrite``: the folder holds an unfinished start of this same run without its state.
+    ``threads``: torch's threads; None: ``default_threads`` of the run among ``jobs`` processes.
     """
     import torch
 
-    torch.set_num_threads(threads)
     try:
         if resuming:
-            results = resume(folder, device=device, data_dir=config.data_dir)
+            run = prepare_resume(folder, device=device, data_dir=config.data_dir)
         else:
-            results = train(config, folder, overwrite=overwrite, device=device)
+            run = prepare(config, folder, overwrite=overwrite, device=device)
+        torch.set_num_threads(threads or default_threads(run, sharing=jobs))
+        results = fit(run)
     except Exception as error:  # noqa: BLE001 - reported per run; the sweep goes on
         message = " ".join(str(error).split())
         return {"error": f"{type(error).__name__}: {message}", "traceback": traceback.format_exc()}

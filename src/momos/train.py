@@ -37,6 +37,9 @@ bar over each epoch's steps (tqdm, on stderr). ``momos train`` prints the lines 
 the numbers of every epoch as a table, and ``fit(..., log="tensorboard")`` also writes them, with
 every step's loss and learning rate, as TensorBoard events (:class:`TensorBoard`).
 
+Threads are the caller's: :func:`default_threads` is the rule ``momos train`` and the sweep
+follow when none are asked for.
+
 The files of a run folder, how they are written and how a run is read back (``load_model``)
 are :mod:`momos.runfolder`'s.
 """
@@ -244,6 +247,54 @@ def resolve_device(device: str | torch.device) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"device {device} is not supported; use cpu or cuda")
     return device
+
+
+# The work of one optimizer step (multiply-adds of the forward pass of one process's share of a
+# batch) below which a run takes one torch thread. Such steps are made of small operations, which
+# gain little from more threads on an idle machine, while on a busy one threads waiting for each
+# other spin on cores others need: on a loaded 2-core machine bench/threads.py measured 2 threads
+# 5-8x slower than 1 for the digits MLP (7e6 multiply-adds per step) and 17-19x for the MNIST MLP
+# (5e7). Above it (ResNet-20 on CIFAR-10: 5e9) the operations are large enough to share out, and
+# a run takes the cores; on a busy machine, ask for --threads 1 (2.3-2.7x faster there for ResNet-20).
+ONE_THREAD_BELOW = 500_000_000
+
+
+def multiply_adds(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """Multiply-adds of the linear and convolution layers of ``model`` on one blank image of
+    ``shape`` (the bulk of its forward pass); ``model``'s mode and state stay as they were."""
+    total = 0
+
+    def count(module: nn.Module, inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.weight[0].numel()   # every output: one row of the weight
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    hooks = [layer.register_forward_hook(count) for layer in layers]
+    training = model.training
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape, device=device))   # eval: BatchNorm statistics stay
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+def work_per_step(run: Run) -> int:
+    """The :func:`multiply_adds` of the images one process takes of each batch: the measure of
+    :func:`default_threads`."""
+    return multiply_adds(run.model, run.data.info.shape) * (run.config.batch_size // distributed.world_size())
+
+
+def default_threads(run: Run, *, sharing: int = 1) -> int:
+    """The torch threads for one process of ``run`` when none are asked for: one below
+    :data:`ONE_THREAD_BELOW` of :func:`work_per_step`, else this machine's cores shared among
+    ``sharing`` processes (those of a torchrun on this machine, the jobs of a sweep)."""
+    if work_per_step(run) < ONE_THREAD_BELOW:
+        return 1
+    return max(1, (os.cpu_count() or 1) // sharing)
 
 
 def check_metric_names(names: tuple[str, ...], momos: MoMosConfig | None) -> None:

@@ -37,7 +37,7 @@ EXIT_DIVERGED = 3
 
 
 def register(subparsers) -> None:
-    from momos.train import LOGS
+    from momos.train import LOGS, ONE_THREAD_BELOW
     from momos.trainconfig import TrainConfig
 
     parser = subparsers.add_parser("train", help="train a model (baseline, qat, momos, momos+qat) and record the run",
@@ -66,8 +66,9 @@ def register(subparsers) -> None:
     run.add_argument("--device", default="cpu",
                      help="cpu (default) or cuda (under torchrun: each process's own GPU, nccl), cuda:N")
     run.add_argument("--threads", type=int,
-                     help=f"CPU threads for torch per process (default: all {os.cpu_count()} cores, "
-                          f"shared among the processes of this machine under torchrun)")
+                     help=f"CPU threads for torch per process (default: 1 below {ONE_THREAD_BELOW:.0e} multiply-adds "
+                          f"per step and process; else all {os.cpu_count()} cores, shared among the processes "
+                          f"of this machine under torchrun)")
     run.add_argument("--log", choices=LOGS,
                      help="also write TensorBoard events to DIR/tensorboard/ (pip install 'momos[tensorboard]')")
     run.add_argument("--quiet", action="store_true",
@@ -100,7 +101,6 @@ def run_command(args) -> int:
     from momos.cli import UsageError
 
     check_positive(args, "threads")
-    threads = args.threads or max(1, os.cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
         # Started by torchrun: its environment variables give the rank, world size and rendezvous.
         on_gpu = args.device.startswith("cuda") and torch.cuda.is_available()
@@ -116,7 +116,8 @@ def run_command(args) -> int:
         run = train.prepare_resume(args.resume, device=args.device, data_dir=args.data_dir, lr=args.lr)
     else:
         run = train.prepare(config_from_args(args, given), args.out, overwrite=args.overwrite, device=args.device)
-    torch.set_num_threads(threads)
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))   # of a torchrun on this machine
+    torch.set_num_threads(args.threads or train.default_threads(run, sharing=processes_here))
     try:
         with _progress_on_stdout(quiet=args.quiet):
             results = train.fit(run, stop_after_epoch=args.stop_after_epoch, log=args.log)
