@@ -70,7 +70,7 @@ def register(subparsers) -> None:
                           f"per step and process; else all {os.cpu_count()} cores, shared among the processes "
                           f"of this machine under torchrun)")
     run.add_argument("--log", choices=LOGS,
-                     help="also write TensorBoard events to DIR/tensorboard/ (pip install 'momos[tensorboard]')")
+                     help="also write TensorBoard events, to the run folder's tensorboard/ (pip install 'momos[tensorboard]')")
     run.add_argument("--quiet", action="store_true",
                      help="print only the final line (test accuracy, run folder): no header, epoch lines or bars")
     run.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
