@@ -1,15 +1,13 @@
 """The nearest-motif search: exact on every backend, ties to the lowest index, and the
 approximate inverted file."""
 
-import warnings
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import momos
-from momos import approximate, assign, cost, kernels
+from momos import approximate, assign, kernels
 from momos.approximate import build_inverted_file, nearest_motif_approximate
 from momos.assign import nearest_motif, nearest_motif_ignoring_padding
 
@@ -220,28 +218,6 @@ def test_project_approximate_gives_a_mosaic():
     assert momos.is_mosaic(model, cfg, stats.motifs)
     assert stats.distortion >= exact.distortion
     assert stats.distortion <= 1.5 * exact.distortion
-
-
-def test_cost_estimate_and_warning():
-    cfg = momos.MoMosConfig(block_size=4, capacity=0.1)
-    model = mlp()
-    estimate = momos.estimate_cost(model, cfg)
-    m = sum(-(-p.numel() // 4) for p in model.parameters())
-    assert estimate.pairs == m * cfg.motifs_for(m)
-    assert estimate.seconds > 0 and estimate.bytes > m * 4 * 4
-    with pytest.warns(UserWarning, match="more than the limit of 1e-09 s"):
-        momos.warn_if_slow(model, cfg, limit_seconds=1e-9)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*more than the limit")
-        assert momos.warn_if_slow(mlp(), cfg) is None   # default limit (60 s): clearly small, silent
-        momos.project_(mlp(), cfg)                       # the transform never times itself
-
-
-def test_approximate_needs_fewer_pairs_for_big_codebooks():
-    exact = momos.MoMosConfig(capacity=0.01)
-    approx = momos.MoMosConfig(capacity=0.01, assignment="approximate", nprobe=8)
-    m = 25_000_000
-    assert cost.search_pairs(m, 250_000, approx) * 50 < cost.search_pairs(m, 250_000, exact)
 
 
 @needs_numba
