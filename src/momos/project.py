@@ -204,7 +204,8 @@ def estimate_cost(model: nn.Module, config: MoMosConfig, *,
                   max_distance_bytes: int = DEFAULT_MAX_DISTANCE_BYTES) -> cost.CostEstimate:
     """What one projection of ``model`` will cost: pairs, memory, expected seconds.
 
-    The first call in a process measures this machine's search rate (milliseconds).
+    The first call in a process times the search in use on this machine (a fraction of a
+    second, more on a busy machine).
     """
     sizes, device = _sizes_of(model, config)
     return cost.estimate(sizes, config, max_distance_bytes=max_distance_bytes, device=device)
