@@ -1,0 +1,128 @@
+"""Time a compact Linear's lookup-table product against dense and materialize-then-matmul.
+
+    python bench/lookup.py [--runs 5] [--batches 1,8,64] [--max-table-mib 512]
+
+For each layer set, block size s in (4, 8) and capacity in (0.001, 0.01, 0.05), a mosaic of
+random motifs and random indices (the timings do not depend on the values) is multiplied by a
+random batch three ways, alternating in one process:
+
+- ``dense``: ``F.linear`` with the dense float32 weight (what a plain model does);
+- ``materialize``: the compact module's path, the weight rebuilt from motifs and indices by
+  ``MosaicWeight``, then ``F.linear``;
+- ``lookup``: ``momos.lookup.linear`` (numba when installed), its chunk-major indices prepared
+  once as the compact module caches them; ``torch``: the same without numba (embedding_bag).
+
+Layer sets: one 4096x4096 Linear (``k = capacity x 4096*4096/s``), and the five Linear layers of
+``momos.models`` ``mlp`` at 28x28x1 (784-256-256-256-256-10, one global codebook over all
+parameters, ``k = capacity x blocks``), timed as the sum of the layers at one batch. Printed:
+median milliseconds and medians of the per-run ratios lookup/dense and lookup/materialize
+(below 1: the lookup is faster). Combinations whose table ``B x in/s x k`` floats exceeds
+``--max-table-mib`` are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.nn import functional as F
+
+from momos import lookup
+from momos.blocks import layout_of
+from momos.compact import MosaicWeight, MotifTable, index_dtype
+from momos.models import build_model
+
+BLOCK_SIZES = (4, 8)
+CAPACITIES = (0.001, 0.01, 0.05)
+
+
+def layer_sets() -> dict[str, tuple[list[tuple[int, int]], int]]:
+    """name -> (the Linear shapes (out, in), the number of blocks the codebook serves at s=1)."""
+    mlp = build_model("mlp", channels=1, image_size=28, num_classes=10)
+    linears = [(m.out_features, m.in_features) for m in mlp.modules() if isinstance(m, torch.nn.Linear)]
+    return {"4096x4096": ([(4096, 4096)], 4096 * 4096),
+            "mlp 784-256x4-10": (linears, sum(p.numel() for p in mlp.parameters()))}
+
+
+def mosaic_layer(shape: tuple[int, int], table: MotifTable, generator: torch.Generator):
+    """(the compact parametrization, its dense weight, its chunk-major indices, a bias)."""
+    s = table.motifs.shape[1]
+    k = len(table.motifs)
+    out, inp = shape
+    indices = torch.randint(0, k, (out * inp // s,), generator=generator).to(index_dtype(k))
+    weight = MosaicWeight(table, indices, layout_of([torch.empty(shape)], s))
+    dense = weight(torch.empty(0))
+    columns = lookup.row_indices(indices, weight.layout).T.contiguous()
+    return weight, dense, columns, torch.randn(out, generator=generator)
+
+
+def time_once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def compare(name: str, shapes: list[tuple[int, int]], values: int, s: int, capacity: float, batch: int,
+            runs: int, max_table_mib: float) -> None:
+    k = max(1, int(capacity * (values // s)))
+    table_mib = batch * sum(-(-inp // s) for _, inp in shapes) * k * 4 / 2**20
+    label = f"{name:17s} s={s} cap={capacity:<5} k={k:<6d} B={batch:<3d}"
+    if table_mib > max_table_mib:
+        print(f"{label} skipped: table {table_mib:.0f} MiB")
+        return
+    generator = torch.Generator().manual_seed(0)
+    motifs = MotifTable(torch.randn(k, s, generator=generator))
+    layers = [mosaic_layer(shape, motifs, generator) for shape in shapes]
+    inputs = [torch.randn(batch, inp, generator=generator) for _, inp in shapes]
+    numba = lookup.numba
+
+    def torch_path():
+        lookup.numba = None
+        try:
+            return [lookup.linear(x, motifs.motifs, c, None, b) for (_, _, c, b), x in zip(layers, inputs)]
+        finally:
+            lookup.numba = numba
+
+    paths = {
+        "dense": lambda: [F.linear(x, d, b) for (_, d, _, b), x in zip(layers, inputs)],
+        "materialize": lambda: [F.linear(x, w(d.new_empty(0)), b) for (w, d, _, b), x in zip(layers, inputs)],
+        "lookup": lambda: [lookup.linear(x, motifs.motifs, c, None, b) for (_, _, c, b), x in zip(layers, inputs)],
+        "torch": torch_path,
+    }
+    times = {path: [] for path in paths}
+    with torch.no_grad():
+        for run in range(runs + 1):   # the first round warms up (numba's compile cache, allocator)
+            for path, fn in paths.items():
+                elapsed = time_once(fn)
+                if run:
+                    times[path].append(elapsed)
+    med = statistics.median
+
+    def ratio(a: str, b: str) -> float:
+        return med(x / y for x, y in zip(times[a], times[b]))
+
+    print(f"{label} dense {med(times['dense']) * 1e3:8.2f} ms  materialize {med(times['materialize']) * 1e3:8.2f} ms"
+          f"  lookup {med(times['lookup']) * 1e3:8.2f} ms  torch {med(times['torch']) * 1e3:8.2f} ms"
+          f"  lookup/dense {ratio('lookup', 'dense'):6.2f}  lookup/materialize {ratio('lookup', 'materialize'):6.3f}"
+          f"  torch/dense {ratio('torch', 'dense'):6.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--batches", default="1,8,64")
+    parser.add_argument("--max-table-mib", type=float, default=512)
+    args = parser.parse_args()
+    print(f"{torch.get_num_threads()} torch threads, numba {'on' if lookup.numba else 'off'}; "
+          f"medians of {args.runs} alternating runs")
+    for name, (shapes, values) in layer_sets().items():
+        for s in BLOCK_SIZES:
+            for capacity in CAPACITIES:
+                for batch in map(int, args.batches.split(",")):
+                    compare(name, shapes, values, s, capacity, batch, args.runs, args.max_table_mib)
+
+
+if __name__ == "__main__":
+    main()
