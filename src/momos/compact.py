@@ -29,10 +29,17 @@ by that flag (a Linear on a non-contiguous batched input). Under ``torch.inferen
 rebuilt weight cannot require grad, so there the outputs are identical when the parameters do not
 either (``model.requires_grad_(False)``, the usual for deployment); ``torch.compile`` traces its
 own kernels, like compiling the dense model.
+
+``compact_(..., lookup=True)`` trades that bit-identity for speed at small batches: a Linear whose
+rows hold their own blocks then computes its output from the motifs (:func:`momos.lookup.linear`)
+without rebuilding the weight, where :func:`lookup_pays` says so (no gradients, CPU with numba, a
+batch of one, a small codebook); the outputs equal the dense mosaic's up to the order of the float
+summation (see :mod:`momos.lookup`), and each such layer keeps a chunk-major copy of its indices.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -40,12 +47,18 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import lookup as lookup_product
 from .blocks import BlockLayout, from_blocks
 from .config import MoMosConfig
 from .fileformat.decompose import Mosaic, NotAMosaicError, decompose
 from .project import select_parameters
 from .qat import latent_names
 from .scales import Scales, multiply
+
+
+# lookup_pays: the lookup computes a table of B x k values per chunk where the rebuild writes out
+# values per chunk; bench/lookup.py measured it faster up to about this ratio of the two.
+LOOKUP_TABLE_RATIO = 4
 
 
 class MotifTable(nn.Module):
@@ -100,7 +113,8 @@ class MosaicWeight(nn.Module):
         return f"shape={tuple(self.layout.shapes[0])}, indices={self.indices.dtype}"
 
 
-def compact_(model: nn.Module, config: MoMosConfig, scales: Scales | None = None) -> nn.Module:
+def compact_(model: nn.Module, config: MoMosConfig, scales: Scales | None = None, *,
+             lookup: bool = False) -> nn.Module:
     """Hold the mosaic tensors of ``model`` as motif tables plus block indices, in place.
 
     Args:
@@ -110,10 +124,13 @@ def compact_(model: nn.Module, config: MoMosConfig, scales: Scales | None = None
         config: the mosaic's block size, tile shape, scope, normalization, selection and ``k``.
         scales: with ``config.normalize``, the mosaic's power-of-two scales, as ``momos.save``
             takes them (``ProjectionStats.scales``, or by name, e.g. ``momos.fileformat.read_scales``).
+        lookup: let Linear layers compute from the motifs where :func:`lookup_pays`; their
+            outputs are then the dense mosaic's up to float summation order, not bit for bit.
 
     Returns:
         ``model``, whose forward pass gives the dense mosaic's outputs bit for bit (see the
-        module's notes on ``inference_mode``); its ``state_dict()`` holds the compact tensors.
+        module's notes on ``inference_mode``; not with ``lookup``); its ``state_dict()`` holds
+        the compact tensors.
 
     Raises:
         ValueError: the model is already compact, a selected tensor is not a mosaic (named),
@@ -140,6 +157,10 @@ def compact_(model: nn.Module, config: MoMosConfig, scales: Scales | None = None
         if weight is not None:
             for name in owners[id(param)]:
                 _attach(model, name, weight)
+    if lookup:
+        for owner in model.modules():
+            if isinstance(owner, nn.Linear) and _lookup_weight(owner) is not None:
+                owner.forward = types.MethodType(_lookup_forward, owner)
     return model
 
 
@@ -147,6 +168,8 @@ def dense_(model: nn.Module) -> nn.Module:
     """Undo :func:`compact_`, in place: every compact tensor becomes a plain dense parameter again
     (the same ``nn.Parameter`` object, holding the mosaic); fake quantization stays attached."""
     for owner in list(model.modules()):
+        if getattr(owner.__dict__.get("forward"), "__func__", None) is _lookup_forward:
+            del owner.forward
         for tensor in list(getattr(owner, "parametrizations", {})):
             chain = owner.parametrizations[tensor]
             if isinstance(chain[0], MosaicWeight):
@@ -168,6 +191,18 @@ def resident_bytes(model: nn.Module) -> int:
     """Bytes of the parameters and buffers of ``model``, each tensor counted once (a shared
     motif table, a tied weight); a compact model's dense weights are not resident."""
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def lookup_pays(weight: MosaicWeight, x: torch.Tensor) -> bool:
+    """True when a Linear of the mosaic ``weight`` (rows holding their own blocks) should multiply
+    ``x`` ``(..., in)`` by :func:`momos.lookup.linear` rather than rebuild its weight: no gradient
+    is recorded, nothing traces the call, the compiled kernel serves ``x`` in the motifs' dtype,
+    and the table is small: ``B x k <= LOOKUP_TABLE_RATIO x out`` for the ``B`` rows of ``x``."""
+    out, k = weight.layout.shapes[0][0], len(weight.table.motifs)
+    batch = x.numel() // max(1, x.shape[-1])
+    return (not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and lookup_product.usable(x) and x.dtype == weight.table.motifs.dtype
+            and batch * k <= LOOKUP_TABLE_RATIO * out)
 
 
 def index_dtype(k: int) -> torch.dtype:
@@ -196,6 +231,36 @@ def _parametrizations(mosaic: Mosaic, config: MoMosConfig, params: list[torch.Te
             exponents = None if mosaic.exponents is None else mosaic.exponents[i].to(params[i].device)
             weights[i] = MosaicWeight(table, own, replace(layout, shapes=(layout.shapes[i],)), exponents)
     return weights
+
+
+def _lookup_weight(linear: nn.Linear) -> MosaicWeight | None:
+    """The Linear's mosaic weight when its rows hold their own blocks and nothing (fake
+    quantization) follows it; else None."""
+    chains = getattr(linear, "parametrizations", None)
+    chain = chains["weight"] if chains is not None and "weight" in chains else ()
+    if len(chain) != 1 or not isinstance(chain[0], MosaicWeight):
+        return None
+    weight = chain[0]
+    return weight if lookup_product.row_indices(weight.indices, weight.layout) is not None else None
+
+
+def _lookup_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``nn.Linear.forward``, from the motifs where :func:`lookup_pays`."""
+    weight = _lookup_weight(self)
+    if weight is None or not lookup_pays(weight, x):
+        return nn.Linear.forward(self, x)
+    return lookup_product.linear(x, weight.table.motifs, _columns(weight), weight.exponents, self.bias)
+
+
+def _columns(weight: MosaicWeight) -> torch.Tensor:
+    """The weight's ``(n, out)`` chunk-major indices, copied once and again only when the indices
+    change (loaded into in place, replaced by a move)."""
+    indices = weight.indices
+    cached = weight.__dict__.get("_momos_columns")
+    if cached is None or cached[0] is not indices or cached[1] != indices._version:
+        cached = (indices, indices._version, lookup_product.row_indices(indices, weight.layout).T.contiguous())
+        weight._momos_columns = cached
+    return cached[2]
 
 
 def _owners(model: nn.Module, plain: dict[str, str]) -> dict[int, list[str]]:
