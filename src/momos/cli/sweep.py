@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", metavar="DIR", help="the sweep folder (default: out in CONFIG.yaml)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="runs trained at once, one process each")
     parser.add_argument("--threads", type=int, metavar="T",
-                        help="torch threads per run (default: the CPU cores divided by --jobs)")
+                        help="torch threads per run (default: one for a small model, else the CPU cores divided by --jobs)")
     parser.add_argument("--device", default="cpu",
                         help="where every run trains: cpu (default), cuda (with --jobs N: run i on GPU i mod the GPUs)")
     parser.add_argument("--data-dir", metavar="DIR",
