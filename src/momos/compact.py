@@ -33,7 +33,7 @@ own kernels, like compiling the dense model.
 ``compact_(..., lookup=True)`` trades that bit-identity for speed at small batches: a Linear whose
 rows hold their own blocks then computes its output from the motifs (:func:`momos.lookup.linear`)
 without rebuilding the weight, where :func:`lookup_pays` says so (no gradients, CPU with numba, a
-batch of one, a small codebook); the outputs equal the dense mosaic's up to the order of the float
+table of ``B x k <= 2 x out`` values per chunk for a batch of ``B`` rows); the outputs equal the dense mosaic's up to the order of the float
 summation (see :mod:`momos.lookup`), and each such layer keeps a chunk-major copy of its indices.
 """
 
@@ -57,8 +57,9 @@ from .scales import Scales, multiply
 
 
 # lookup_pays: the lookup computes a table of B x k values per chunk where the rebuild writes out
-# values per chunk; bench/lookup.py measured it faster up to about this ratio of the two.
-LOOKUP_TABLE_RATIO = 4
+# values per chunk; bench/lookup.py measured it faster than the rebuild in every case with
+# B x k <= 2 x out (and in some up to 5 x out, slower in some from 4 x out on).
+LOOKUP_TABLE_RATIO = 2
 
 
 class MotifTable(nn.Module):
