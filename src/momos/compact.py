@@ -32,9 +32,10 @@ own kernels, like compiling the dense model.
 
 ``compact_(..., lookup=True)`` trades that bit-identity for speed at small batches: a Linear whose
 rows hold their own blocks then computes its output from the motifs (:func:`momos.lookup.linear`)
-without rebuilding the weight, where :func:`lookup_pays` says so (no gradients, CPU with numba, a
-table of ``B x k <= 2 x out`` values per chunk for a batch of ``B`` rows); the outputs equal the dense mosaic's up to the order of the float
-summation (see :mod:`momos.lookup`), and each such layer keeps a chunk-major copy of its indices.
+without rebuilding the weight, where :func:`lookup_pays` says so (no gradients, CPU with numba,
+``B x k <= 2 x out`` for a batch of ``B`` rows); its outputs equal the dense mosaic's up to the
+order of the float summation (see :mod:`momos.lookup`), and it keeps a chunk-major copy of its
+indices (as many bytes again, not counted by :func:`resident_bytes`).
 """
 
 from __future__ import annotations
