@@ -1,6 +1,6 @@
 """Time a compact Linear's lookup-table product against dense and materialize-then-matmul.
 
-    python bench/lookup.py [--runs 5] [--batches 1,8,64] [--max-table-mib 512]
+    python bench/lookup.py [--runs 5] [--batches 1,8,64] [--max-table-mib 512] [--model-runs 25] [--models-only]
 
 For each layer set, block size s in (4, 8) and capacity in (0.001, 0.01, 0.05), a mosaic of
 random motifs and random indices (the timings do not depend on the values) is multiplied by a
@@ -18,6 +18,10 @@ parameters, ``k = capacity x blocks``), timed as the sum of the layers at one ba
 median milliseconds and medians of the per-run ratios lookup/dense and lookup/materialize
 (below 1: the lookup is faster). Combinations whose table ``B x in/s x k`` floats exceeds
 ``--max-table-mib`` are skipped.
+
+Then the whole ``mlp``, projected, under ``torch.no_grad``: ``compact_(..., lookup=True)`` (each
+Linear takes the lookup where ``momos.compact.lookup_pays``) against ``compact_`` and the dense
+projected model, with the number of Linear layers that took the lookup.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ import time
 import torch
 from torch.nn import functional as F
 
+import momos
 from momos import lookup
 from momos.blocks import layout_of
-from momos.compact import MosaicWeight, MotifTable, index_dtype
+from momos.compact import MosaicWeight, MotifTable, index_dtype, lookup_pays
 from momos.models import build_model
 
 BLOCK_SIZES = (4, 8)
@@ -109,19 +114,56 @@ def compare(name: str, shapes: list[tuple[int, int]], values: int, s: int, capac
           f"  torch/dense {ratio('torch', 'dense'):6.2f}")
 
 
+def compare_models(s: int, capacity: float, batches: list[int], runs: int) -> None:
+    """The projected mlp: dense, compact and compact with the lookup, at each batch size."""
+    config = momos.MoMosConfig(block_size=s, capacity=capacity, seed=0)
+    torch.manual_seed(0)
+    dense = build_model("mlp", channels=1, image_size=28, num_classes=10).eval()
+    stats = momos.project_(dense, config, warn_relative_error=None)
+    models = {"dense": dense}
+    for name, on in (("compact", False), ("lookup", True)):
+        models[name] = build_model("mlp", channels=1, image_size=28, num_classes=10).eval()
+        models[name].load_state_dict(dense.state_dict())
+        momos.compact_(models[name], config, scales=stats.scales, lookup=on)
+    k = len(next(m for m in models["compact"].modules() if isinstance(m, MotifTable)).motifs)
+    for batch in batches:
+        x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+        times = {name: [] for name in models}
+        with torch.no_grad():
+            used = sum(lookup_pays(m.parametrizations.weight[0], torch.empty(batch, m.in_features))
+                       for m in models["lookup"].modules() if isinstance(m, torch.nn.Linear))
+            for run in range(runs + 1):
+                for name, model in models.items():
+                    elapsed = time_once(lambda: model(x))
+                    if run:
+                        times[name].append(elapsed)
+        med = statistics.median
+        print(f"mlp model         s={s} cap={capacity:<5} k={k:<6d} B={batch:<3d} "
+              + "  ".join(f"{name} {med(t) * 1e3:7.2f} ms" for name, t in times.items())
+              + f"  lookup layers {used}/5  lookup/compact "
+              f"{med(a / b for a, b in zip(times['lookup'], times['compact'])):6.3f}  lookup/dense "
+              f"{med(a / b for a, b in zip(times['lookup'], times['dense'])):6.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--max-table-mib", type=float, default=512)
+    parser.add_argument("--model-runs", type=int, default=25, help="runs of the whole mlp (milliseconds each)")
+    parser.add_argument("--models-only", action="store_true", help="only the whole projected mlp")
     args = parser.parse_args()
     print(f"{torch.get_num_threads()} torch threads, numba {'on' if lookup.numba else 'off'}; "
-          f"medians of {args.runs} alternating runs")
-    for name, (shapes, values) in layer_sets().items():
+          f"medians of {args.runs} alternating runs per layer set, {args.model_runs} per model")
+    batches = [int(b) for b in args.batches.split(",")]
+    for name, (shapes, values) in ({} if args.models_only else layer_sets()).items():
         for s in BLOCK_SIZES:
             for capacity in CAPACITIES:
-                for batch in map(int, args.batches.split(",")):
+                for batch in batches:
                     compare(name, shapes, values, s, capacity, batch, args.runs, args.max_table_mib)
+    for s in BLOCK_SIZES:
+        for capacity in CAPACITIES:
+            compare_models(s, capacity, batches, args.model_runs)
 
 
 if __name__ == "__main__":
