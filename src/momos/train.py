@@ -38,7 +38,13 @@ the numbers of every epoch as a table, and ``fit(..., log="tensorboard")`` also 
 every step's loss and learning rate, as TensorBoard events (:class:`TensorBoard`).
 
 Threads are the caller's: :func:`default_threads` is the rule ``momos train`` and the sweep
-follow when none are asked for.
+follow when none are asked for. How the steps compute, never what is trained, is also the
+caller's, per session (``fit``, ``train`` and ``resume`` take them; ``results.json``'s
+``runtime`` records the last session's): ``precision="bf16"`` runs the forward pass and loss
+under bfloat16 autocast while the weights, gradients, optimizer state, projection, evaluation
+and checkpoints stay float32; ``channels_last`` holds the weights and batches of a convolutional
+network in ``torch.channels_last``; ``compile`` trains through ``torch.compile`` of the model,
+which shares its parameters with the model that the projector, evaluation and checkpoints use.
 
 The files of a run folder, how they are written and how a run is read back (``load_model``)
 are :mod:`momos.runfolder`'s.
@@ -54,7 +60,7 @@ import platform
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -72,6 +78,7 @@ from .runfolder import BEST, FINAL, INIT, load_model_weights_, plain_state_dict
 from .trainconfig import TrainConfig
 
 EVAL_BATCH_SIZE = 1024
+PRECISIONS = ("fp32", "bf16")
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +93,16 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, message: str, *, epoch: int, step: int, cause: str):
         super().__init__(message)
         self.epoch, self.step, self.cause = epoch, step, cause
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a session's training steps compute (see the module's documentation); not the run's
+    config: a resume may choose otherwise, and the results are the same up to rounding."""
+
+    precision: str = "fp32"          # of the forward pass and loss: fp32, or bf16 autocast
+    channels_last: bool = False      # weights and batches in torch.channels_last
+    compile: bool = False            # the steps call torch.compile(model)
 
 
 @dataclass
@@ -107,6 +124,7 @@ class Run:
     elapsed: float = 0.0                 # seconds spent in earlier sessions of this run
     lr_changes: list[dict] = field(default_factory=list)   # {"epoch", "lr"}: --lr given to a resume
     warned: set[str] = field(default_factory=set)   # warnings already shown
+    runtime: Runtime = Runtime()         # this session's, set by fit
 
 
 # --- setting up --------------------------------------------------------------------------------
@@ -259,16 +277,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
 ONE_THREAD_BELOW = 500_000_000
 
 
-def multiply_adds(model: nn.Module, shape: tuple[int, ...]) -> int:
-    """Multiply-adds of the linear and convolution layers of ``model`` on one blank image of
-    ``shape`` (the bulk of its forward pass); ``model``'s mode and state stay as they were."""
+def multiply_adds(model: nn.Module, shape: tuple[int, ...],
+                  kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) -> int:
+    """Multiply-adds of the linear and convolution layers (``kinds``: those of these types) of
+    ``model`` on one blank image of ``shape`` (the bulk of its forward pass); ``model``'s mode
+    and state stay as they were."""
     total = 0
 
     def count(module: nn.Module, inputs, output: torch.Tensor) -> None:
         nonlocal total
         total += output.numel() * module.weight[0].numel()   # every output: one row of the weight
 
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    layers = [m for m in model.modules() if isinstance(m, kinds)]
     hooks = [layer.register_forward_hook(count) for layer in layers]
     training = model.training
     device = next(model.parameters()).device
@@ -297,6 +317,33 @@ def default_threads(run: Run, *, sharing: int = 1) -> int:
     return max(1, (os.cpu_count() or 1) // sharing)
 
 
+def convolutional(model: nn.Module, shape: tuple[int, ...]) -> bool:
+    """Whether 2-d convolutions do most of ``model``'s :func:`multiply_adds`: channels-last pays
+    off only then (the ViT's patch embedding, a convolution, is 1% of its work)."""
+    return 2 * multiply_adds(model, shape, (nn.Conv2d,)) > multiply_adds(model, shape)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it (Ampere and
+    later), a CPU with AVX512-BF16 or AMX (what oneDNN reports); elsewhere torch emulates it,
+    slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse an unknown ``precision``, and bf16 where it would be emulated."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
+    if precision == "bf16" and not native_bf16(device):
+        where = (f"GPU {torch.cuda.get_device_name(device)} has no native bfloat16" if device.type == "cuda" else
+                 "this CPU has no native bfloat16 (AVX512-BF16 or AMX; torch.ops.mkldnn._is_mkldnn_bf16_supported() "
+                 "is False), so it would be emulated, slower than float32")
+        raise ValueError(f"--precision bf16 needs native bfloat16 arithmetic, and {where}; "
+                         f"train with --precision fp32 (the default), or on a GPU with bfloat16 (--device cuda)")
+
+
 def check_metric_names(names: tuple[str, ...], momos: MoMosConfig | None) -> None:
     if not names:
         return
@@ -323,19 +370,26 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
 # --- training ----------------------------------------------------------------------------------
 
 def train(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, overwrite: bool = False,
-          device: str | torch.device = "cpu", log: str | None = None) -> dict:
-    """Train one run from scratch; returns the content of ``results.json``. ``log``: see :func:`fit`."""
-    return fit(prepare(config, out_dir, overwrite=overwrite, device=device), log=log)
+          device: str | torch.device = "cpu", log: str | None = None, precision: str = "fp32",
+          channels_last: bool = False, compile: bool = False) -> dict:
+    """Train one run from scratch; returns the content of ``results.json``. ``log``,
+    ``precision``, ``channels_last``, ``compile``: see :func:`fit`."""
+    return fit(prepare(config, out_dir, overwrite=overwrite, device=device), log=log, precision=precision,
+               channels_last=channels_last, compile=compile)
 
 
 def resume(out_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
-           data_dir: str | os.PathLike | None = None, lr: float | None = None, log: str | None = None) -> dict:
+           data_dir: str | os.PathLike | None = None, lr: float | None = None, log: str | None = None,
+           precision: str = "fp32", channels_last: bool = False, compile: bool = False) -> dict:
     """Continue the run in ``out_dir`` from its last completed epoch (with the base learning rate
-    ``lr`` from there on, when given); returns ``results.json``. ``log``: see :func:`fit`."""
-    return fit(prepare_resume(out_dir, device=device, data_dir=data_dir, lr=lr), log=log)
+    ``lr`` from there on, when given); returns ``results.json``. ``log``, ``precision``,
+    ``channels_last``, ``compile``: see :func:`fit` (the interrupted session's need not be repeated)."""
+    return fit(prepare_resume(out_dir, device=device, data_dir=data_dir, lr=lr), log=log, precision=precision,
+               channels_last=channels_last, compile=compile)
 
 
-def fit(run: Run, *, stop_after_epoch: int | None = None, log: str | None = None) -> dict | None:
+def fit(run: Run, *, stop_after_epoch: int | None = None, log: str | None = None, precision: str = "fp32",
+        channels_last: bool = False, compile: bool = False) -> dict | None:
     """Train ``run`` from its current epoch to the end, writing the run files as it goes.
 
     Returns the content of ``results.json`` (None on ranks other than 0 under torch.distributed).
@@ -344,19 +398,39 @@ def fit(run: Run, *, stop_after_epoch: int | None = None, log: str | None = None
     ``log``: ``"tensorboard"`` also writes TensorBoard events to ``<run>/tensorboard/``
     (:class:`TensorBoard`; needs the ``tensorboard`` package).
 
+    How the training steps compute (:class:`Runtime`, recorded as ``results.json``'s ``runtime``):
+
+    ``precision``: ``"fp32"``, or ``"bf16"``: the forward pass and loss of the training steps
+    under ``torch.autocast`` to bfloat16; weights, gradients, optimizer state, projections,
+    validation, test and checkpoints stay float32. Only where bfloat16 is native (see
+    :func:`native_bf16`).
+    ``channels_last``: the model and its training batches in ``torch.channels_last``, the layout
+    oneDNN and cuDNN convolutions prefer; no effect (a note in the log) on a model that is not
+    mostly convolutions (:func:`convolutional`), such as the MLP and the ViT.
+    ``compile``: the training steps call ``torch.compile`` of the model (compiled in the first
+    step of each call, which takes a while); it shares the model's parameters, so the
+    projector, evaluation, checkpoints and the resume state see the trained weights.
+
     Raises:
-        ValueError: an unknown ``log``.
+        ValueError: an unknown ``log`` or ``precision``; bf16 where it is not native.
         ModuleNotFoundError: ``log="tensorboard"`` without the ``tensorboard`` package; nothing
             is written then.
         TrainingDiverged: a NaN or infinite loss or weight (on every rank at the same step);
             ``results.json`` is marked, the other run files keep the last completed epoch.
     """
     check_log(log)
+    check_precision(precision, run.device)
+    effective = channels_last and convolutional(run.model, run.data.info.shape)
+    if effective:
+        run.model.to(memory_format=torch.channels_last)   # in place: the optimizer's parameters stay
+    run.runtime = Runtime(precision, effective, compile)
     start = time.perf_counter() - run.elapsed
     writer = distributed.rank() == 0   # validates, writes and logs; the other ranks train and project
     distributed.barrier()   # every rank has read the run folder before rank 0 changes it
     if writer:
         logger.info(header_line(run))
+        if channels_last and not effective:
+            logger.info(f"channels-last: no effect on {run.config.model}, whose work is not mostly convolutions")
         if run.epoch > 0:
             logger.info(f"resuming at epoch {run.epoch + 1} of {run.config.epochs}")
         runfolder.remove_temporaries(run.out_dir)
@@ -379,7 +453,7 @@ def run_epochs(run: Run, start: float, board: TensorBoard | None, stop_after_epo
         if board is not None:
             board.epoch(run.epochs_log[0], None)
         save_progress(run, start)
-    trained = _data_parallel(run.model, run.device)
+    trained = training_module(run)
     for epoch in range(run.epoch + 1, run.config.epochs + 1):
         epoch_start, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
         try:
@@ -431,6 +505,14 @@ def check_process_split(run: Run) -> None:
                          f"one full batch of training images; got batch size {batch_size}, {images} images")
 
 
+def training_module(run: Run) -> nn.Module:
+    """What the training steps call: ``run.model``, wrapped in DistributedDataParallel under
+    torch.distributed, compiled with ``runtime.compile``. Every wrapper holds ``run.model``'s
+    own parameters, so what the steps change is what the projector projects and the run saves."""
+    trained = _data_parallel(run.model, run.device)
+    return torch.compile(trained) if run.runtime.compile else trained
+
+
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` wrapped in DistributedDataParallel under torch.distributed, else itself."""
     if not distributed.is_distributed():
@@ -455,7 +537,7 @@ def train_one_epoch(run: Run, trained: nn.Module, epoch: int,
     """One pass over the shuffled training split: the mean loss and accuracy of its batches over
     all processes, and the last projection made during the epoch (``every_n_steps`` only).
 
-    ``trained``: ``run.model``, or its DistributedDataParallel wrapper. ``board``: receives every
+    ``trained``: ``run.model`` or its wrappers (:func:`training_module`). ``board``: receives every
     step's loss and learning rate. The progress bar shows on rank 0 while the ``momos.train``
     logger shows INFO and stderr is a terminal (in a log file, the epoch lines are enough).
     """
@@ -463,6 +545,8 @@ def train_one_epoch(run: Run, trained: nn.Module, epoch: int,
 
     config = run.config
     processes, rank = distributed.world_size(), distributed.rank()
+    layout = torch.channels_last if run.runtime.channels_last else torch.preserve_format
+    bf16 = run.runtime.precision == "bf16"
     trained.train()
     loss_sum, correct, seen = 0.0, 0, 0
     projection = None
@@ -476,10 +560,12 @@ def train_one_epoch(run: Run, trained: nn.Module, epoch: int,
         for x, y in batches(run.data.train, run.data.info, config.batch_size, generator=run.data_generator,
                             augment=config.augment, randaugment=config.randaugment, drop_last=True):
             # this process's share
-            x, y = x.chunk(processes)[rank].to(run.device), y.chunk(processes)[rank].to(run.device)
+            x, y = x.chunk(processes)[rank].to(run.device, memory_format=layout), y.chunk(processes)[rank].to(run.device)
             step += 1
-            logits = trained(x)
-            loss = F.cross_entropy(logits, y)
+            # autocast computes in bfloat16 from the float32 weights; backward and step stay float32
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = trained(x)
+                loss = F.cross_entropy(logits, y)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()
@@ -633,6 +719,7 @@ def results_of(run: Run, start: float, test: tuple[float, float] | None = None,
     }
     return {
         "config": {**run.config.to_dict(), "versions": versions()},
+        "runtime": {"device": str(run.device), **asdict(run.runtime)},
         "data": {"source": run.data.source, "train": len(run.data.train), "val": len(run.data.val),
                  "test": len(run.data.test), "shape": list(run.data.info.shape)},
         "model": {"parameters": sum(p.numel() for p in run.model.parameters())},
@@ -682,7 +769,8 @@ LOGS = ("tensorboard",)
 
 def header_line(run: Run) -> str:
     """What is about to train, e.g. ``mlp (216,586 parameters) · digits (sklearn.datasets.load_digits):
-    train 1,366 / val 72 / test 359 · momos s=4 k=541 · 1 thread · cpu``."""
+    train 1,366 / val 72 / test 359 · momos s=4 k=541 · 1 thread · cpu``; the device is followed
+    by the runtime choices other than the default, e.g. ``cuda:0 bf16 channels-last compiled``."""
     config, data = run.config, run.data
     parameters = sum(p.numel() for p in run.model.parameters())
     sizes = f"train {len(data.train):,} / val {len(data.val):,} / test {len(data.test):,}"
@@ -692,7 +780,9 @@ def header_line(run: Run) -> str:
         f"{config.dataset} ({data.source}): {sizes}",
         method_summary(run),
         (f"{processes} processes × " if processes > 1 else "") + f"{threads} thread{'s' * (threads > 1)}",
-        str(run.device),
+        " ".join([str(run.device)] + [name for name, chosen in (
+            (run.runtime.precision, run.runtime.precision != "fp32"),
+            ("channels-last", run.runtime.channels_last), ("compiled", run.runtime.compile)) if chosen]),
     ])
 
 

@@ -37,7 +37,7 @@ EXIT_DIVERGED = 3
 
 
 def register(subparsers) -> None:
-    from momos.train import LOGS, ONE_THREAD_BELOW
+    from momos.train import LOGS, ONE_THREAD_BELOW, PRECISIONS
     from momos.trainconfig import TrainConfig
 
     parser = subparsers.add_parser("train", help="train a model (baseline, qat, momos, momos+qat) and record the run",
@@ -61,19 +61,32 @@ def register(subparsers) -> None:
     run.add_argument("--out", help="run folder (default: the next runs/NNN)")
     run.add_argument("--overwrite", action="store_true", help="replace the run held in --out")
     run.add_argument("--resume", metavar="DIR",
-                     help="continue the interrupted run in DIR (no other options but --lr, which sets a new "
-                          "base learning rate from there on)")
-    run.add_argument("--device", default="cpu",
-                     help="cpu (default) or cuda (under torchrun: each process's own GPU, nccl), cuda:N")
-    run.add_argument("--threads", type=int,
-                     help=f"CPU threads for torch per process (default: 1 below {ONE_THREAD_BELOW:.0e} multiply-adds "
-                          f"per step and process; else all {os.cpu_count()} cores, shared among the processes "
-                          f"of this machine under torchrun)")
+                     help="continue the interrupted run in DIR (no other options but the runtime ones, --data-dir, "
+                          "--log, --quiet and --lr, which sets a new base learning rate from there on)")
     run.add_argument("--log", choices=LOGS,
                      help="also write TensorBoard events, to the run folder's tensorboard/ (pip install 'momos[tensorboard]')")
     run.add_argument("--quiet", action="store_true",
                      help="print only the final line (test accuracy, run folder): no header, epoch lines or bars")
     run.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
+
+    runtime = parser.add_argument_group("runtime (how the steps compute; results.json records it; --resume may "
+                                        "choose anew)")
+    runtime.add_argument("--device", default="cpu",
+                         help="cpu (default) or cuda (under torchrun: each process's own GPU, nccl), cuda:N")
+    runtime.add_argument("--threads", type=int,
+                         help=f"CPU threads for torch per process (default: 1 below {ONE_THREAD_BELOW:.0e} multiply-adds "
+                              f"per step and process; else all {os.cpu_count()} cores, shared among the processes "
+                              f"of this machine under torchrun)")
+    runtime.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                         help="bf16: forward pass and loss under bfloat16 autocast, weights, optimizer and projection "
+                              "in float32; only where bfloat16 is native (a GPU since Ampere, a CPU with AVX512-BF16 "
+                              "or AMX; refused elsewhere)")
+    runtime.add_argument("--channels-last", action="store_true",
+                         help="weights and batches in channels-last memory format (convolutional networks such as "
+                              "resnet20; no effect on the mlp and vit)")
+    runtime.add_argument("--compile", action="store_true",
+                         help="train through torch.compile of the model (compiling takes a while at the start of "
+                              "each session)")
     parser.set_defaults(handler=run_command, parser=parser)
 
 
@@ -91,7 +104,8 @@ TRAIN_OPTIONS = dict(
 
 # Namespace entries that are not options, and the options --resume accepts.
 _NOT_OPTIONS = ("handler", "parser", "command")
-_RESUME_OPTIONS = ("resume", "quiet", "threads", "log", "device", "data_dir", "stop_after_epoch", "lr")
+_RESUME_OPTIONS = ("resume", "quiet", "threads", "log", "device", "precision", "channels_last", "compile",
+                   "data_dir", "stop_after_epoch", "lr")
 
 
 def run_command(args) -> int:
@@ -120,7 +134,8 @@ def run_command(args) -> int:
     torch.set_num_threads(args.threads or train.default_threads(run, sharing=processes_here))
     try:
         with _progress_on_stdout(quiet=args.quiet):
-            results = train.fit(run, stop_after_epoch=args.stop_after_epoch, log=args.log)
+            results = train.fit(run, stop_after_epoch=args.stop_after_epoch, log=args.log, precision=args.precision,
+                                channels_last=args.channels_last, compile=args.compile)
         if args.quiet and results is not None and results["summary"]["complete"]:
             print(train.final_line(results, run.out_dir))   # what the quiet logger held back
     except train.TrainingDiverged as error:
