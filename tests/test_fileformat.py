@@ -648,6 +648,68 @@ def test_a_version_4_file_still_loads_bit_exactly(tmp_path):
     assert_same_state(again_tensors, tensors, ordered=False)
 
 
+# ----------------------------------------------------------------------------- huge codebooks (version 4)
+
+HUGE_K = 70_000  # above the 2^16 symbols rANS codes: split streams
+
+
+@pytest.fixture(scope="module")
+def huge_codebook_file(tmp_path_factory):
+    """One value per block, HUGE_K distinct ones, the 100 smallest used most."""
+    g = torch.Generator().manual_seed(0)
+    distinct = torch.randperm(1 << 20, generator=g)[:HUGE_K].float()
+    popular = distinct.sort().values[:100][torch.randint(0, 100, (200_000,), generator=g)]
+    state = {"w": torch.cat([distinct, popular])}
+    cfg = momos.MoMosConfig(block_size=1, num_motifs=HUGE_K, force_zero=False)
+    path = tmp_path_factory.mktemp("huge") / "m.momos"
+    info = save(state, path, cfg)
+    assert info.num_motifs == HUGE_K and info.version == 4
+    return path.read_bytes(), state, info
+
+
+def test_indices_of_a_huge_codebook_are_entropy_coded(tmp_path, huge_codebook_file):
+    data, state, info = huge_codebook_file
+    header, _, _ = read_container(data)
+    assert header["codebooks"][0]["indices"]["coding"] == "split" and header["quantization"] is None
+    assert info.index_bytes < 0.85 * packed_size(len(state["w"]), bits_for(HUGE_K))
+    assert_same_state(load_bytes(data, tmp_path), state)
+    packed = save(state, tmp_path / "p.momos", momos.MoMosConfig(block_size=1, num_motifs=HUGE_K, force_zero=False),
+                  index_coding="packed")
+    assert packed.version == 2 and packed.codebooks[0].coding == "packed"
+
+
+SPLIT_LIES = {
+    "low bits": lambda h, t: h["codebooks"][0]["indices"].__setitem__("low_bits", 2),
+    "no low bits": lambda h, t: h["codebooks"][0]["indices"].pop("low_bits"),
+    "high coding": lambda h, t: h["codebooks"][0]["indices"]["high"].__setitem__("coding", "packed"),
+    "fewer motifs": lambda h, t: h["codebooks"][0].__setitem__("motifs", HUGE_K - 1),
+    "one byte less": lambda h, t: (t.__setitem__("indices", t["indices"][:-1]),
+                                   h["codebooks"][0]["bytes"].__setitem__(1, h["codebooks"][0]["bytes"][1] - 1)),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(SPLIT_LIES))
+def test_a_lying_split_stream_is_a_format_error(tmp_path, huge_codebook_file, lie):
+    data, _, _ = huge_codebook_file
+    with pytest.raises(FormatError):
+        load_bytes(resign(data, SPLIT_LIES[lie]), tmp_path)
+
+
+def test_split_streams_need_version_4(tmp_path, huge_codebook_file):
+    data, _, _ = huge_codebook_file
+    header, tensors, _ = read_container(data)
+    assert header.pop("plain") == {}  # nothing to code: a version-4 file's plain is empty
+    header.pop("quantization")
+    with pytest.raises(FormatError, match="version 4"):
+        load_bytes(write_container(tensors, header, version=2), tmp_path)
+
+
+def test_fuzz_a_file_with_split_indices(tmp_path, huge_codebook_file):
+    data, state, _ = huge_codebook_file
+    outcomes = fuzz((data, state), tmp_path, cases=150, seed=5)
+    assert outcomes.count("error") > 100
+
+
 # ----------------------------------------------------------------------------- building blocks
 
 @settings(max_examples=60, deadline=None)

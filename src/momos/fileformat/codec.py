@@ -31,8 +31,9 @@ holds those values fake-quantized to ``q`` bits; see :mod:`.quantized`.
 
 Version 1 (no ``normalize`` key, no ``scales``) is read as ``"none"``; versions 1 and 2 have no
 ``quantization`` key (no quantized tensors); versions 1 to 3 have no ``plain`` key (every plain
-tensor as it is). The writer writes the lowest version that holds the file: 4 when a plain
-dtype is coded, else 3 with quantization, else 2.
+tensor as it is) and no ``split`` index streams. The writer writes the lowest version that
+holds the file: 4 when a plain dtype is coded or a codebook's indices are split, else 3 with
+quantization, else 2.
 """
 
 from __future__ import annotations
@@ -183,7 +184,8 @@ def encode(state: dict[str, torch.Tensor], mosaic_names: list[str], config: MoMo
     }
     plain_tensors, plain_coding = plain.join([t for name, t in state.items() if name not in chosen])
     # The lowest version that holds the file, so that older readers keep reading what they can.
-    version = 4 if plain_coding else 3 if quantization is not None else 2
+    split = any(c["indices"]["coding"] == "split" for c in codebooks)
+    version = 4 if plain_coding or split else 3 if quantization is not None else 2
     if version >= 3:
         header["quantization"] = quantization
     if version == 4:
@@ -244,7 +246,7 @@ def decode_stored(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS
     state = plain.split(plain_entries, tensors, plain_coding)
     exponents = _scale_exponents(tensors, mosaic_entries, normalize)
     mosaic = _decode_mosaic(header, tensors, layout, [DTYPES[e["dtype"]] for e in mosaic_entries],
-                            normalize, exponents)
+                            normalize, exponents, version)
     if mosaic is not None:
         for e, value in zip(mosaic_entries, rebuild(mosaic)):
             state[e["name"]] = value
@@ -272,7 +274,7 @@ def _scale_exponents(tensors, mosaic_entries, normalize: str) -> list[torch.Tens
 
 
 def _decode_mosaic(header, tensors, layout: BlockLayout, dtypes, normalize: str,
-                   exponents: list[torch.Tensor] | None) -> Mosaic | None:
+                   exponents: list[torch.Tensor] | None, version: int) -> Mosaic | None:
     if not isinstance(header["codebooks"], list):
         raise FormatError("the header's codebooks must be a list")
     if not layout.shapes:
@@ -282,7 +284,7 @@ def _decode_mosaic(header, tensors, layout: BlockLayout, dtypes, normalize: str,
     index_bytes = tensors["indices"]
     if index_bytes.dtype != torch.uint8 or index_bytes.dim() != 1:
         raise FormatError("the indices must be a 1-D uint8 tensor")
-    codebooks = _codebooks(header["codebooks"], layout, len(index_bytes))
+    codebooks = _codebooks(header["codebooks"], layout, len(index_bytes), version)
     tables = decode_tables(header["motif_storage"], tensors, [k for _, k, _, _ in codebooks], layout.block_size)
     raw = index_bytes.numpy().tobytes()
     indices = []
@@ -295,9 +297,9 @@ def _decode_mosaic(header, tensors, layout: BlockLayout, dtypes, normalize: str,
                   None if exponents is None else tuple(exponents))
 
 
-def _codebooks(entries: list, layout: BlockLayout, index_bytes: int) -> list[tuple]:
+def _codebooks(entries: list, layout: BlockLayout, index_bytes: int, version: int) -> list[tuple]:
     """``((first, last), k, (start, end), coding)`` per codebook, checked to cover every block
-    of the mosaic tensors in order and every index byte."""
+    of the mosaic tensors in order and every index byte (split streams from version 4)."""
     checked, covered, position = [], 0, 0
     for c in entries:
         if not isinstance(c, dict):
@@ -313,6 +315,8 @@ def _codebooks(entries: list, layout: BlockLayout, index_bytes: int) -> list[tup
         if blocks == 0:
             raise FormatError("a codebook covers no blocks")
         k = _int(c["motifs"], "number of motifs", 1, blocks)
+        if version < 4 and isinstance(c["indices"], dict) and c["indices"].get("coding") == "split":
+            raise FormatError(f"split index streams need format version 4, the file is version {version}")
         checked.append(((first, last), k, (position, end), c["indices"]))
         covered, position = last, end
     if any(layout.block_counts[covered:]) or position != index_bytes:

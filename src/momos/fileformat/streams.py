@@ -9,6 +9,15 @@ table and the levels of a quantized one.
 (little-endian) of :mod:`.rans`. The frequency table is ``f - 1`` for every symbol packed at
 ``f`` bits, or, when ``sparse``, a ``k``-bit presence map (bit ``i`` set when symbol ``i``
 occurs) followed by ``f - 1`` of the present symbols only.
+
+``{"coding": "split", "low_bits": b, "high": <stream>}`` (version 4), for ``k`` above
+:data:`MAX_RANS_ALPHABET`: with ``b = ceil(log2 k) - 16``, the high part ``symbol >> b`` of
+every symbol as a stream over ``ceil(k / 2^b)`` symbols (rANS-coded when that is smaller),
+then the low ``b`` bits of every symbol bit-packed. Motifs are stored in value order, so the
+high part, which says where a motif lies among them, carries most of what the usage of a
+huge codebook has to say: on the bench's 24.0M-parameter transformer at s=2, capacity 0.05
+(k = 599,859) the indices take 28,764,456 bytes instead of 29,992,960 bit-packed, where their
+order-0 entropy is 28,473,600.
 """
 
 from __future__ import annotations
@@ -21,21 +30,28 @@ from .errors import FormatError
 
 CODINGS = ("auto", "packed", "rans")
 MAX_RANS_ALPHABET = 1 << 16
+RANS_BITS = 16      # bits_for(MAX_RANS_ALPHABET)
 
 
 def encode_stream(symbols: np.ndarray, k: int, coding: str = "auto") -> tuple[bytes, dict]:
-    """Bytes and header entry for ``symbols`` ``(n,)`` in ``[0, k)``."""
+    """Bytes and header entry for ``symbols`` ``(n,)`` in ``[0, k)``; ``"rans"`` means
+    entropy-coded: split for ``k`` above :data:`MAX_RANS_ALPHABET`."""
     if coding not in CODINGS:
         raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
     candidates = []
     if coding in ("auto", "packed"):
         bits = bits_for(k)
         candidates.append((pack_bits(symbols, bits), {"coding": "packed", "bits": bits}))
-    if coding == "rans" or (coding == "auto" and 1 < k <= MAX_RANS_ALPHABET and len(symbols)):
-        if k > MAX_RANS_ALPHABET:
-            raise ValueError(f"rANS coding supports alphabets of at most {MAX_RANS_ALPHABET} symbols, got {k}")
-        candidates.append(_rans_stream(symbols, k))
+    if coding == "rans" or (coding == "auto" and 1 < k and len(symbols)):
+        candidates.append(_rans_stream(symbols, k) if k <= MAX_RANS_ALPHABET else _split_stream(symbols, k))
     return min(candidates, key=lambda c: len(c[0]))
+
+
+def _split_stream(symbols: np.ndarray, k: int) -> tuple[bytes, dict]:
+    low_bits = bits_for(k) - RANS_BITS
+    high, desc = encode_stream(symbols >> low_bits, -(-k >> low_bits))
+    low = pack_bits(symbols & ((1 << low_bits) - 1), low_bits)
+    return high + low, {"coding": "split", "low_bits": low_bits, "high": desc}
 
 
 def _rans_stream(symbols: np.ndarray, k: int) -> tuple[bytes, dict]:
@@ -68,7 +84,24 @@ def decode_stream(data: bytes, desc, k: int, count: int) -> np.ndarray:
         return symbols.astype(np.int64)
     if desc.get("coding") == "rans" and set(desc) == {"coding", "frequency_bits", "sparse"}:
         return _decode_rans(data, desc, k, count)
+    if desc.get("coding") == "split" and set(desc) == {"coding", "low_bits", "high"}:
+        return _decode_split(data, desc, k, count)
     raise FormatError(f"unknown stream coding {desc!r}")
+
+
+def _decode_split(data: bytes, desc: dict, k: int, count: int) -> np.ndarray:
+    low_bits = bits_for(k) - RANS_BITS
+    if low_bits < 1 or desc["low_bits"] != low_bits:
+        raise FormatError(f"an alphabet of {k} is split at {max(low_bits, 0)} low bits, the header says "
+                          f"{desc['low_bits']!r}")
+    low_start = len(data) - packed_size(count, low_bits)
+    if low_start < 0:
+        raise FormatError("the split stream is shorter than its low bits")
+    high = decode_stream(data[:low_start], desc["high"], -(-k >> low_bits), count)
+    symbols = (high << low_bits) | unpack_bits(data[low_start:], count, low_bits).astype(np.int64)
+    if count and int(symbols.max()) >= k:
+        raise FormatError(f"a stored index is out of range (>= {k})")
+    return symbols
 
 
 def _decode_rans(data: bytes, desc: dict, k: int, count: int) -> np.ndarray:
