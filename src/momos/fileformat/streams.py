@@ -30,7 +30,7 @@ from .errors import FormatError
 
 CODINGS = ("auto", "packed", "rans")
 MAX_RANS_ALPHABET = 1 << 16
-RANS_BITS = 16      # bits_for(MAX_RANS_ALPHABET)
+RANS_BITS = bits_for(MAX_RANS_ALPHABET)   # 16: split streams rANS-code this many high bits
 
 
 def encode_stream(symbols: np.ndarray, k: int, coding: str = "auto") -> tuple[bytes, dict]:
