@@ -21,7 +21,9 @@ median milliseconds and medians of the per-run ratios lookup/dense and lookup/ma
 
 Then the whole ``mlp``, projected, under ``torch.no_grad``: ``compact_(..., lookup=True)`` (each
 Linear takes the lookup where ``momos.compact.lookup_pays``) against ``compact_`` and the dense
-projected model, with the number of Linear layers that took the lookup.
+projected model, with the number of Linear layers that took the lookup. On a shared machine a
+run of a few milliseconds is often preempted once; the ratio of the best runs shows the cost
+without that.
 """
 
 from __future__ import annotations
@@ -141,7 +143,8 @@ def compare_models(s: int, capacity: float, batches: list[int], runs: int) -> No
         print(f"mlp model         s={s} cap={capacity:<5} k={k:<6d} B={batch:<3d} "
               + "  ".join(f"{name} {med(t) * 1e3:7.2f} ms" for name, t in times.items())
               + f"  lookup layers {used}/5  lookup/compact "
-              f"{med(a / b for a, b in zip(times['lookup'], times['compact'])):6.3f}  lookup/dense "
+              f"{med(a / b for a, b in zip(times['lookup'], times['compact'])):6.3f} "
+              f"(of bests {min(times['lookup']) / min(times['compact']):6.3f})  lookup/dense "
               f"{med(a / b for a, b in zip(times['lookup'], times['dense'])):6.2f}")
 
 
