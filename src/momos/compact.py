@@ -58,8 +58,9 @@ from .scales import Scales, multiply
 
 
 # lookup_pays: the lookup computes a table of B x k values per chunk where the rebuild writes out
-# values per chunk; bench/lookup.py measured it faster than the rebuild in every case with
-# B x k <= 2 x out (and in some up to 5 x out, slower in some from 4 x out on).
+# values per chunk; in three runs of bench/lookup.py it was faster than the rebuild wherever
+# B x k <= 2 x out but once (a noisy run: 1.2 ms of work timed at 13 ms), in some cases up to
+# 5 x out, and slower in some from 4 x out on.
 LOOKUP_TABLE_RATIO = 2
 
 

@@ -17,9 +17,10 @@ products in order ``j = 0 .. n-1``, a BLAS ``F.linear`` in its own order, so bot
 usual bound ``in x eps x (|x| @ |W|^T + |bias|)`` of the exact product; they are not bit for bit
 equal. Scales are powers of two, so multiplying by them is exact.
 
-Measured (``bench/lookup.py``, one thread): never faster than ``F.linear`` with the dense weight
-(at best 1.2x its time, 4096x4096 at s=8, k=2,097, one row), but up to 20x faster than
-rebuilding the weight from the motifs first while ``B x k`` stays below about ``2 x out``.
+Measured (``bench/lookup.py``, one thread, a loaded machine): never faster than ``F.linear`` with
+the dense weight (at best 1.2x to 2.4x its time over three runs: 4096x4096, s=8, k=2,097, one
+row), but 5x to 19x faster than rebuilding that weight from the motifs first (``k <= out``, one
+row); with ``B x k`` above about ``4 x out`` the table costs more than the rebuild.
 
 On CPU with numba installed (``momos[fast]``) the lookups run in a compiled kernel that reads
 the indices in their stored dtype; elsewhere ``torch.embedding_bag`` sums them.
