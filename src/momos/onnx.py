@@ -8,7 +8,8 @@ module holds them), and the graph rebuilds the weight before the MatMul / Gemm /
 it: ``Cast`` of the indices to int64 (``Gather`` takes no smaller integers), ``Gather`` of the
 motif rows, ``Slice`` / ``Reshape`` / ``Transpose`` back to the weight's shape, and for a
 normalized mosaic ``Mul`` by ``2**exponents`` (int16 exponents in the file). Any ONNX runtime
-runs it; the file is about as small as the compact model in memory.
+runs it; the file holds what the compact model holds in memory, plus a few KB of graph per tensor
+(the rebuild's shape arithmetic).
 
 The export uses PyTorch's TorchScript-based exporter without constant folding: folding would
 replace every rebuild by its dense result, and the file would be as large as a dense export.
@@ -48,8 +49,10 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
             ``config``, a compact model (``momos.compact_``, ``momos.load(..., compact=True)``),
             exported as it is.
         example_input: one input tensor, or a tuple of them, to trace the forward pass with.
-            Dimension 0 of every input and output is dynamic (named ``batch``); inputs are named
-            ``input`` (``input0``, ``input1``, ... for several), outputs likewise ``output``.
+            Dimension 0 of every input and output is dynamic (named ``batch``), unless the model
+            reads its batch size as a Python int (``len(x)``): the trace then keeps the example's.
+            Inputs are named ``input`` (``input0``, ``input1``, ... for several), outputs likewise
+            ``output``.
         path: the ``.onnx`` file to write.
         config: the mosaic's configuration, as :func:`momos.compact_` takes it.
         scales: with ``config.normalize``, the mosaic's power-of-two scales, as
@@ -118,7 +121,8 @@ def _names(stem: str, count: int) -> list[str]:
 
 
 def _ldexp(g, x, exponents):
-    """``x * 2**e``: exact for momos' exponents, which lie well within the float range."""
+    """``x * 2**e``, as ``torch.ldexp``: momos' exponents lie well within the float range, so
+    ``2**e`` is a float exactly and so is the product (when ``x * 2**e`` is a normal float)."""
     # Cast, not CastLike: onnxruntime runs CastLike as a function, with a warning per node
     to = FLOAT_TYPES[x.type().scalarType()]
     two = g.op("Constant", value_t=torch.tensor(2.0, dtype=torch.float64))
