@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from momos.blocks import block_dtype, from_blocks, layout_of, to_blocks
+from momos.blocks import block_dtype, from_blocks, gather_rows, layout_of, to_blocks
 
 shapes = st.lists(st.lists(st.integers(0, 5), min_size=0, max_size=4).map(tuple), min_size=1, max_size=5)
 
@@ -89,3 +89,16 @@ def test_block_dtype_promotes_with_a_float32_floor():
     # to_blocks without a dtype keeps the tensors' own promoted dtype
     assert block_dtype([torch.float16], at_least=None) == torch.float16
     assert to_blocks([torch.ones(3, dtype=torch.float16)], 2)[0].dtype == torch.float16
+
+
+@pytest.mark.parametrize("dtype,s", [(torch.float32, 2), (torch.float32, 4), (torch.float32, 3),
+                                     (torch.float16, 4), (torch.float64, 2)])
+@pytest.mark.parametrize("index_dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+def test_gather_rows_is_indexing_bit_for_bit(dtype, s, index_dtype):
+    bits = torch.randint(-2**15, 2**15, (7, s * dtype.itemsize // 2), dtype=torch.int16,
+                         generator=torch.Generator().manual_seed(0))
+    motifs = bits.view(dtype)   # any bit pattern: NaN payloads, -0.0, subnormals
+    indices = torch.tensor([6, 0, 3, 3, 5, 1], dtype=index_dtype)
+    got = gather_rows(motifs, indices)
+    assert got.dtype == dtype and got.shape == (6, s)
+    assert torch.equal(got.view(torch.int16), motifs[indices.long()].view(torch.int16))

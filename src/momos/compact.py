@@ -49,7 +49,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import lookup as lookup_product
-from .blocks import BlockLayout, from_blocks
+from .blocks import BlockLayout, from_blocks, gather_rows
 from .config import MoMosConfig
 from .fileformat.decompose import Mosaic, NotAMosaicError, decompose
 from .project import select_parameters
@@ -93,8 +93,7 @@ class MosaicWeight(nn.Module):
         self.register_buffer("exponents", exponents)
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        # uint8 indices would index as a mask: widen them (transiently, as the weight itself)
-        weight = from_blocks(self.table.motifs[self.indices.long()], self.layout)[0]
+        weight = from_blocks(gather_rows(self.table.motifs, self.indices), self.layout)[0]
         if self.exponents is not None:
             weight = multiply(weight, self.exponents)
         weight = weight.to(original.dtype).contiguous()

@@ -20,7 +20,7 @@ import torch
 
 from .. import scales as scaling
 from ..scales import Scales, given_exponents
-from ..blocks import BlockLayout, block_dtype, codebook_groups, from_blocks, to_blocks
+from ..blocks import BlockLayout, block_dtype, codebook_groups, from_blocks, gather_rows, to_blocks
 from ..config import MoMosConfig
 from .tables import same_bits
 
@@ -123,7 +123,7 @@ def rebuild(mosaic: Mosaic) -> list[torch.Tensor]:
     dtype = mosaic.motifs[0].dtype if mosaic.motifs else block_dtype(mosaic.dtypes)
     blocks = torch.zeros(layout.num_blocks, layout.block_size, dtype=dtype)
     for (first, last), table, index in zip(mosaic.groups, mosaic.motifs, mosaic.indices):
-        blocks[layout.block_offsets[first]:layout.block_offsets[last]] = table.to(dtype)[index]
+        blocks[layout.block_offsets[first]:layout.block_offsets[last]] = gather_rows(table.to(dtype), index)
     values = from_blocks(blocks, layout)
     if mosaic.exponents is not None:
         values = [scaling.multiply(v, e) for v, e in zip(values, mosaic.exponents)]
