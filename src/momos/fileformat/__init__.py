@@ -126,8 +126,9 @@ def read(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
 
     Args:
         max_bytes: refuse larger files without reading them.
-        max_weights: refuse files that would decode to more mosaic values than this (a tiny
-            file can legitimately describe a huge all-zero model; this bounds the memory).
+        max_weights: refuse files that would decode to more mosaic and coded plain values
+            than this (a tiny file can legitimately describe a huge all-zero model; this bounds
+            the memory).
 
     Raises:
         FormatError: the file is missing, empty, truncated, corrupt, of another format or
