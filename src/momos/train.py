@@ -560,9 +560,10 @@ def train_one_epoch(run: Run, trained: nn.Module, epoch: int,
         for x, y in batches(run.data.train, run.data.info, config.batch_size, generator=run.data_generator,
                             augment=config.augment, randaugment=config.randaugment, drop_last=True):
             # this process's share
-            x, y = x.chunk(processes)[rank].to(run.device, memory_format=layout), y.chunk(processes)[rank].to(run.device)
+            x = x.chunk(processes)[rank].to(run.device, memory_format=layout)
+            y = y.chunk(processes)[rank].to(run.device)
             step += 1
-            # autocast computes in bfloat16 from the float32 weights; backward and step stay float32
+            # autocast: the forward pass in bfloat16 from the float32 weights, whose gradients stay float32
             with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = trained(x)
                 loss = F.cross_entropy(logits, y)

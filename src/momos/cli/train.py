@@ -79,13 +79,13 @@ def register(subparsers) -> None:
     runtime.add_argument("--device", default="cpu",
                          help="cpu (default) or cuda (under torchrun: each process's own GPU, nccl), cuda:N")
     runtime.add_argument("--threads", type=int,
-                         help=f"CPU threads for torch per process (default: 1 below {ONE_THREAD_BELOW:.0e} multiply-adds "
-                              f"per step and process; else all {os.cpu_count()} cores, shared among the processes "
-                              f"of this machine under torchrun)")
+                         help=f"CPU threads for torch per process (default: 1 below {ONE_THREAD_BELOW:.0e} "
+                              f"multiply-adds per step and process; else all {os.cpu_count()} cores, shared among "
+                              f"the processes of this machine under torchrun)")
     runtime.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                         help="bf16: forward pass and loss under bfloat16 autocast, weights, optimizer and projection "
-                              "in float32; only where bfloat16 is native (a GPU since Ampere, a CPU with AVX512-BF16 "
-                              "or AMX; refused elsewhere)")
+                         help="bf16: forward pass and loss under bfloat16 autocast, weights, optimizer and "
+                              "projection in float32; only where bfloat16 is native (a GPU since Ampere, a CPU with "
+                              "AVX512-BF16 or AMX; refused elsewhere)")
     runtime.add_argument("--channels-last", action="store_true",
                          help="weights and batches in channels-last memory format (convolutional networks such as "
                               "resnet20; no effect on the mlp and vit)")
