@@ -15,12 +15,7 @@ from momos.sources import SourceError, load_source
 from momos.train import TrainConfig, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # small models: extra threads only synchronize
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

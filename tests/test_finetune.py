@@ -15,13 +15,7 @@ from momos.finetune import FinetuneConfig, Output, distillation_loss, finetune
 CONFIG = momos.MoMosConfig(block_size=4, capacity=0.05, normalize="channel")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: more threads only add synchronization (5x slower on a busy 2-core machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model() -> nn.Module:

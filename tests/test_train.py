@@ -304,14 +304,6 @@ def test_resume_may_read_the_data_from_another_folder(tmp_path):
 
 # --- divergence: stop in one line, keep the last good epoch, resume with another lr ---------------
 
-@pytest.fixture
-def one_thread():
-    """``--threads 1`` (tiny steps are many times faster without thread contention), undone after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield ["--threads", "1"]
-    torch.set_num_threads(threads)
-
 
 def run_files(out):
     """Every run file but results.json (which a divergence marks), as bytes."""

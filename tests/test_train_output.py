@@ -18,13 +18,7 @@ SMALL = ["--train-subset", "320", "--threads", "1"]
 FINAL = re.compile(r"test loss \d\.\d{4} acc \d\.\d{4}  \(\d+\.\d s\)  -> (.+)")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny steps are many times faster on one thread; the library tests train on it too."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lines(text):
