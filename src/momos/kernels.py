@@ -59,7 +59,7 @@ def nearest_motif(blocks: torch.Tensor, motifs: torch.Tensor,
     """
     b, h, z = _array(blocks), _array(weights), _array(motifs)
     out = np.empty(b.shape[0], dtype=np.int64)
-    with _thread_count():
+    with torch_thread_count():
         _nearest_kernel(b, h, z, out, _width(b))
     return torch.from_numpy(out)
 
@@ -78,7 +78,7 @@ def nearest_few(blocks: torch.Tensor, points: torch.Tensor, count: int,
     """
     b, h, z = _array(blocks), _array(weights), _array(points)
     out = np.empty((b.shape[0], count), dtype=np.int64)
-    with _thread_count():
+    with torch_thread_count():
         _nearest_few_kernel(b, h, z, out, _width(b))
     return torch.from_numpy(out)
 
@@ -113,7 +113,7 @@ def nearest_in_cells(blocks: torch.Tensor, cell_motifs: torch.Tensor, cell_start
     item_end = np.minimum(item_start + TILE_ROWS, pair_starts[item_cell + 1])
     best_position = np.empty(n * nprobe, dtype=np.int64)
     best_distance = np.empty(n * nprobe)
-    with _thread_count():
+    with torch_thread_count():
         _cells_kernel(b, h, z, cell_starts.numpy(), order, nprobe, item_cell, item_start, item_end,
                       best_position, best_distance, _width(b))
     return (torch.from_numpy(best_position).view(n, nprobe),
@@ -133,7 +133,7 @@ def _array(tensor: torch.Tensor | None) -> np.ndarray | None:
 
 
 @contextmanager
-def _thread_count():
+def torch_thread_count():
     """Run a kernel on as many threads as torch may use, and leave torch's count as it was.
 
     numba's OpenMP threading layer resets the OpenMP thread count that torch reads.

@@ -28,11 +28,11 @@ the indices in their stored dtype; elsewhere ``torch.embedding_bag`` sums them.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
 from .blocks import BlockLayout
+from .kernels import torch_thread_count
 
 try:
     import numba
@@ -111,12 +111,8 @@ def _sum_torch(table: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
 def _sum_compiled(table: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """Like :func:`_sum_torch`, in the compiled kernel, on as many threads as torch may use."""
     y = torch.empty(columns.shape[1], table.shape[2], dtype=table.dtype)
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    try:
+    with torch_thread_count():
         _sum_kernel(table.numpy(), columns.contiguous().numpy(), y.numpy(), (0,) * table.shape[2])
-    finally:   # numba's OpenMP layer resets the thread count that torch reads
-        torch.set_num_threads(threads)
     return y
 
 
