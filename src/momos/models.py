@@ -38,6 +38,13 @@ def build_model(name: str, *, channels: int, image_size: int, num_classes: int) 
     return timm_model(name, channels=channels, image_size=image_size, num_classes=num_classes)
 
 
+def model_for_dataset(name: str, info) -> nn.Module:
+    """:func:`build_model` shaped for a data set: its channels, image size and classes
+    (``info``: a :class:`momos.data.DatasetInfo`)."""
+    channels, image_size, _ = info.shape
+    return build_model(name, channels=channels, image_size=image_size, num_classes=info.num_classes)
+
+
 def check_model_name(name: str) -> None:
     """Raise ValueError unless ``name`` is built in or a timm model (with timm installed)."""
     if name in MODELS:

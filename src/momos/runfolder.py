@@ -32,7 +32,7 @@ from torch import nn
 
 from .data import INFOS
 from .io import save_safetensors_atomic, write_bytes_atomic, write_json_atomic
-from .models import build_model
+from .models import model_for_dataset
 from .project import ProjectionStats, select_parameters
 from .qat import QATConfig, add_qat_, latent_state_dict, plain_name
 from .runstate import load_state, save_state
@@ -243,8 +243,7 @@ def load_model(run_dir: str | os.PathLike, checkpoint: str = "final") -> nn.Modu
     from safetensors.torch import load_file
 
     config = read_config(run_dir)
-    c, h, _ = INFOS[config.dataset].shape
-    model = build_model(config.model, channels=c, image_size=h, num_classes=INFOS[config.dataset].num_classes)
+    model = model_for_dataset(config.model, INFOS[config.dataset])
     if config.qat_bits is not None:
         add_qat_(model, QATConfig(bits=config.qat_bits))
     load_model_weights_(model, load_file(Path(run_dir) / f"{checkpoint}.safetensors"))

@@ -166,17 +166,15 @@ def _run(run_dir: Path, checkpoint: str) -> Source:
 
 
 def _checkpoint(path: Path, model_name: str | None, dataset: str | None) -> Source:
-    from .models import build_model
+    from .models import model_for_dataset
 
     if model_name is None or dataset is None:
         raise SourceError("a bare state dict needs the model name and the data set that fix its shapes "
                           "(--model NAME --dataset NAME)")
     if dataset not in INFOS:
         raise SourceError(f"unknown dataset {dataset!r}; choose one of {', '.join(INFOS)}")
-    info = INFOS[dataset]
-    c, h, _ = info.shape
     try:
-        model = build_model(model_name, channels=c, image_size=h, num_classes=info.num_classes)
+        model = model_for_dataset(model_name, INFOS[dataset])
     except ValueError as error:
         raise SourceError(str(error)) from None
     load_weights_(model, read_state_dict(path), path.name)

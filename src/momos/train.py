@@ -70,7 +70,7 @@ from torch.nn import functional as F
 from . import __version__, distributed, runfolder
 from .config import MoMosConfig
 from .data import INFOS, Dataset, ImageSplit, batches, load_dataset, num_batches, random_subset
-from .models import build_model, check_model_name
+from .models import check_model_name, model_for_dataset
 from .project import ProjectionStats, select_parameters
 from .projector import Projector
 from .qat import QATConfig, add_qat_, plain_name
@@ -154,8 +154,7 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
     if config.train_subset is not None:
         data.train = random_subset(data.train, config.train_subset, seed=config.split_seed)
     torch.manual_seed(config.seed)
-    c, h, _ = data.info.shape
-    model = build_model(config.model, channels=c, image_size=h, num_classes=data.info.num_classes)
+    model = model_for_dataset(config.model, data.info)
     if config.init_from is not None:
         init_weights_(model, config)
     model.to(device)

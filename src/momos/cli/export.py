@@ -98,7 +98,7 @@ def onnx_network(path: Path, args, model):
     import torch
 
     from momos.cli import UsageError
-    from momos.models import build_model
+    from momos.models import model_for_dataset
     from momos.runfolder import read_config
 
     if path.is_dir() or _is_run_checkpoint(path):
@@ -109,8 +109,7 @@ def onnx_network(path: Path, args, model):
         raise UsageError("--onnx of a state dict needs its architecture: give --model NAME and --dataset NAME")
     else:
         dataset = args.dataset
-        info = INFOS[dataset]
-        model = build_model(args.model, channels=info.shape[0], image_size=info.shape[1], num_classes=info.num_classes)
+        model = model_for_dataset(args.model, INFOS[dataset])
     return model, torch.zeros(1, *INFOS[dataset].shape)
 
 
