@@ -276,29 +276,39 @@ def resolve_device(device: str | torch.device) -> torch.device:
 ONE_THREAD_BELOW = 500_000_000
 
 
+# the layers whose multiply-adds measure a forward pass
+COUNTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def multiply_adds(model: nn.Module, shape: tuple[int, ...],
-                  kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) -> int:
+                  kinds: tuple[type[nn.Module], ...] = COUNTED_LAYERS) -> int:
     """Multiply-adds of the linear and convolution layers (``kinds``: those of these types) of
     ``model`` on one blank image of ``shape`` (the bulk of its forward pass); ``model``'s mode
     and state stay as they were."""
-    total = 0
+    return sum(count for layer, count in layer_multiply_adds(model, shape).items() if isinstance(layer, kinds))
+
+
+def layer_multiply_adds(model: nn.Module, shape: tuple[int, ...]) -> dict[nn.Module, int]:
+    """Each linear and convolution layer's multiply-adds on one blank image of ``shape``, from one
+    forward pass in eval mode (BatchNorm statistics stay); ``model``'s mode stays as it was."""
+    counts: dict[nn.Module, int] = {}
 
     def count(module: nn.Module, inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        total += output.numel() * module.weight[0].numel()   # every output: one row of the weight
+        # every output: one row of the weight
+        counts[module] = counts.get(module, 0) + output.numel() * module.weight[0].numel()
 
-    layers = [m for m in model.modules() if isinstance(m, kinds)]
+    layers = [m for m in model.modules() if isinstance(m, COUNTED_LAYERS)]
     hooks = [layer.register_forward_hook(count) for layer in layers]
     training = model.training
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, *shape, device=device))   # eval: BatchNorm statistics stay
+            model.eval()(torch.zeros(1, *shape, device=device))
     finally:
         model.train(training)
         for hook in hooks:
             hook.remove()
-    return total
+    return counts
 
 
 def work_per_step(run: Run) -> int:
@@ -319,7 +329,8 @@ def default_threads(run: Run, *, sharing: int = 1) -> int:
 def convolutional(model: nn.Module, shape: tuple[int, ...]) -> bool:
     """Whether 2-d convolutions do most of ``model``'s :func:`multiply_adds`: channels-last pays
     off only then (the ViT's patch embedding, a convolution, is 1% of its work)."""
-    return 2 * multiply_adds(model, shape, (nn.Conv2d,)) > multiply_adds(model, shape)
+    counts = layer_multiply_adds(model, shape)   # one forward pass for both sums
+    return 2 * sum(n for layer, n in counts.items() if isinstance(layer, nn.Conv2d)) > sum(counts.values())
 
 
 def native_bf16(device: torch.device) -> bool:
