@@ -38,8 +38,9 @@ from torch.nn import functional as F
 import momos
 from momos import lookup
 from momos.blocks import layout_of
-from momos.compact import MosaicWeight, MotifTable, index_dtype, lookup_pays
+from momos.compact import MosaicWeight, MotifTable, lookup_pays
 from momos.models import build_model
+from momos.packing import index_dtype
 
 BLOCK_SIZES = (4, 8)
 CAPACITIES = (0.001, 0.01, 0.05)

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import momos
-from momos.compact import MosaicWeight, index_dtype, resident_bytes
+from momos.compact import MosaicWeight, resident_bytes
 from momos.models import MLP, build_model
 from momos.qat import fake_quantized
 
@@ -138,13 +138,9 @@ def test_mlp_resident_bytes_are_at_most_a_sixth_of_dense_float32():
     model, _ = mosaic(MLP(3 * 32 * 32, 10), momos.MoMosConfig(block_size=4, capacity=0.01, seed=0))
     dense = resident_bytes(model)
     momos.compact_(model, momos.MoMosConfig(block_size=4, capacity=0.01, seed=0))
-    assert {w.indices.dtype for w in compact_tensors(model)} == {torch.int16}   # k = 2,466
+    # k = 2,466: 12 bits per block, a uint8 low byte plus 4 packed bits
+    assert {(w.indices.dtype, w.high_indices.dtype) for w in compact_tensors(model)} == {(torch.uint8, torch.uint8)}
     assert resident_bytes(model) <= dense / 6
-
-
-def test_index_dtype_is_the_smallest_that_holds_k():
-    assert [index_dtype(k) for k in (1, 256, 257, 2 ** 15, 2 ** 15 + 1)] == \
-        [torch.uint8, torch.uint8, torch.int16, torch.int16, torch.int32]
 
 
 def test_state_dict_round_trips_between_compact_models_of_one_config():

@@ -179,14 +179,14 @@ def gather_rows(motifs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     (ONNX export, ``torch.compile``) get the plain ``index_select``.
     """
     indices = indices.long()   # uint8 would index as a mask
-    wide = _WIDE_ROWS.get(motifs.shape[1] * motifs.element_size())
+    wide = WIDE_ROWS.get(motifs.shape[1] * motifs.element_size())
     if wide is None or not motifs.is_contiguous() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return torch.index_select(motifs, 0, indices)
     rows = torch.index_select(motifs.view(wide).reshape(-1), 0, indices)
     return rows.view(motifs.dtype).reshape(-1, motifs.shape[1])
 
 
-_WIDE_ROWS = {8: torch.int64, 16: torch.complex128}
+WIDE_ROWS = {8: torch.int64, 16: torch.complex128}
 
 
 def _cut(tensors: list[torch.Tensor], layout: BlockLayout, *, dtype, device) -> torch.Tensor:

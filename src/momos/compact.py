@@ -6,8 +6,8 @@
     momos.dense_(model)                          # plain dense parameters again
 
 Each mosaic tensor is parametrized (``torch.nn.utils.parametrize``) by a :class:`MosaicWeight`:
-its block indices in the smallest integer dtype that holds the codebook's ``k`` (uint8 for
-``k <= 256``), its power-of-two scale exponents when normalized, and the codebook's
+its block indices in the bits the codebook's ``k`` needs (:mod:`momos.packing`: uint8 for
+``k <= 256``, 18 bits for ``k = 251,781``), its power-of-two scale exponents when normalized, and the codebook's
 :class:`MotifTable`, one module shared by every tensor of the codebook (like tied weights: one
 tensor in memory, one key per tensor in ``state_dict()``). The parametrization's ``original`` is
 a zero-size tensor that keeps the weight's dtype and device, so the dense weight exists only
@@ -15,7 +15,8 @@ while a forward pass computes it: ``motifs[indices]``, un-blocked by :func:`momo
 times ``2**e``.
 
 ``state_dict()`` of a compact model holds the compact tensors (``...parametrizations.weight.0.indices``,
-``...0.table.motifs``, ``...0.exponents``, a zero-size ``...original``); it loads into any compact
+``...0.high_indices`` where the indices have bits above their low byte(s), ``...0.table.motifs``,
+``...0.exponents``, a zero-size ``...original``); it loads into any compact
 model of the same architecture and config, since a table holds ``config.motifs_for(num_blocks)``
 rows whatever number of them the mosaic uses (unused rows are zero).
 
@@ -49,7 +50,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import lookup as lookup_product
-from .blocks import BlockLayout, from_blocks, gather_rows
+from . import packing
+from .blocks import BlockLayout, from_blocks
 from .config import MoMosConfig
 from .fileformat.decompose import Mosaic, NotAMosaicError, decompose
 from .project import select_parameters
@@ -80,8 +82,12 @@ class MosaicWeight(nn.Module):
     weight's shape (``layout.shapes[0]``), times ``2**exponents`` when normalized, in
     ``original``'s dtype.
 
-    ``indices``: ``(num_blocks,)`` uint8/int16/int32; ``exponents``: int16 of shape ``()`` or
-    ``(rows,)``, or None.
+    Args:
+        table: the codebook's motifs.
+        indices: ``(num_blocks,)`` integer block indices, held packed
+            (:func:`momos.packing.pack`: buffers ``indices``, the low part, and ``high_indices``).
+        layout: the weight's block layout (one tensor).
+        exponents: int16 of shape ``()`` or ``(rows,)``, or None.
     """
 
     def __init__(self, table: MotifTable, indices: torch.Tensor, layout: BlockLayout,
@@ -89,11 +95,18 @@ class MosaicWeight(nn.Module):
         super().__init__()
         self.table = table
         self.layout = layout
-        self.register_buffer("indices", indices)
+        low, high = packing.pack(indices, len(table.motifs))
+        self.register_buffer("indices", low)
+        self.register_buffer("high_indices", high)
         self.register_buffer("exponents", exponents)
 
+    def block_indices(self) -> torch.Tensor:
+        """The ``(num_blocks,)`` int64 block indices, unpacked."""
+        return packing.unpack(self.indices, self.high_indices, len(self.table.motifs))
+
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        weight = from_blocks(gather_rows(self.table.motifs, self.indices), self.layout)[0]
+        blocks = packing.gather(self.table.motifs, self.indices, self.high_indices)
+        weight = from_blocks(blocks, self.layout)[0]
         if self.exponents is not None:
             weight = multiply(weight, self.exponents)
         weight = weight.to(original.dtype).contiguous()
@@ -112,7 +125,7 @@ class MosaicWeight(nn.Module):
         return weight.new_empty(0)
 
     def extra_repr(self) -> str:
-        return f"shape={tuple(self.layout.shapes[0])}, indices={self.indices.dtype}"
+        return f"shape={tuple(self.layout.shapes[0])}, index_bits={packing.index_format(len(self.table.motifs)).bits}"
 
 
 def compact_(model: nn.Module, config: MoMosConfig, scales: Scales | None = None, *,
@@ -207,14 +220,6 @@ def lookup_pays(weight: MosaicWeight, x: torch.Tensor) -> bool:
             and batch * k <= LOOKUP_TABLE_RATIO * out)
 
 
-def index_dtype(k: int) -> torch.dtype:
-    """The smallest integer dtype that holds motif indices ``0 .. k-1``."""
-    for dtype in (torch.uint8, torch.int16, torch.int32):
-        if k - 1 <= torch.iinfo(dtype).max:
-            return dtype
-    return torch.int64
-
-
 def _parametrizations(mosaic: Mosaic, config: MoMosConfig, params: list[torch.Tensor]) -> list[MosaicWeight | None]:
     """One :class:`MosaicWeight` per tensor of ``mosaic`` (None for a tensor without values), on
     its tensor's device; tensors of one codebook share its :class:`MotifTable`."""
@@ -229,9 +234,9 @@ def _parametrizations(mosaic: Mosaic, config: MoMosConfig, params: list[torch.Te
             if layout.numels[i] == 0:
                 continue
             start, end = (layout.block_offsets[j] - layout.block_offsets[first] for j in (i, i + 1))
-            own = indices[start:end].to(device=params[i].device, dtype=index_dtype(k), copy=True)
             exponents = None if mosaic.exponents is None else mosaic.exponents[i].to(params[i].device)
-            weights[i] = MosaicWeight(table, own, replace(layout, shapes=(layout.shapes[i],)), exponents)
+            weights[i] = MosaicWeight(table, indices[start:end].to(params[i].device),
+                                      replace(layout, shapes=(layout.shapes[i],)), exponents)
     return weights
 
 
@@ -255,12 +260,14 @@ def _lookup_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def _columns(weight: MosaicWeight) -> torch.Tensor:
-    """The weight's ``(n, out)`` chunk-major indices, copied once and again only when the indices
-    change (loaded into in place, replaced by a move)."""
-    indices = weight.indices
+    """The weight's ``(n, out)`` chunk-major indices, unpacked once and again only when the
+    indices change (loaded into in place, replaced by a move)."""
+    held = (weight.indices, weight.high_indices)
+    versions = tuple(None if t is None else t._version for t in held)
     cached = weight.__dict__.get("_momos_columns")
-    if cached is None or cached[0] is not indices or cached[1] != indices._version:
-        cached = (indices, indices._version, lookup_product.row_indices(indices, weight.layout).T.contiguous())
+    if cached is None or any(a is not b for a, b in zip(cached[0], held)) or cached[1] != versions:
+        plain = weight.block_indices().to(packing.index_dtype(len(weight.table.motifs)))
+        cached = (held, versions, lookup_product.row_indices(plain, weight.layout).T.contiguous())
         weight._momos_columns = cached
     return cached[2]
 

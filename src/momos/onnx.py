@@ -3,10 +3,11 @@
     momos.export_onnx(model, torch.randn(1, 3, 32, 32), "model.onnx", cfg, scales=stats.scales)
 
 The model is exported compact (:func:`momos.compact_`): each mosaic tensor is stored as its
-codebook's motif table (float) and its block indices (uint8 / int16 / int32, as the compact
-module holds them), and the graph rebuilds the weight before the MatMul / Gemm / Conv that uses
-it: ``Cast`` of the indices to int64 (``Gather`` takes no smaller integers), ``Gather`` of the
-motif rows, ``Slice`` / ``Reshape`` / ``Transpose`` back to the weight's shape, and for a
+codebook's motif table (float) and its block indices as the compact module holds them
+(:mod:`momos.packing`: a uint8 / int16 low part, plus packed high bits in uint8 where the
+codebook needs them), and the graph rebuilds the weight before the MatMul / Gemm / Conv that uses
+it: ``Cast`` of the indices to int64 (``Gather`` takes no smaller integers) and their unpacking
+by integer ``Div`` / ``Mod`` / ``Mul`` / ``Add``, ``Gather`` of the motif rows, ``Slice`` / ``Reshape`` / ``Transpose`` back to the weight's shape, and for a
 normalized mosaic ``Mul`` by ``2**exponents`` (int16 exponents in the file). Any ONNX runtime
 runs it; the file holds what the compact model holds in memory, plus a few KB of graph per tensor
 (the rebuild's shape arithmetic).
