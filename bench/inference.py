@@ -11,13 +11,16 @@ busy machine). Each file is then loaded in its own subprocess, dense (``momos.lo
 model)``) and compact (``momos.load(path, model, compact=True)``), and each reports:
 
 - weights: resident memory (RSS, /proc/self/statm) after loading and one forward pass, minus
-  the RSS measured right after importing torch and momos; the dense model's float32 weights
-  are in it, or the compact model's motif tables and indices;
+  the RSS measured after importing torch and momos and running the compiled gather of
+  ``momos.packing`` once (numba's runtime and compiled code: program, not weights; their own
+  RSS is the "runtime MB" line); the dense model's float32 weights are in it, or the compact
+  model's motif tables and indices;
 - tensors: the bytes of the model's parameters and buffers (``momos.compact.resident_bytes``);
 - peak: the peak resident memory (VmHWM; ``resource.getrusage(...).ru_maxrss`` would include
-  the parent's, which Linux carries over into a spawned process) minus the same baseline. It
-  holds dense weights in both modes: ``momos.load`` decodes the file and fills a model of dense
-  parameters (built by ``nn.Linear``) before compacting it: the cost of loading, not of serving;
+  the parent's, which Linux carries over into a spawned process) minus the same baseline. The
+  model is built on the meta device, so no weights are allocated before the file's: dense, the
+  peak holds the decoded weights; compact, the file's motifs and indices, decoded straight
+  into compact modules;
 - the median forward latency at batch 1, 8 and 64 (``inference_mode``, parameters frozen).
 
 Target: compact weights <= 1/6 of dense float32, latency at batch 64 within 1.5x of dense.
@@ -55,6 +58,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import momos
+from momos import packing
 from momos.compact import resident_bytes
 from momos.models import build_model
 
@@ -106,8 +110,12 @@ def peak_mb() -> float:
 
 def child(mode: str, path: str, layers: int, width: int, repeats: int) -> None:
     """One load of ``path`` (``mode`` dense or compact) and its latencies, as one JSON line."""
+    before = resident_mb()
+    warm_up_gather()
     baseline = resident_mb()
-    model = momos.load(path, stack(layers, width), compact=mode == "compact").requires_grad_(False)
+    with torch.device("meta"):
+        empty = stack(layers, width)
+    model = momos.load(path, empty, compact=mode == "compact").requires_grad_(False)
     latency = {}
     with torch.inference_mode():
         for batch in BATCHES:
@@ -115,7 +123,16 @@ def child(mode: str, path: str, layers: int, width: int, repeats: int) -> None:
             calls = _calls(lambda: model(x))
             latency[batch] = statistics.median(_timed(lambda: model(x), calls) for _ in range(repeats))
     print(json.dumps({"weights_mb": resident_mb() - baseline, "peak_mb": peak_mb() - baseline,
+                      "runtime_mb": baseline - before,
                       "tensor_mb": resident_bytes(model) / MB, "latency": latency}))
+
+
+def warm_up_gather() -> None:
+    """Load the compiled gather of every index format (from numba's cache) on a small table."""
+    for k in (2, 300, 5000, 70_000):
+        packing.gather(torch.zeros(k, BLOCK_SIZE), *packing.pack(torch.zeros(8, dtype=torch.long), k))
+    for dtype in (torch.int32, torch.int64):
+        packing.gather(torch.zeros(2, BLOCK_SIZE), torch.zeros(8, dtype=dtype), None)
 
 
 def _timed(fn, calls: int = 1) -> float:
@@ -146,7 +163,7 @@ def loading(args) -> None:
     print("| scope | k | .momos MB | mode | weights MB | tensors MB | peak MB | "
           + " | ".join(f"batch {b} ms" for b in BATCHES) + " |")
     print("|---|---:|---:|---|---:|---:|---:|" + "---:|" * len(BATCHES))
-    summaries = []
+    summaries, results = [], {}
     with tempfile.TemporaryDirectory() as folder:
         for scope in ("global", "per_tensor"):
             path = Path(folder) / f"{scope}.momos"
@@ -166,6 +183,8 @@ def loading(args) -> None:
             summaries.append(f"{scope}: compact / dense weights 1/{dense['weights_mb'] / compact['weights_mb']:.1f}, "
                              f"latency {ratios} ({'projected' if args.project else 'made'} and saved in {seconds:.0f} s)")
     print("\n" + "\n".join(summaries))
+    print(f"runtime MB (numba and the compiled gather, in every process, not in weights MB): "
+          f"{results['compact']['runtime_mb']:.0f}")
 
 
 # --- part 2: one compact layer against F.linear --------------------------------------------------

@@ -254,6 +254,49 @@ def test_load_compact_holds_the_files_mosaic_as_tables_and_indices(case, tmp_pat
         momos.load(path, compact=True)
 
 
+def test_load_compact_builds_no_dense_mosaic_and_fills_a_model_on_the_meta_device(case, tmp_path, monkeypatch):
+    model, _, config, scales, x = case
+    path = tmp_path / "model.momos"
+    momos.save(model, path, config, scales=scales)
+    build = CASES[next(name for name, c in CASES.items() if c[1] == config)][0]
+    dense = momos.load(path, build().eval().requires_grad_(False))
+    with torch.device("meta"):
+        meta_dense, meta_compact = build().eval(), build().eval()
+    assert torch.equal(outputs(momos.load(path, meta_dense.requires_grad_(False)), x), outputs(dense, x))
+
+    def no_rebuild(mosaic):
+        raise AssertionError("the compact load rebuilt the dense mosaic")
+
+    monkeypatch.setattr(momos.fileformat.codec, "rebuild", no_rebuild)
+    loaded = momos.load(path, meta_compact.requires_grad_(False), compact=True)
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    assert torch.equal(outputs(loaded, x), outputs(dense, x))
+
+
+def test_load_compact_keeps_tied_weights_tied(tmp_path):
+    config = momos.MoMosConfig(block_size=4, capacity=0.3, seed=0)
+    torch.manual_seed(0)
+    model, _ = mosaic(TiedLM(), config)
+    momos.save(model, tmp_path / "tied.momos", config)
+    loaded = momos.load(tmp_path / "tied.momos", TiedLM().eval(), compact=True)
+    assert loaded.embed.parametrizations.weight[0] is loaded.head.parametrizations.weight[0]
+    tokens = torch.randint(0, 40, (2, 5))
+    assert torch.equal(outputs(loaded, tokens), outputs(model, tokens))
+
+
+def test_load_compact_refuses_a_file_that_does_not_fit_and_leaves_the_model(tmp_path):
+    config = momos.MoMosConfig(block_size=4, capacity=0.3, seed=0)
+    torch.manual_seed(0)
+    model, _ = mosaic(MLP(20, 3, hidden=(32,)), config)
+    momos.save(model, tmp_path / "mlp.momos", config)
+    other = MLP(20, 3, hidden=(16,))
+    before = {name: t.clone() for name, t in other.state_dict().items()}
+    with pytest.raises(ValueError, match="does not fit the model"):
+        momos.load(tmp_path / "mlp.momos", other, compact=True)
+    assert not compact_tensors(other)
+    assert all(torch.equal(before[name], t) for name, t in other.state_dict().items())
+
+
 def test_load_compact_of_a_quantized_file_keeps_the_fake_quantization(tmp_path):
     config = momos.MoMosConfig(block_size=4, capacity=0.1, seed=0)
     torch.manual_seed(0)

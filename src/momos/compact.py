@@ -167,15 +167,41 @@ def compact_(model: nn.Module, config: MoMosConfig, scales: Scales | None = None
         raise ValueError(f"parameter {names[error.tensor]!r} is not a mosaic under this configuration: {error}; "
                          "project the model first (momos.project_) or give the configuration (and scales) "
                          "it was made with") from None
-    owners = _owners(model, plain)
-    for (_, param), weight in zip(selected, _parametrizations(mosaic, config, [p for _, p in selected])):
-        if weight is not None:
-            for name in owners[id(param)]:
-                _attach(model, name, weight)
+    hold_mosaic_(model, [p for _, p in selected], mosaic, config)
     if lookup:
         for owner in model.modules():
             if isinstance(owner, nn.Linear) and _lookup_weight(owner) is not None:
                 owner.forward = types.MethodType(_lookup_forward, owner)
+    return model
+
+
+def hold_mosaic_(model: nn.Module, params: list[nn.Parameter], mosaic: Mosaic, config: MoMosConfig) -> nn.Module:
+    """Parametrize ``params`` (parameters of ``model``, in the order of ``mosaic``'s tensors) by
+    ``mosaic``, in place, whatever they hold: what :func:`compact_` does once it has checked that
+    they hold the mosaic, and what ``momos.load(..., compact=True)`` does with a file's mosaic,
+    whose dense tensors it never builds.
+
+    The parameters keep their dtype and device, but for a parameter on the meta device (a model
+    built under ``torch.device("meta")``), whose compact tensors go to the CPU. Their values are
+    dropped (zero-size ``original``); tied parameters are compacted under every name they have.
+    ``config`` gives each codebook's ``k`` (:meth:`MoMosConfig.motifs_for`).
+    """
+    owners = _owners(model, latent_names(model))
+    done = set()
+    for param, weight in zip(params, _parametrizations(mosaic, config, params)):
+        if weight is None or id(param) in done:   # a tied parameter given twice: its first tensor serves
+            continue
+        done.add(id(param))
+        names = owners[id(param)]
+        if param.is_meta:   # .data cannot leave the meta device: a new parameter under every name
+            empty = nn.Parameter(torch.empty(0, dtype=param.dtype), requires_grad=param.requires_grad)
+            for name in names:
+                owner_name, _, tensor = name.rpartition(".")
+                model.get_submodule(owner_name)._parameters[tensor] = empty
+        else:
+            param.data = param.new_empty(0)   # its values go; the object stays, for optimizers and tied twins
+        for name in names:
+            _attach(model, name, weight)
     return model
 
 
@@ -222,22 +248,28 @@ def lookup_pays(weight: MosaicWeight, x: torch.Tensor) -> bool:
 
 def _parametrizations(mosaic: Mosaic, config: MoMosConfig, params: list[torch.Tensor]) -> list[MosaicWeight | None]:
     """One :class:`MosaicWeight` per tensor of ``mosaic`` (None for a tensor without values), on
-    its tensor's device; tensors of one codebook share its :class:`MotifTable`."""
+    its tensor's device (the CPU for the meta device); tensors of one codebook share its
+    :class:`MotifTable`, of ``config.motifs_for(num_blocks)`` rows."""
     layout = mosaic.layout
     weights: list[MosaicWeight | None] = [None] * len(params)
     for (first, last), motifs, indices in zip(mosaic.groups, mosaic.motifs, mosaic.indices):
         # every table of a config has k rows, so compact state dicts of one architecture fit each other
-        k = config.motifs_for(layout.block_offsets[last] - layout.block_offsets[first])
+        k = max(len(motifs), config.motifs_for(layout.block_offsets[last] - layout.block_offsets[first]))
         table = MotifTable(torch.cat([motifs, motifs.new_zeros(k - len(motifs), motifs.shape[1])])
-                           .to(params[first].device))
+                           .to(_home(params[first])))
         for i in range(first, last):
             if layout.numels[i] == 0:
                 continue
             start, end = (layout.block_offsets[j] - layout.block_offsets[first] for j in (i, i + 1))
-            exponents = None if mosaic.exponents is None else mosaic.exponents[i].to(params[i].device)
-            weights[i] = MosaicWeight(table, indices[start:end].to(params[i].device),
+            exponents = None if mosaic.exponents is None else mosaic.exponents[i].to(_home(params[i]))
+            weights[i] = MosaicWeight(table, indices[start:end].to(_home(params[i])),
                                       replace(layout, shapes=(layout.shapes[i],)), exponents)
     return weights
+
+
+def _home(param: torch.Tensor) -> torch.device:
+    """Where a parameter's compact tensors live: its device, or the CPU for the meta device."""
+    return torch.device("cpu") if param.is_meta else param.device
 
 
 def _lookup_weight(linear: nn.Linear) -> MosaicWeight | None:
@@ -287,8 +319,8 @@ def _attach(model: nn.Module, name: str, weight: MosaicWeight) -> None:
     if not hasattr(owner, "_momos_order"):   # parametrize moves a tensor it removes to the end
         owner._momos_order = tuple(owner._parameters)
     rest = _detach(owner, tensor)
-    # a tied twin's parameter is already zero-size: parametrize cannot compare shapes with it
-    parametrize.register_parametrization(owner, tensor, weight, unsafe=getattr(owner, tensor).numel() == 0)
+    # the parameter is zero-size (hold_mosaic_ dropped its values): parametrize cannot compare shapes with it
+    parametrize.register_parametrization(owner, tensor, weight, unsafe=True)
     for later in rest:
         parametrize.register_parametrization(owner, tensor, later)
 

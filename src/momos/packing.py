@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from .blocks import WIDE_ROWS, gather_rows
-from .kernels import torch_thread_count
 
 try:
     import numba
@@ -43,9 +42,6 @@ except ImportError:  # numba is optional; the PyTorch path serves without it
     numba = None
 
 HIGH_BITS = (1, 2, 4, 8)
-# Rows per task of the compiled kernel: long runs for each thread, and a layer's rows still
-# spread over every thread.
-TASK_ROWS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -120,11 +116,10 @@ def gather(motifs: torch.Tensor, low: torch.Tensor, high: torch.Tensor | None) -
         return gather_rows(motifs, unpack(low, high, len(motifs)))
     out = torch.empty(len(low), motifs.shape[1], dtype=motifs.dtype)
     high_bits = 0 if high is None else index_format(len(motifs)).high_bits
-    with torch_thread_count():
-        # a row moves as one wide element, as in gather_rows
-        _gather_kernel(motifs.view(wide).reshape(-1).numpy(), _unsigned(low),
-                       None if high is None else high.numpy(), 8 * low.element_size(), high_bits,
-                       (8 // max(1, high_bits)).bit_length() - 1, out.view(wide).reshape(-1).numpy())
+    # a row moves as one wide element, as in gather_rows
+    _gather_kernel(motifs.view(wide).reshape(-1).numpy(), _unsigned(low), None if high is None else high.numpy(),
+                   8 * low.element_size(), high_bits, (8 // max(1, high_bits)).bit_length() - 1,
+                   out.view(wide).reshape(-1).numpy())
     return out
 
 
@@ -156,18 +151,18 @@ def _unsigned(low: torch.Tensor) -> np.ndarray:
 
 
 if numba is not None:
-    @numba.njit(parallel=True, nogil=True, cache=True)
+    # One thread: the copy is bound by memory, and a parallel launch cost more than it saved
+    # (2x the time for 65,536 rows, the same for a million).
+    @numba.njit(nogil=True, cache=True)
     def _gather_kernel(table, low, high, low_bits, high_bits, per_byte_log2, out):
-        """``out[i] = table[index i]``: index ``i`` is ``low[i]`` plus, above
-        its ``low_bits``, its ``high_bits`` bits of ``high``, which holds ``2**per_byte_log2`` indices' bits per byte
+        """``out[i] = table[index i]``: index ``i`` is ``low[i]`` plus, above its ``low_bits``,
+        its ``high_bits`` bits of ``high``, which holds ``2**per_byte_log2`` indices' bits per byte
         (``high`` None: ``low[i]`` alone)."""
-        m = low.shape[0]
         mask = (1 << high_bits) - 1
-        for task in numba.prange((m + TASK_ROWS - 1) // TASK_ROWS):
-            for i in range(task * TASK_ROWS, min(m, (task + 1) * TASK_ROWS)):
-                index = np.int64(low[i])
-                if high is not None:
-                    byte = np.int64(high[i >> per_byte_log2])
-                    place = (i & ((1 << per_byte_log2) - 1)) * high_bits
-                    index |= ((byte >> place) & mask) << low_bits
-                out[i] = table[index]
+        for i in range(low.shape[0]):
+            index = np.int64(low[i])
+            if high is not None:
+                byte = np.int64(high[i >> per_byte_log2])
+                place = (i & ((1 << per_byte_log2) - 1)) * high_bits
+                index |= ((byte >> place) & mask) << low_bits
+            out[i] = table[index]

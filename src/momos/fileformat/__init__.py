@@ -35,7 +35,8 @@ from ..io import write_bytes_atomic
 from ..project import project_, select_parameters
 from ..qat import fake_quantized, latent_name, latent_names, latent_state_dict
 from ..scales import scales_of
-from .codec import DEFAULT_MAX_WEIGHTS, CodebookInfo, FileInfo, decode, decode_stored, encode
+from .codec import (DEFAULT_MAX_WEIGHTS, CodebookInfo, DecodedFile, FileInfo, decode, decode_parts, decode_stored,
+                    encode, stored_tensors)
 from ..scales import Scales, given_exponents
 from .decompose import NotAMosaicError
 from .errors import FormatError
@@ -171,7 +172,13 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, compact: bo
 
     ``compact=True`` (with ``model``) then holds the file's mosaic tensors as motif tables plus
     indices (:func:`momos.compact_`, with the file's configuration and scales), so the model
-    costs at inference about what the file does.
+    costs at inference about what the file does. They are built from the file's motifs and
+    indices, never as dense tensors (but for a quantized file, decoded dense and then compacted).
+
+    ``model`` may be built on the meta device (``with torch.device("meta"): model = Net()``):
+    the file's tensors are then assigned (on the CPU) instead of copied, so its dense weights
+    never take memory at all. Tensors that are not in the file (non-persistent buffers) stay
+    on the meta device.
 
     Into a model with fake quantization attached, the file's quantization must be the same
     (weights and bits) and the latent weights are loaded: the forward pass then quantizes
@@ -184,37 +191,76 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, compact: bo
         ValueError: the file does not fit ``model``, or the model's fake quantization is not
             the file's (the model is not changed).
     """
-    stored, info, scales = decode_stored(_read_bytes(path, max_bytes), max_weights=max_weights)
+    parts = decode_parts(_read_bytes(path, max_bytes), max_weights=max_weights)
     if model is None:
         if compact:
             raise ValueError("compact=True needs the model to hold the mosaic: momos.load(path, model, compact=True)")
-        return apply_quantization(stored, info.quantization)
-    state = _state_for(model, stored, info.quantization)
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [name for name in expected if name in state and expected[name].shape != state[name].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"the file does not fit the model: missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}, different shapes {wrong[:5]}")
-    model.load_state_dict(state)
+        return apply_quantization(stored_tensors(parts), parts.info.quantization)
+    if compact and not parts.info.quantization and not fake_quantized(model):
+        return _load_compact(model, parts)
+    state = _state_for(model, stored_tensors(parts), parts.info.quantization)
+    _check_fits(model, {name: t.shape for name, t in state.items()})
+    model.load_state_dict(state, assign=_on_meta(model))
     if compact:
-        _compact_as_stored(model, info, scales)
+        _compact_as_stored(model, parts.info, parts.scales)
     return model
 
 
-def _compact_as_stored(model: nn.Module, info: FileInfo, scales: dict[str, torch.Tensor] | None) -> None:
-    """:func:`momos.compact_` of exactly the tensors the file stores as mosaics: the file's
-    config with its selection replaced by their names (the model's ``requires_grad`` flags need
-    not be what they were when it was saved)."""
-    from ..compact import compact_   # momos.compact imports this package's decompose
+def _load_compact(model: nn.Module, parts: DecodedFile) -> nn.Module:
+    """Load a file into ``model`` with its mosaic tensors compact, built from the file's motifs
+    and indices (the dense tensors are never built: the peak memory is about the compact
+    model's, plus the model's own tensors unless it is on the meta device)."""
+    config = _config_as_stored(parts.info)
+    mosaic_shapes = () if parts.mosaic is None else parts.mosaic.layout.shapes
+    _check_fits(model, {**{name: t.shape for name, t in parts.plain.items()},
+                        **dict(zip(parts.mosaic_names, mosaic_shapes))})
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = [name for name in parts.mosaic_names if name not in params]
+    if buffers:
+        raise ValueError(f"the file's mosaic tensors {buffers[:5]} are not parameters of the model")
+    from ..compact import hold_mosaic_   # momos.compact imports this package's decompose
 
+    model.load_state_dict(parts.plain, strict=False, assign=_on_meta(model))
+    if parts.mosaic is not None:
+        hold_mosaic_(model, [params[name] for name in parts.mosaic_names], parts.mosaic, config)
+    return model
+
+
+def _check_fits(model: nn.Module, shapes: Mapping[str, torch.Size]) -> None:
+    """Refuse a file whose tensors (``shapes`` by name) are not the model's state dict: the same
+    names and shapes."""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    wrong = [name for name in expected if name in shapes and expected[name].shape != shapes[name]]
+    if missing or unexpected or wrong:
+        raise ValueError(f"the file does not fit the model: missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}, different shapes {wrong[:5]}")
+
+
+def _on_meta(model: nn.Module) -> bool:
+    """Whether a model holds tensors on the meta device (built without memory): loading must
+    assign the file's tensors rather than copy into them."""
+    return any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+
+
+def _config_as_stored(info: FileInfo, rename: Mapping[str, str] | None = None) -> MoMosConfig:
+    """The file's config, its selection replaced by the names of the tensors it stores as
+    mosaics (through ``rename``, e.g. to latent names), since the model's ``requires_grad``
+    flags need not be what they were when it was saved."""
     if info.config is None:
         raise ValueError("the file holds no MoMosConfig; load it, then call momos.compact_(model, config)")
+    names = [(rename or {}).get(name, name) for book in info.codebooks for name in book.tensors]
+    return replace(MoMosConfig.from_dict(info.config), include=tuple(f"^{re.escape(n)}$" for n in names),
+                   exclude=(), parameters="all")
+
+
+def _compact_as_stored(model: nn.Module, info: FileInfo, scales: dict[str, torch.Tensor] | None) -> None:
+    """:func:`momos.compact_` of exactly the tensors the file stores as mosaics (the fake-quantized
+    ones by their latent names), checked against the loaded weights."""
+    from ..compact import compact_   # momos.compact imports this package's decompose
+
     latent = {plain: name for name, plain in latent_names(model).items()}
-    names = [latent.get(name, name) for book in info.codebooks for name in book.tensors]
-    config = replace(MoMosConfig.from_dict(info.config), include=tuple(f"^{re.escape(n)}$" for n in names),
-                     exclude=(), parameters="all")
-    compact_(model, config, scales=scales)
+    compact_(model, _config_as_stored(info, latent), scales=scales)
 
 
 def module_of_state_dict(state: Mapping[str, torch.Tensor]) -> nn.Module:

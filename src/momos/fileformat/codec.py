@@ -209,11 +209,48 @@ def decode(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> tuple[dict
     return quantized.apply(stored, info.quantization), info
 
 
+@dataclass(frozen=True)
+class DecodedFile:
+    """A ``.momos`` file's tensors as it stores them: the plain ones by name (a quantized tensor:
+    its latent values), the mosaic tensors ``mosaic_names`` still as motif tables plus indices,
+    and ``names``, every tensor in the file's order."""
+
+    plain: dict[str, torch.Tensor]
+    mosaic: Mosaic | None
+    mosaic_names: tuple[str, ...]
+    names: tuple[str, ...]
+    info: FileInfo
+
+    @property
+    def scales(self) -> dict[str, torch.Tensor] | None:
+        """Each mosaic tensor's scales ``2**e`` (float32, shape ``()`` or ``(rows,)``) by name;
+        None for a mosaic without normalization."""
+        if self.mosaic is None or self.mosaic.scales is None:
+            return None
+        return dict(zip(self.mosaic_names, self.mosaic.scales))
+
+
 def decode_stored(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS
                   ) -> tuple[dict[str, torch.Tensor], FileInfo, dict[str, torch.Tensor] | None]:
     """:func:`decode`, but the tensors as stored (a quantized tensor: its latent values), plus
     each mosaic tensor's scales ``2**e`` (float32, shape ``()`` or ``(rows,)``) by name; None
     for a mosaic without normalization."""
+    parts = decode_parts(data, max_weights=max_weights)
+    return stored_tensors(parts), parts.info, parts.scales
+
+
+def stored_tensors(parts: DecodedFile) -> dict[str, torch.Tensor]:
+    """Every tensor of a decoded file by name, in the file's order, the mosaic rebuilt into
+    dense tensors."""
+    state = dict(parts.plain)
+    if parts.mosaic is not None:
+        state.update(zip(parts.mosaic_names, rebuild(parts.mosaic)))
+    return {name: state[name] for name in parts.names}
+
+
+def decode_parts(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> DecodedFile:
+    """The file's tensors as it stores them, its mosaic not rebuilt into weights (see
+    :func:`decode` for the errors)."""
     header, tensors, version = read_container(data)
     _expect_keys(header, HEADER_KEYS_BY_VERSION[version], "header")
     normalize = header.get("normalize", "none")
@@ -247,13 +284,8 @@ def decode_stored(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS
     exponents = _scale_exponents(tensors, mosaic_entries, normalize)
     mosaic = _decode_mosaic(header, tensors, layout, [DTYPES[e["dtype"]] for e in mosaic_entries],
                             normalize, exponents, version)
-    if mosaic is not None:
-        for e, value in zip(mosaic_entries, rebuild(mosaic)):
-            state[e["name"]] = value
-    state = {e["name"]: state[e["name"]] for e in entries}
-    scales = None if exponents is None else {
-        e["name"]: scaling.scales_of(exponent) for e, exponent in zip(mosaic_entries, exponents)}
-    return state, _info(header, tensors, layout, len(data), version), scales
+    return DecodedFile(state, mosaic, tuple(e["name"] for e in mosaic_entries), tuple(e["name"] for e in entries),
+                       _info(header, tensors, layout, len(data), version))
 
 
 def _scale_exponents(tensors, mosaic_entries, normalize: str) -> list[torch.Tensor] | None:
@@ -286,7 +318,7 @@ def _decode_mosaic(header, tensors, layout: BlockLayout, dtypes, normalize: str,
         raise FormatError("the indices must be a 1-D uint8 tensor")
     codebooks = _codebooks(header["codebooks"], layout, len(index_bytes), version)
     tables = decode_tables(header["motif_storage"], tensors, [k for _, k, _, _ in codebooks], layout.block_size)
-    raw = index_bytes.numpy().tobytes()
+    raw = memoryview(index_bytes.numpy())   # slices of it copy nothing
     indices = []
     for (first, last), k, (start, end), desc in codebooks:
         count = layout.block_offsets[last] - layout.block_offsets[first]

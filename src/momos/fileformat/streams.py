@@ -81,7 +81,7 @@ def decode_stream(data: bytes, desc, k: int, count: int) -> np.ndarray:
         symbols = unpack_bits(data, count, bits_for(k))
         if count and int(symbols.max()) >= k:
             raise FormatError(f"a stored index or level is out of range (>= {k})")
-        return symbols.astype(np.int64)
+        return symbols.view(np.int64)   # values below k: the same bits, no copy
     if desc.get("coding") == "rans" and set(desc) == {"coding", "frequency_bits", "sparse"}:
         return _decode_rans(data, desc, k, count)
     if desc.get("coding") == "split" and set(desc) == {"coding", "low_bits", "high"}:
@@ -97,8 +97,9 @@ def _decode_split(data: bytes, desc: dict, k: int, count: int) -> np.ndarray:
     low_start = len(data) - packed_size(count, low_bits)
     if low_start < 0:
         raise FormatError("the split stream is shorter than its low bits")
-    high = decode_stream(data[:low_start], desc["high"], -(-k >> low_bits), count)
-    symbols = (high << low_bits) | unpack_bits(data[low_start:], count, low_bits).astype(np.int64)
+    symbols = decode_stream(data[:low_start], desc["high"], -(-k >> low_bits), count)
+    symbols <<= low_bits   # in place: a large model's indices are hundreds of MB each time
+    symbols |= unpack_bits(data[low_start:], count, low_bits).view(np.int64)
     if count and int(symbols.max()) >= k:
         raise FormatError(f"a stored index is out of range (>= {k})")
     return symbols
