@@ -21,10 +21,11 @@ so the 251,781 motifs of a 100M-parameter model's global codebook at capacity 0.
 high bits unpack with one shift and mask per block, no index straddles a word.
 
 :func:`gather` selects the motif rows: on CPU with numba (``momos[fast]``) one compiled pass
-unpacks each index and copies its row (rows of 8 or 16 bytes, e.g. four float32), faster than unpacking in PyTorch and then
-indexing (``bench/inference.py``); elsewhere, and under tracing or ``torch.compile``, PyTorch
-unpacks (:func:`unpack`) and indexes (:func:`momos.blocks.gather_rows`). Both copy the motif
-values, so the rows are bit for bit ``motifs[indices]``.
+unpacks each index and copies its row as a few wide elements, 4x to 5x faster than PyTorch's
+indexing of the same rows (``bench/inference.py`` notes); elsewhere, and under tracing or
+``torch.compile``, PyTorch unpacks (:func:`unpack`) and indexes
+(:func:`momos.blocks.gather_rows`). Both copy the motif values, so the rows are bit for bit
+``motifs[indices]``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .blocks import WIDE_ROWS, gather_rows
+from .blocks import gather_rows
 
 try:
     import numba
@@ -42,6 +43,8 @@ except ImportError:  # numba is optional; the PyTorch path serves without it
     numba = None
 
 HIGH_BITS = (1, 2, 4, 8)
+# The widest element that a motif row of so many bytes is a whole number of: rows move as such.
+ROW_ELEMENTS = {16: torch.complex128, 8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
 
 
 @dataclass(frozen=True)
@@ -110,17 +113,24 @@ def unpack(low: torch.Tensor, high: torch.Tensor | None, k: int) -> torch.Tensor
 def gather(motifs: torch.Tensor, low: torch.Tensor, high: torch.Tensor | None) -> torch.Tensor:
     """The motif rows of the packed indices: ``(k, s)`` motifs -> ``(m, s)`` blocks, bit for bit
     ``motifs[unpack(low, high, k)]``."""
-    wide = WIDE_ROWS.get(motifs.shape[1] * motifs.element_size())
-    if (numba is None or wide is None or motifs.device.type != "cpu" or not motifs.is_contiguous()
+    if (numba is None or motifs.device.type != "cpu" or not motifs.is_contiguous() or motifs.numel() == 0
             or torch.jit.is_tracing() or torch.compiler.is_compiling()):
         return gather_rows(motifs, unpack(low, high, len(motifs)))
-    out = torch.empty(len(low), motifs.shape[1], dtype=motifs.dtype)
+    # a row moves as one to a few wide elements (four float32 as one complex128), as in gather_rows
+    row_bytes = motifs.shape[1] * motifs.element_size()
+    element = next(dtype for size, dtype in ROW_ELEMENTS.items() if row_bytes % size == 0)
+    table = motifs.view(element).numpy()
+    # numpy asks for transparent huge pages for large arrays (madvise), torch.empty does not: a
+    # fresh 64 MB weight is then written in about a third of the time, page faults included
+    rows = np.empty((len(low), table.shape[1]), dtype=table.dtype)
     high_bits = 0 if high is None else index_format(len(motifs)).high_bits
-    # a row moves as one wide element, as in gather_rows
-    _gather_kernel(motifs.view(wide).reshape(-1).numpy(), _unsigned(low), None if high is None else high.numpy(),
-                   8 * low.element_size(), high_bits, (8 // max(1, high_bits)).bit_length() - 1,
-                   out.view(wide).reshape(-1).numpy())
-    return out
+    arguments = (_unsigned(low), None if high is None else high.numpy(), 8 * low.element_size(), high_bits,
+                 (8 // max(1, high_bits)).bit_length() - 1)
+    if table.shape[1] == 1:   # one element per row: the simpler loop is twice as fast
+        _gather_kernel(table.reshape(-1), *arguments, rows.reshape(-1))
+    else:
+        _gather_kernel(table, *arguments, rows)
+    return torch.from_numpy(rows).view(motifs.dtype).reshape(-1, motifs.shape[1])
 
 
 def index_dtype(k: int) -> torch.dtype:
@@ -155,8 +165,9 @@ if numba is not None:
     # (2x the time for 65,536 rows, the same for a million).
     @numba.njit(nogil=True, cache=True)
     def _gather_kernel(table, low, high, low_bits, high_bits, per_byte_log2, out):
-        """``out[i] = table[index i]``: index ``i`` is ``low[i]`` plus, above its ``low_bits``,
-        its ``high_bits`` bits of ``high``, which holds ``2**per_byte_log2`` indices' bits per byte
+        """``out[i] = table[index i]`` for 1-D ``table`` and ``out`` (one element per row), or
+        row by row for 2-D ones. Index ``i`` is ``low[i]`` plus, above its ``low_bits``, its
+        ``high_bits`` bits of ``high``, which holds ``2**per_byte_log2`` indices' bits per byte
         (``high`` None: ``low[i]`` alone)."""
         mask = (1 << high_bits) - 1
         for i in range(low.shape[0]):
@@ -165,4 +176,8 @@ if numba is not None:
                 byte = np.int64(high[i >> per_byte_log2])
                 place = (i & ((1 << per_byte_log2) - 1)) * high_bits
                 index |= ((byte >> place) & mask) << low_bits
-            out[i] = table[index]
+            if table.ndim == 1:
+                out[i] = table[index]
+            else:
+                for c in range(table.shape[1]):
+                    out[i, c] = table[index, c]
