@@ -51,12 +51,9 @@ def test_an_mlp_is_stored_as_motifs_and_indices_and_runs_at_any_batch(tmp_path):
     assert size == path.stat().st_size
     assert_runs_as_pytorch(model, path, torch.randn(5, 3, 8, 8))
     stored = initializers(path)
-    # one motif table, and per tensor its 12-bit indices (256 < k <= 4,096) as a low byte plus
-    # packed high bits: no dense weight
+    # one motif table, and per tensor its int16 indices (k > 256): no dense weight
     assert [n for n in stored if n.endswith("motifs")] == ["1.parametrizations.weight.0.table.motifs"]
-    packed = [(n, a.dtype) for n, a in stored.items() if n.endswith("indices")]
-    assert packed and all(dtype == np.uint8 for _, dtype in packed)
-    assert sum(n.endswith("high_indices") for n, _ in packed) == sum(n.endswith(".0.indices") for n, _ in packed)
+    assert all(a.dtype == np.int16 for n, a in stored.items() if n.endswith("indices"))
     assert not any(a.dtype == np.float32 and a.size > 4 * 1024 for n, a in stored.items() if "motifs" not in n)
     dense_bytes = sum(4 * p.numel() for p in model.parameters())
     assert size < dense_bytes / 4
@@ -75,8 +72,8 @@ def test_small_codebooks_store_uint8_indices(tmp_path):
     assert_runs_as_pytorch(model, path, torch.randn(2, 3, 8, 8))
 
 
-def test_indices_of_a_large_codebook_stay_packed_and_unpack_in_the_graph(tmp_path):
-    # k = 70,000: 17 bits per index, the low 16 held as int16 (read unsigned) plus one packed bit
+def test_packed_indices_of_a_large_codebook_are_stored_unpacked(tmp_path):
+    # k = 70,000: 17 bits per index in memory (uint16 plus one packed bit), int32 in the file
     linear = torch.nn.Linear(8, 4)
     indices = torch.tensor([69_999, 0, 40_000, 65_536, 32_768, 12_345, 65_535, 7])
     weight = MosaicWeight(MotifTable(torch.randn(70_000, 4)), indices, layout_of([linear.weight.detach()], 4))
@@ -86,9 +83,10 @@ def test_indices_of_a_large_codebook_stay_packed_and_unpack_in_the_graph(tmp_pat
     path = tmp_path / "large.onnx"
     momos.export_onnx(linear, torch.randn(1, 8), path)
     stored = initializers(path)
-    assert stored["parametrizations.weight.0.indices"].dtype == np.int16
-    assert stored["parametrizations.weight.0.high_indices"].dtype == np.uint8
+    assert stored["parametrizations.weight.0.indices"].dtype == np.int32
+    assert "parametrizations.weight.0.high_indices" not in stored
     assert_runs_as_pytorch(linear, path, torch.randn(3, 8))
+    assert weight.high_indices is not None   # the caller's compact model keeps its packed indices
 
 
 def test_a_channel_normalized_resnet20(tmp_path):

@@ -85,7 +85,8 @@ class MosaicWeight(nn.Module):
     Args:
         table: the codebook's motifs.
         indices: ``(num_blocks,)`` integer block indices, held packed
-            (:func:`momos.packing.pack`: buffers ``indices``, the low part, and ``high_indices``).
+            (:func:`momos.packing.pack`: buffers ``indices``, the low part, and ``high_indices``,
+            or None; after :meth:`unpack_`, ``indices`` plain).
         layout: the weight's block layout (one tensor).
         exponents: int16 of shape ``()`` or ``(rows,)``, or None.
     """
@@ -103,6 +104,13 @@ class MosaicWeight(nn.Module):
     def block_indices(self) -> torch.Tensor:
         """The ``(num_blocks,)`` int64 block indices, unpacked."""
         return packing.unpack(self.indices, self.high_indices, len(self.table.motifs))
+
+    def unpack_(self) -> "MosaicWeight":
+        """Hold the indices unpacked, as plain integers of :func:`momos.packing.index_dtype`
+        (``high_indices`` None), for exporters without unsigned 16-bit or bitwise types."""
+        self.indices = self.block_indices().to(packing.index_dtype(len(self.table.motifs)))
+        self.high_indices = None
+        return self
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         blocks = packing.gather(self.table.motifs, self.indices, self.high_indices)

@@ -3,11 +3,11 @@
     momos.export_onnx(model, torch.randn(1, 3, 32, 32), "model.onnx", cfg, scales=stats.scales)
 
 The model is exported compact (:func:`momos.compact_`): each mosaic tensor is stored as its
-codebook's motif table (float) and its block indices as the compact module holds them
-(:mod:`momos.packing`: a uint8 / int16 low part, plus packed high bits in uint8 where the
-codebook needs them), and the graph rebuilds the weight before the MatMul / Gemm / Conv that uses
-it: ``Cast`` of the indices to int64 (``Gather`` takes no smaller integers) and their unpacking
-by integer ``Div`` / ``Mod`` / ``Mul`` / ``Add``, ``Gather`` of the motif rows, ``Slice`` / ``Reshape`` / ``Transpose`` back to the weight's shape, and for a
+codebook's motif table (float) and its block indices, unpacked to the smallest integer type
+that holds them (uint8 / int16 / int32: the exporter has no uint16, and unpacking packed bits
+in the graph cost more bytes of graph than it saved on small models), and the graph rebuilds
+the weight before the MatMul / Gemm / Conv that uses it: ``Cast`` of the indices to int64
+(``Gather`` takes no smaller integers), ``Gather`` of the motif rows, ``Slice`` / ``Reshape`` / ``Transpose`` back to the weight's shape, and for a
 normalized mosaic ``Mul`` by ``2**exponents`` (int16 exponents in the file). Any ONNX runtime
 runs it; the file holds what the compact model holds in memory, plus a few KB of graph per tensor
 (the rebuild's shape arithmetic).
@@ -92,16 +92,21 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
 
 
 def _compact_copy(model: nn.Module, config: MoMosConfig | None, scales: Scales | None) -> nn.Module:
-    """A compact copy of ``model`` under ``config``, or ``model`` itself when it is compact."""
+    """A compact copy of ``model`` under ``config`` (or of ``model``, compact already), its
+    indices unpacked."""
     compact = any(isinstance(m, MosaicWeight) for m in model.modules())
-    if config is None:
-        if not compact:
-            raise ValueError("the model is not compact: give the MoMosConfig (and scales) of its mosaic, "
-                             "or compact it first (momos.compact_, momos.load(path, model, compact=True))")
-        return model
-    if compact:
+    if config is None and not compact:
+        raise ValueError("the model is not compact: give the MoMosConfig (and scales) of its mosaic, "
+                         "or compact it first (momos.compact_, momos.load(path, model, compact=True))")
+    if config is not None and compact:
         raise ValueError("the model is already compact: export it without a config")
-    return compact_(copy.deepcopy(model), config, scales)
+    model = copy.deepcopy(model)
+    if config is not None:
+        compact_(model, config, scales)
+    for weight in model.modules():
+        if isinstance(weight, MosaicWeight):
+            weight.unpack_()
+    return model
 
 
 def _output_count(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:

@@ -1,7 +1,7 @@
 """Block indices in as few bits as their codebook needs, and the motif rows they select.
 
 A codebook of ``k`` motifs needs ``b = ceil(log2 k)`` bits per index. An index is held in two
-parts: its low 8 or 16 bits in a uint8 or int16 tensor (int16 holds 16 unsigned bits), and the
+parts: its low 8 or 16 bits in a uint8 or uint16 tensor, and the
 bits above them, rounded up to 1, 2, 4 or 8, packed ``8 // h`` to a byte (lowest bits and first
 block first) in a uint8 tensor. Where the rounding reaches a whole byte the index is one integer
 instead, and above 24 bits an int32 (or int64):
@@ -11,8 +11,8 @@ k                     low part     high bits  bits per index
 ====================  ===========  =========  ==============
 up to 256             uint8        --         8
 257 .. 4,096          uint8        1, 2, 4    9, 10, 12
-4,097 .. 65,536       int16        --         16
-65,537 .. 2^24        int16        1, 2, 4, 8 17, 18, 20, 24
+4,097 .. 65,536       uint16       --         16
+65,537 .. 2^24        uint16       1, 2, 4, 8 17, 18, 20, 24
 above 2^24            int32/int64  --         32/64
 ====================  ===========  =========  ==============
 
@@ -71,9 +71,9 @@ def index_format(k: int) -> IndexFormat:
     if bits <= 12:
         return IndexFormat(torch.uint8, _rounded_up(bits - 8))
     if bits <= 16:
-        return IndexFormat(torch.int16, 0)
+        return IndexFormat(torch.uint16, 0)
     if bits <= 24:
-        return IndexFormat(torch.int16, _rounded_up(bits - 16))
+        return IndexFormat(torch.uint16, _rounded_up(bits - 16))
     return IndexFormat(torch.int32 if bits <= 31 else torch.int64, 0)
 
 
@@ -83,13 +83,13 @@ def pack(indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | No
     fmt = index_format(k)
     indices = indices.long()
     if fmt.high_bits == 0:
-        return _low(indices, fmt.dtype), None
+        return indices.to(fmt.dtype), None
     low_bits = torch.iinfo(fmt.dtype).bits
     per_byte = 8 // fmt.high_bits
     high = indices >> low_bits
     high = torch.cat([high, high.new_zeros(-len(high) % per_byte)]).view(-1, per_byte)
     shifts = torch.arange(0, 8, fmt.high_bits, device=indices.device)
-    return _low(indices & ((1 << low_bits) - 1), fmt.dtype), (high << shifts).sum(1).to(torch.uint8)
+    return (indices & ((1 << low_bits) - 1)).to(fmt.dtype), (high << shifts).sum(1).to(torch.uint8)
 
 
 def unpack(low: torch.Tensor, high: torch.Tensor | None, k: int) -> torch.Tensor:
@@ -100,8 +100,6 @@ def unpack(low: torch.Tensor, high: torch.Tensor | None, k: int) -> torch.Tensor
     every runtime has (``Mod``, ``Div``, ``Mul``, ``Add``).
     """
     indices = low.long()
-    if low.dtype == torch.int16:
-        indices = indices.remainder(1 << 16)   # its 16 bits, read unsigned
     if high is None:
         return indices
     high_bits = index_format(k).high_bits
@@ -124,7 +122,7 @@ def gather(motifs: torch.Tensor, low: torch.Tensor, high: torch.Tensor | None) -
     # fresh 64 MB weight is then written in about a third of the time, page faults included
     rows = np.empty((len(low), table.shape[1]), dtype=table.dtype)
     high_bits = 0 if high is None else index_format(len(motifs)).high_bits
-    arguments = (_unsigned(low), None if high is None else high.numpy(), 8 * low.element_size(), high_bits,
+    arguments = (low.numpy(), None if high is None else high.numpy(), 8 * low.element_size(), high_bits,
                  (8 // max(1, high_bits)).bit_length() - 1)
     if table.shape[1] == 1:   # one element per row: the simpler loop is twice as fast
         _gather_kernel(table.reshape(-1), *arguments, rows.reshape(-1))
@@ -144,20 +142,6 @@ def index_dtype(k: int) -> torch.dtype:
 
 def _rounded_up(bits: int) -> int:
     return next(h for h in HIGH_BITS if h >= bits)
-
-
-def _low(indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``indices`` (int64, each below ``2**bits`` of ``dtype``) as ``dtype``; int16 wraps above
-    32,767, as its 16 bits are read unsigned."""
-    if dtype == torch.int16:
-        indices = torch.where(indices >= 1 << 15, indices - (1 << 16), indices)
-    return indices.to(dtype)
-
-
-def _unsigned(low: torch.Tensor) -> np.ndarray:
-    """``low`` as the numpy array the kernel reads: int16's bits as uint16."""
-    array = low.numpy()
-    return array.view(np.uint16) if array.dtype == np.int16 else array
 
 
 if numba is not None:
