@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "momos"
 
 # docs/architecture.md, bottom to top; a module may import its own layer and those below.
 LAYERS = [
-    {"blocks", "scales", "quantization", "assign", "kernels", "lookup", "distributed", "io"},
+    {"blocks", "scales", "quantization", "assign", "kernels", "lookup", "packing", "distributed", "io"},
     {"config", "motifs", "approximate", "calibration", "cost"},
     {"project", "qat", "projector", "motif_tuning"},
     {"fileformat", "compact", "onnx"},

@@ -116,7 +116,7 @@ def test_compact_lookup_matches_the_dense_mosaic_without_gradients(normalize, mo
     x = torch.randn(1, 32)
     with torch.no_grad():
         y, expected = compact(x), model(x)
-    assert len(calls) == 2   # both Linear layers
+    assert len(calls) == 1   # the hidden layer (B x k = 4 <= 48 / 2), not the output layer (out 3)
     assert torch.allclose(y, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -129,7 +129,7 @@ def test_compact_lookup_is_not_used_where_gradients_or_batches_need_the_weight(m
     x = torch.randn(1, 32)
     assert torch.equal(compact(x), model(x))   # gradients recorded: bit for bit
     with torch.no_grad():
-        big = torch.randn(momos.compact.LOOKUP_TABLE_RATIO * 48 // 4 + 1, 32)   # B x k > ratio x 48 rows
+        big = torch.randn(int(momos.compact.LOOKUP_TABLE_RATIO * 48 / 4) + 1, 32)   # B x k > ratio x 48 rows
         assert torch.equal(compact(big), model(big))
 
 
@@ -147,9 +147,10 @@ def test_compact_without_lookup_and_after_dense_is_bit_identical(monkeypatch):
 
 
 def test_lookup_pays_only_for_small_tables():
-    table = MotifTable(torch.randn(momos.compact.LOOKUP_TABLE_RATIO * 5, 4))
-    weight = MosaicWeight(table, torch.zeros(10 * 3, dtype=torch.int16), layout_of([torch.empty(10, 12)], 4))
-    x = torch.randn(2, 12)   # B x k = 10 x ratio
+    out, x = 40, torch.randn(2, 12)
+    table = MotifTable(torch.randn(int(momos.compact.LOOKUP_TABLE_RATIO * out / len(x)), 4))
+    weight = MosaicWeight(table, torch.zeros(out * 3, dtype=torch.int16), layout_of([torch.empty(out, 12)], 4))
+    # B x k = ratio x out
     with torch.no_grad():
         assert lookup_pays(weight, x) == (lookup.numba is not None)
         assert not lookup_pays(weight, torch.randn(len(x) + 1, 12))

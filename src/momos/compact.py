@@ -60,10 +60,10 @@ from .scales import Scales, multiply
 
 
 # lookup_pays: the lookup computes a table of B x k values per chunk where the rebuild writes out
-# values per chunk; in three runs of bench/lookup.py it was faster than the rebuild wherever
-# B x k <= 2 x out but once (a noisy run: 1.2 ms of work timed at 13 ms), in some cases up to
-# 5 x out, and slower in some from 4 x out on.
-LOOKUP_TABLE_RATIO = 2
+# values per chunk. Against the compiled rebuild of momos.packing, bench/lookup.py measured it
+# faster (0.33-0.85x the time) with B x k up to about out / 2, and from about out on slower
+# (1.04-1.4x at B x k = 1 to 4 x out; before that rebuild, it paid up to 2 x out).
+LOOKUP_TABLE_RATIO = 0.5
 
 
 class MotifTable(nn.Module):

@@ -17,10 +17,10 @@ products in order ``j = 0 .. n-1``, a BLAS ``F.linear`` in its own order, so bot
 usual bound ``in x eps x (|x| @ |W|^T + |bias|)`` of the exact product; they are not bit for bit
 equal. Scales are powers of two, so multiplying by them is exact.
 
-Measured (``bench/lookup.py``, one thread, a loaded machine): never faster than ``F.linear`` with
-the dense weight (at best 1.2x to 2.4x its time over three runs: 4096x4096, s=8, k=2,097, one
-row), but 5x to 19x faster than rebuilding that weight from the motifs first (``k <= out``, one
-row); with ``B x k`` above about ``4 x out`` the table costs more than the rebuild.
+Measured (``bench/lookup.py``, one thread): never faster than ``F.linear`` with the dense
+weight (at best 2.0x its time: 4096x4096, s=8, k=2,097, one row), and faster than rebuilding the
+weight with :func:`momos.packing.gather` first only for small tables (0.33x to 0.85x its time
+with ``B x k`` up to about ``out / 2``; slower from about ``out`` on).
 
 On CPU with numba installed (``momos[fast]``) the lookups run in a compiled kernel that reads
 the indices in their stored dtype; elsewhere ``torch.embedding_bag`` sums them.
