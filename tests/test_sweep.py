@@ -11,7 +11,7 @@ import torch
 
 from momos import sweep
 from momos.cli import main
-from momos.train import TrainConfig, fit, prepare
+from momos.train import TrainConfig, fit, native_bf16, prepare
 
 EXAMPLE = {
     "out": "runs/sweeps/demo",
@@ -246,10 +246,22 @@ def test_cli_failed_run_is_reported_and_exits_1(tmp_path, capsys):
     assert error.startswith("method-baseline__seed-0\nDatasetError: ") and "Traceback" in error
 
 
+def test_cli_runtime_options_reach_every_run(tmp_path):
+    spec = {"fixed": {"model": "resnet20", "dataset": "digits", "epochs": 1, "train_subset": 64},
+            "grid": {"method": ["baseline"], "seed": [0]}}
+    out = tmp_path / "out"
+    assert main(["sweep", write_spec(tmp_path / "one.yaml", spec), "--out", str(out), "--quiet",
+                 "--channels-last"]) == 0
+    runtime = results(out, "method-baseline__seed-0")["runtime"]   # channels-last: a convolutional network
+    assert runtime["channels_last"] is True and runtime["precision"] == "fp32" and runtime["compile"] is False
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--jobs", "0"], "--jobs must be a positive integer"),
     ([], "no sweep folder: give --out"),
     (["--out", "x", "--device", "cuda:7"], "device cuda:7 is not available"),
+    pytest.param(["--out", "x", "--precision", "bf16"], "needs native bfloat16",
+                 marks=pytest.mark.skipif(native_bf16(torch.device("cpu")), reason="this CPU has native bfloat16")),
 ])
 def test_cli_usage_errors(tmp_path, capsys, argv, message):
     config = write_spec(tmp_path / "s.yaml", TINY)

@@ -33,7 +33,7 @@ import sys
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -42,7 +42,8 @@ from .io import write_bytes_atomic, write_json_atomic
 from .models import check_model_name
 from .report import UNSAFE_IN_NAMES, RunRecord, SweepReport, axis_order, load_run, summarize_runs
 from .runfolder import RESULTS, STATE, read_results
-from .train import check_metric_names, default_threads, fit, prepare, prepare_resume, resolve_device
+from .train import (Runtime, check_metric_names, check_precision, default_threads, fit, prepare, prepare_resume,
+                    resolve_device)
 from .trainconfig import DEFAULT_MOMOS, MOMOS_OPTIONS, TrainConfig, option_applies
 
 SPEC_KEYS = ("out", "fixed", "grid")
@@ -337,10 +338,11 @@ def _flat(d: dict) -> dict:
 
 def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | None = None, jobs: int = 1,
               threads: int | None = None, data_dir: str | os.PathLike | None = None,
-              device: str = "cpu", quiet: bool = False) -> SweepOutcome:
+              device: str = "cpu", quiet: bool = False, runtime: Runtime = Runtime()) -> SweepOutcome:
     """Train every run of the sweep that is not complete in ``out``, ``jobs`` at a time, each in
     its own process on ``threads`` torch threads (default: ``train.default_threads`` of each run,
-    the cores shared among the jobs).
+    the cores shared among the jobs), its steps computed as ``runtime`` says (precision,
+    channels-last, compile; see ``momos.train.fit``).
 
     ``out``: default the spec's ``out``. ``data_dir``: where every run reads its data set.
     ``device``: where every run trains; ``cuda`` spreads the runs over the GPUs (run ``i`` of
@@ -361,7 +363,7 @@ def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | 
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if data_dir is not None:
         points = [replace(p, config=replace(p.config, data_dir=str(data_dir))) for p in points]
-    resolve_device(device)   # an unknown or absent device fails now, not in every worker
+    check_precision(runtime.precision, resolve_device(device))   # fails now, not in every worker
     statuses = plan(points, out)
     write_json_atomic({"runs": [{"name": p.name, "axes": p.axes, "config": p.config.to_dict()} for p in points]},
                       Path(out) / PLAN)
@@ -374,12 +376,12 @@ def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | 
               f"{threads or 'by run (train.default_threads)'}",
               flush=True)
     if todo:
-        _run_all(todo, out, statuses, jobs, threads, device, outcome, quiet=quiet)
+        _run_all(todo, out, statuses, jobs, threads, device, runtime, outcome, quiet=quiet)
     return outcome
 
 
 def _run_all(todo: list[SweepPoint], out, statuses: dict[str, str], jobs: int, threads: int | None, device: str,
-             outcome: SweepOutcome, *, quiet: bool) -> None:
+             runtime: Runtime, outcome: SweepOutcome, *, quiet: bool) -> None:
     options = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
     with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=get_context("spawn"), **options) as pool:
         futures = {}
@@ -387,7 +389,7 @@ def _run_all(todo: list[SweepPoint], out, statuses: dict[str, str], jobs: int, t
             folder = run_dir(out, point.name)
             future = pool.submit(train_run, point.config, str(folder), resuming=statuses[point.name] == "partial",
                                  overwrite=(folder / RESULTS).is_file(), threads=threads, jobs=jobs,
-                                 device=_device_of_run(device, index))
+                                 device=_device_of_run(device, index), runtime=runtime)
             futures[future] = point
         for count, future in enumerate(as_completed(futures), 1):
             try:
@@ -422,7 +424,7 @@ def _device_of_run(device: str, index: int) -> str:
 
 
 def train_run(config: TrainConfig, folder: str, *, resuming: bool, overwrite: bool, threads: int | None,
-              jobs: int = 1, device: str = "cpu") -> dict:
+              jobs: int = 1, device: str = "cpu", runtime: Runtime = Runtime()) -> dict:
     """Train (or resume) one run; ``{"test_acc", "seconds"}``, or ``{"error", "traceback"}``.
 
     Runs in a worker process: every failure is returned as text, which always crosses back.
@@ -437,7 +439,7 @@ def train_run(config: TrainConfig, folder: str, *, resuming: bool, overwrite: bo
         else:
             run = prepare(config, folder, overwrite=overwrite, device=device)
         torch.set_num_threads(threads or default_threads(run, sharing=jobs))
-        results = fit(run)
+        results = fit(run, **asdict(runtime))
     except Exception as error:  # noqa: BLE001 - reported per run; the sweep goes on
         message = " ".join(str(error).split())
         return {"error": f"{type(error).__name__}: {message}", "traceback": traceback.format_exc()}

@@ -1,4 +1,5 @@
-"""What several sub-commands share: the MoMos options, and reading checkpoints and run folders."""
+"""What several sub-commands share: the MoMos options, the training steps' runtime options, and
+reading checkpoints and run folders."""
 
 from __future__ import annotations
 
@@ -14,6 +15,30 @@ def check_positive(args, *names: str) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def add_step_arguments(group) -> None:
+    """How the training steps compute (``momos.train.Runtime``): ``--precision``,
+    ``--channels-last``, ``--compile``; shared by ``momos train`` and ``momos sweep``."""
+    from momos.train import PRECISIONS
+
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="bf16: forward pass and loss under bfloat16 autocast, weights, optimizer and "
+                            "projection in float32; only where bfloat16 is native (a GPU since Ampere, a CPU with "
+                            "AVX512-BF16 or AMX; refused elsewhere)")
+    group.add_argument("--channels-last", action="store_true",
+                       help="weights and batches in channels-last memory format (convolutional networks such as "
+                            "resnet20; no effect on the mlp and vit)")
+    group.add_argument("--compile", action="store_true",
+                       help="train through torch.compile of the model (compiling takes a while at the start of "
+                            "each session)")
+
+
+def step_runtime(args):
+    """The ``momos.train.Runtime`` of :func:`add_step_arguments`' options."""
+    from momos.train import Runtime
+
+    return Runtime(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
 
 
 def add_projection_arguments(parser: argparse.ArgumentParser, *, seed_help: str | None = None) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from momos.cli.common import add_step_arguments, step_runtime
+
 DESCRIPTION = """\
 Train every combination of the grid in CONFIG.yaml as a separate `momos train` run in
 OUT/runs/<name>/, then aggregate: OUT/runs.csv (one row per run), OUT/summary.csv and
@@ -40,6 +42,8 @@ def register(subparsers) -> None:
                         help="torch threads per run (default: one for a small model, else the CPU cores divided by --jobs)")
     parser.add_argument("--device", default="cpu",
                         help="where every run trains: cpu (default), cuda (with --jobs N: run i on GPU i mod the GPUs)")
+    add_step_arguments(parser.add_argument_group(
+        "how every run's training steps compute (results.json records it as runtime)"))
     parser.add_argument("--data-dir", metavar="DIR",
                         help="folder of the data sets for every run (default $MOMOS_DATA, else ~/.cache/momos/data)")
     mode = parser.add_mutually_exclusive_group()
@@ -73,7 +77,7 @@ def run(args) -> int:
     failed = {}
     if not args.report_only:
         failed = sweep.run_sweep(points, out, jobs=args.jobs, threads=args.threads, data_dir=args.data_dir,
-                                 device=args.device, quiet=args.quiet).failed
+                                 device=args.device, quiet=args.quiet, runtime=step_runtime(args)).failed
     try:
         report = sweep.aggregate(out, points)
     except ValueError as error:

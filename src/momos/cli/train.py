@@ -7,8 +7,9 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import asdict
 
-from momos.cli.common import add_projection_arguments, check_positive
+from momos.cli.common import add_projection_arguments, add_step_arguments, check_positive, step_runtime
 from momos.cli.options import add_dataclass_arguments, dataclass_from_args, option_flag
 
 DESCRIPTION = """\
@@ -42,7 +43,7 @@ EXIT_DIVERGED = 3
 
 
 def register(subparsers) -> None:
-    from momos.train import LOGS, ONE_THREAD_BELOW, PRECISIONS
+    from momos.train import LOGS, ONE_THREAD_BELOW
     from momos.trainconfig import TrainConfig
 
     parser = subparsers.add_parser("train", help="train a model (baseline, qat, momos, momos+qat) and record the run",
@@ -82,16 +83,7 @@ def register(subparsers) -> None:
                          help=f"CPU threads for torch per process (default: 1 below {ONE_THREAD_BELOW:.0e} "
                               f"multiply-adds per step and process; else all {os.cpu_count()} cores, shared among "
                               f"the processes of this machine under torchrun)")
-    runtime.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                         help="bf16: forward pass and loss under bfloat16 autocast, weights, optimizer and "
-                              "projection in float32; only where bfloat16 is native (a GPU since Ampere, a CPU with "
-                              "AVX512-BF16 or AMX; refused elsewhere)")
-    runtime.add_argument("--channels-last", action="store_true",
-                         help="weights and batches in channels-last memory format (convolutional networks such as "
-                              "resnet20; no effect on the mlp and vit)")
-    runtime.add_argument("--compile", action="store_true",
-                         help="train through torch.compile of the model (compiling takes a while at the start of "
-                              "each session)")
+    add_step_arguments(runtime)
     parser.set_defaults(handler=run_command, parser=parser)
 
 
@@ -139,8 +131,8 @@ def run_command(args) -> int:
     torch.set_num_threads(args.threads or train.default_threads(run, sharing=processes_here))
     try:
         with _progress_on_stdout(quiet=args.quiet):
-            results = train.fit(run, stop_after_epoch=args.stop_after_epoch, log=args.log, precision=args.precision,
-                                channels_last=args.channels_last, compile=args.compile)
+            results = train.fit(run, stop_after_epoch=args.stop_after_epoch, log=args.log,
+                                **asdict(step_runtime(args)))
         if args.quiet and results is not None and results["summary"]["complete"]:
             print(train.final_line(results, run.out_dir))   # what the quiet logger held back
     except train.TrainingDiverged as error:
