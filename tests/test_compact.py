@@ -188,6 +188,12 @@ def test_a_compact_weight_refuses_a_new_value():
         model.head.weight = torch.zeros_like(model.head.weight)
 
 
+def test_a_weight_refuses_indices_of_another_number_of_blocks():
+    layout = momos.blocks.layout_of([torch.empty(3, 8)], 4)   # 6 blocks
+    with pytest.raises(ValueError, match="5 block indices for a weight of 6 blocks"):
+        MosaicWeight(momos.compact.MotifTable(torch.randn(2, 4)), torch.zeros(5, dtype=torch.long), layout)
+
+
 def test_tied_weights_stay_tied_and_compact():
     config = momos.MoMosConfig(block_size=4, capacity=0.3, seed=0)
     torch.manual_seed(0)

@@ -94,6 +94,10 @@ class MosaicWeight(nn.Module):
     def __init__(self, table: MotifTable, indices: torch.Tensor, layout: BlockLayout,
                  exponents: torch.Tensor | None = None) -> None:
         super().__init__()
+        # (computing num_blocks here also caches the layout's offsets, which torch.compile cannot
+        # compute in a traced forward: a cached_property takes a lock)
+        if len(indices) != layout.num_blocks:
+            raise ValueError(f"{len(indices)} block indices for a weight of {layout.num_blocks} blocks")
         self.table = table
         self.layout = layout
         low, high = packing.pack(indices, len(table.motifs))
