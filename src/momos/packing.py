@@ -145,8 +145,8 @@ def _rounded_up(bits: int) -> int:
 
 
 if numba is not None:
-    # One thread: the copy is bound by memory, and a parallel launch cost more than it saved
-    # (2x the time for 65,536 rows, the same for a million).
+    # One thread: the copy is bound by memory; a parallel kernel (numba prange) took 2x the time
+    # for 65,536 rows and saved nothing for a million, on one thread or two of this 2-core machine.
     @numba.njit(nogil=True, cache=True)
     def _gather_kernel(table, low, high, low_bits, high_bits, per_byte_log2, out):
         """``out[i] = table[index i]`` for 1-D ``table`` and ``out`` (one element per row), or
