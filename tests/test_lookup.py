@@ -24,14 +24,7 @@ def bound(x, weight, bias):
     return x.shape[-1] * torch.finfo(torch.float32).eps * (F.linear(x.double().abs(), weight.double().abs())
                                                            + bias.double().abs())
 
-
-@pytest.fixture(params=["compiled", "torch"])
-def path(request, monkeypatch):
-    if request.param == "compiled" and lookup.numba is None:
-        pytest.skip("numba is not installed")
-    if request.param == "torch":
-        monkeypatch.setattr(lookup, "numba", None)
-    return request.param
+KERNELS = lookup   # whose numba kernels and PyTorch path the conftest fixture ``path`` runs
 
 
 @pytest.mark.parametrize("normalize", ["none", "tensor", "channel"])

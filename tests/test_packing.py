@@ -9,15 +9,7 @@ from momos.packing import IndexFormat, gather, index_dtype, index_format, pack, 
 BOUNDARIES = [1, 2, 256, 257, 512, 513, 1024, 1025, 4096, 4097, 2 ** 15 + 1, 2 ** 16, 2 ** 16 + 1,
               251_781, 2 ** 20 + 1, 2 ** 24, 2 ** 24 + 1]
 
-
-@pytest.fixture(params=["compiled", "pytorch"])
-def path(request, monkeypatch):
-    """Run ``gather`` through the numba kernel and through PyTorch's unpack and indexing."""
-    if request.param == "compiled" and packing.numba is None:
-        pytest.skip("numba is not installed")
-    if request.param == "pytorch":
-        monkeypatch.setattr(packing, "numba", None)
-    return request.param
+KERNELS = packing   # whose numba kernels and PyTorch path the conftest fixture ``path`` runs
 
 
 def test_formats_follow_the_table_of_the_module():
