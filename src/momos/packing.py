@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .blocks import gather_rows
+from .blocks import as_row_elements, gather_rows
 
 try:
     import numba
@@ -43,8 +43,6 @@ except ImportError:  # numba is optional; the PyTorch path serves without it
     numba = None
 
 HIGH_BITS = (1, 2, 4, 8)
-# The widest element that a motif row of so many bytes is a whole number of: rows move as such.
-ROW_ELEMENTS = {16: torch.complex128, 8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
 
 
 @dataclass(frozen=True)
@@ -114,10 +112,7 @@ def gather(motifs: torch.Tensor, low: torch.Tensor, high: torch.Tensor | None) -
     if (numba is None or motifs.device.type != "cpu" or not motifs.is_contiguous() or motifs.numel() == 0
             or torch.jit.is_tracing() or torch.compiler.is_compiling()):
         return gather_rows(motifs, unpack(low, high, len(motifs)))
-    # a row moves as one to a few wide elements (four float32 as one complex128), as in gather_rows
-    row_bytes = motifs.shape[1] * motifs.element_size()
-    element = next(dtype for size, dtype in ROW_ELEMENTS.items() if row_bytes % size == 0)
-    table = motifs.view(element).numpy()
+    table = as_row_elements(motifs).numpy()   # a row moves as a few wide elements, as in gather_rows
     # numpy asks for transparent huge pages for large arrays (madvise), torch.empty does not: a
     # fresh 64 MB weight is then written in about a third of the time, page faults included
     rows = np.empty((len(low), table.shape[1]), dtype=table.dtype)
