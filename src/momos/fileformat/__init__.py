@@ -35,8 +35,8 @@ from ..io import write_bytes_atomic
 from ..project import project_, select_parameters
 from ..qat import fake_quantized, latent_name, latent_names, latent_state_dict
 from ..scales import scales_of
-from .codec import (DEFAULT_MAX_WEIGHTS, CodebookInfo, DecodedFile, FileInfo, decode, decode_parts, decode_stored,
-                    encode, stored_tensors)
+from .codec import (DEFAULT_MAX_WEIGHTS, CodebookInfo, DecodedFile, FileInfo, decode, decode_parts, encode,
+                    stored_tensors)
 from ..scales import Scales, given_exponents
 from .decompose import NotAMosaicError
 from .errors import FormatError
@@ -161,7 +161,7 @@ def read_scales(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
     Raises:
         FormatError: a bad file (see :func:`read`).
     """
-    return decode_stored(_read_bytes(path, max_bytes), max_weights=max_weights)[2]
+    return decode_parts(_read_bytes(path, max_bytes), max_weights=max_weights).scales   # no dense rebuild
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, compact: bool = False,
