@@ -10,7 +10,7 @@ import torch
 
 from momos.cli import main
 from momos.io import save_safetensors_atomic
-from momos.report import (compare_rows, format_table, least_used_share, load_run, plot_runs,
+from momos.report import (compare_rows, format_table, least_used_share, load_run, plot_runs, read_csv_table,
                           runs_figure, usage_curve)
 
 
@@ -79,6 +79,14 @@ def test_table_formats(folders):
     assert text[0].index("method") == text[1].index("baseline") == text[2].index("momos")   # aligned
     with pytest.raises(ValueError, match="unknown table format"):
         format_table(rows, "xlsx")
+
+
+def test_csv_table_reads_back_typed(tmp_path):
+    rows = [{"run": "method-baseline__seed-0", "s": None, "capacity": 0.05, "seed": 1, "acc": 0.9387000000000001,
+             "version": "2.14.1+cu130", "curve": "1.5 2.25"}]
+    path = tmp_path / "runs.csv"
+    path.write_text(format_table(rows, "csv"))
+    assert read_csv_table(path) == rows
 
 
 def test_plot_writes_a_figure_and_checks_the_metric(folders, tmp_path):

@@ -198,6 +198,24 @@ def format_table(rows: list[dict], fmt: str = "text") -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_csv_table(path: str | os.PathLike) -> list[dict]:
+    """The rows of a CSV file written by ``format_table(rows, "csv")``, typed back: an empty cell
+    is None, a number an int or a float, anything else a string."""
+    with open(path, newline="") as f:
+        return [{k: _typed(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _typed(cell: str):
+    if cell == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(cell)
+        except ValueError:
+            pass
+    return cell
+
+
 def format_cell(value) -> str:
     """A table cell: ``-`` for None, 4 decimals for floats (4 significant digits from 1000 on)."""
     if value is None:
