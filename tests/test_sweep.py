@@ -174,6 +174,19 @@ def test_complete_runs_lists_the_finished_runs_in_grid_order(tiny, tmp_path):
     assert sweep.complete_runs(TINY, tmp_path / "empty") == []
 
 
+def test_sweep_rows_measure_the_runs_here_and_keep_the_stored_rest(tiny, tmp_path):
+    out, _, _ = tiny
+    def row_of(run, point):
+        return {"run": point.name, "acc": run.results["summary"]["test_acc"]}
+    measured = sweep.sweep_rows(TINY, out, row_of, [])
+    assert [row["run"] for row in measured] == names(TINY) and None not in [row["acc"] for row in measured]
+    stale = [{**row, "acc": -1.0} for row in measured] + [{"run": "method-baseline__seed-9", "acc": 0.5}]
+    assert sweep.sweep_rows(TINY, out, row_of, stale) == measured               # folders win, unplanned rows go
+    assert sweep.sweep_rows(TINY, tmp_path / "elsewhere", row_of, stale) == stale[:-1]
+    momos_only = sweep.sweep_rows(TINY, out, row_of, [], select=lambda point: point.config.method == "momos")
+    assert [row["run"] for row in momos_only] == [n for n in names(TINY) if "momos" in n]
+
+
 def test_a_second_sweep_skips_complete_runs(tiny, capsys):
     out, _, _ = tiny
     mtimes = {name: (sweep.run_dir(out, name) / "results.json").stat().st_mtime_ns for name in names(TINY)}

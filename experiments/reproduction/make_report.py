@@ -23,7 +23,7 @@ from pathlib import Path
 
 from momos.io import write_bytes_atomic
 from momos.report import checkpoint_complexity, format_table, least_used_share, read_csv_table
-from momos.sweep import complete_runs, expand, load_spec
+from momos.sweep import load_spec, sweep_rows
 
 HERE = Path(__file__).resolve().parent
 RUNS_CSV = HERE / "runs.csv"
@@ -40,13 +40,12 @@ ACCURACY_TOLERANCE = 0.01            # "near-baseline": within 1 percentage poin
 
 def collect(root: Path, stored: list[dict]) -> list[dict]:
     """One record (a ``runs.csv`` row) per completed run of the sweeps: measured where the run
-    folder is under ``root``, else the ``stored`` row of that run (when the spec still has it)."""
+    folder is under ``root``, else the ``stored`` row of that run."""
     records = []
     for name in (*SPECS, *SUPERSEDED):
         spec = load_spec(HERE / name)
-        measured = [record_of(run, point, name) for point, run in complete_runs(spec, root / spec["out"])]
-        planned = {point.name for point in expand(spec)} - {r["run"] for r in measured}
-        records += measured + [r for r in stored if r["spec"] == name and r["run"] in planned]
+        records += sweep_rows(spec, root / spec["out"], lambda run, point: record_of(run, point, name),
+                              [r for r in stored if r["spec"] == name])
     return records
 
 

@@ -36,6 +36,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 from .config import FORMER_NAMES, MoMosConfig
 from .io import write_bytes_atomic, write_json_atomic
@@ -282,6 +283,27 @@ def complete_runs(spec: dict, out: str | os.PathLike | None = None) -> list[tupl
             if record.results["summary"].get("complete"):
                 found.append((point, record))
     return found
+
+
+def sweep_rows(spec: dict, out: str | os.PathLike, row_of: Callable[[RunRecord, SweepPoint], dict],
+               stored: list[dict], select: Callable[[SweepPoint], bool] = lambda point: True) -> list[dict]:
+    """One row per complete run of ``spec`` that ``select`` keeps, in grid order: ``row_of(run,
+    point)`` where ``out`` holds the complete run, else the row of ``stored`` whose ``"run"`` is
+    the point's name (none if there is none).
+
+    Reports keep a long sweep's results in a committed table of such rows, since run folders
+    (checkpoints) stay on the machine that trained them: a sweep run in pieces on several machines
+    is reported whole, and a run found here again is measured again.
+    """
+    done = {point.name: run for point, run in complete_runs(spec, out)}
+    kept = {row["run"]: row for row in stored}
+    rows = []
+    for point in filter(select, expand(spec)):
+        if point.name in done:
+            rows.append(row_of(done[point.name], point))
+        elif point.name in kept:
+            rows.append(kept[point.name])
+    return rows
 
 
 def plan(points: list[SweepPoint], out: str | os.PathLike) -> dict[str, str]:
