@@ -208,6 +208,24 @@ def test_metrics_are_logged_every_epoch(tmp_path):
     assert epochs[1]["metrics"]["gzip"] > epochs[0]["metrics"]["gzip"]   # a mosaic compresses better
 
 
+def test_label_smoothing_smooths_the_training_loss_only(tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    smoothing = []
+    plain = F.cross_entropy
+
+    def recording(*args, **kwargs):
+        smoothing.append((kwargs.get("reduction", "mean"), kwargs.get("label_smoothing", 0.0)))
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(F, "cross_entropy", recording)
+    result = train(TrainConfig(method="baseline", epochs=1, label_smoothing=0.1), tmp_path / "run")
+    assert result["config"]["label_smoothing"] == 0.1
+    steps = {s for reduction, s in smoothing if reduction == "mean"}      # the training steps
+    evaluations = {s for reduction, s in smoothing if reduction == "sum"}  # validation and test
+    assert steps == {0.1} and evaluations == {0.0}
+
+
 def test_every_n_steps_projects_during_epochs_and_ends_a_mosaic(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--epochs", "2", "--every-n-steps", "10", "--train-subset", "400",
@@ -237,6 +255,7 @@ BAD_INPUT = [
     (["--capacity", "2"], "capacity must be in (0, 1]"),
     (["--optimizer", "adamw", "--momentum", "0.9"], "momentum is an SGD option"),
     (["--val-fraction", "1"], "val_fraction must be in (0, 1)"),
+    (["--label-smoothing", "1"], "label_smoothing must be in [0, 1)"),
     (["--exclude", "."], "no parameters selected"),
     (["--metrics", "gzip,nonsense"], "nonsense"),
     (["--dataset", "mnist", "--data-dir", "/nonexistent/data", "--no-download"], "/nonexistent/data/mnist"),

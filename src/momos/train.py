@@ -576,7 +576,7 @@ def train_one_epoch(run: Run, trained: nn.Module, epoch: int,
             # autocast: the forward pass in bfloat16 from the float32 weights, whose gradients stay float32
             with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = trained(x)
-                loss = F.cross_entropy(logits, y)
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()

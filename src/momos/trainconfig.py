@@ -81,6 +81,8 @@ class TrainConfig:
         weight_decay: the weight decay (default from the optimizer: SGD 1e-4, AdamW 1e-2).
         momentum: SGD's momentum (default 0.9); AdamW has none.
         schedule: ``cosine`` (annealed to 0 over the epochs, stepped per epoch) or ``constant``.
+        label_smoothing: the label smoothing of the training loss, in [0, 1) (validation and
+            test losses stay plain cross-entropy).
         val_fraction: the share of the training split held out for validation.
         split_seed: seeds the validation split.
         train_subset: keep only this many images of the training split (after the validation
@@ -120,6 +122,7 @@ class TrainConfig:
     weight_decay: float | None = None
     momentum: float | None = None
     schedule: str = "cosine"
+    label_smoothing: float = 0.0
     val_fraction: float = 0.05
     split_seed: int = 0
     train_subset: int | None = None
@@ -179,6 +182,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be non-negative, got {value}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         for name in ("seed", "split_seed", "warmup_epochs", "anneal_epochs"):

@@ -55,7 +55,8 @@ def register(subparsers) -> None:
     options(parser.add_argument_group("what to train"),
             "dataset", "model", "method", "init_from", "init_weights", "metrics")
     options(parser.add_argument_group("optimization"),
-            "epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule")
+            "epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule",
+            "label_smoothing")
     options(parser.add_argument_group("data"),
             "data_dir", "download", "val_fraction", "split_seed", "train_subset", "augment", "randaugment")
     options(parser.add_argument_group("quantization-aware training (methods qat, momos+qat)"), "qat_bits")
