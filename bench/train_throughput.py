@@ -26,7 +26,6 @@ plus a backward of about twice its work), the basis of a GPU estimate.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import time

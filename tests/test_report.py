@@ -130,6 +130,12 @@ def test_a_log_axis_shows_plain_numbers(tmp_path):
 def test_not_a_run_folder(tmp_path):
     with pytest.raises(ValueError, match="not a momos run folder"):
         load_run(tmp_path)
+    (tmp_path / "results.json").write_text('{"config": {}}')
+    with pytest.raises(ValueError, match="lacks epochs"):
+        load_run(tmp_path)
+    (tmp_path / "results.json").write_text("7")
+    with pytest.raises(ValueError, match="not a momos run folder"):
+        load_run(tmp_path)
 
 
 def test_compare_and_plot_commands(folders, tmp_path, capsys):

@@ -4,7 +4,6 @@ from its folder and the same run read back from the CSV make the same report."""
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest

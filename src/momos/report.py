@@ -70,9 +70,11 @@ def load_run(path: str | os.PathLike) -> RunRecord:
     path = Path(path)
     try:
         results = read_results(path)
-        config, epochs = results["config"], results["epochs"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        missing = {"config", "epochs"} - set(results)
+    except (OSError, ValueError, TypeError) as error:
         raise ValueError(f"{path} is not a momos run folder (cannot read {RESULTS}: {error})") from None
+    if missing:
+        raise ValueError(f"{path} is not a momos run folder ({RESULTS} lacks {', '.join(sorted(missing))})")
     counts_path = path / MOTIF_COUNTS
     counts = load_file(counts_path)["motif_counts"] if counts_path.is_file() else None
     return RunRecord(path.name or str(path), path, results, counts)
