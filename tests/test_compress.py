@@ -222,3 +222,18 @@ def test_train_init_from_a_timm_model_and_its_weight_file(tmp_path, capsys):
     assert "another model than --model mlp" in capsys.readouterr().err
     assert main(["train", "--init-from", "hf:somewhere", "--out", str(tmp_path / "y"), "--quiet"]) == 2
     assert "compress hf models with momos compress" in capsys.readouterr().err
+
+
+def test_scores_leave_out_padding_tokens():
+    from momos.compress import scores
+    from momos.finetune import Output
+
+    mask = torch.tensor([[1, 1, 0, 0]])                               # one text of 2 tokens, 2 padding
+    original = torch.randn(1, 4, 8)
+    finetuned = original.clone()
+    finetuned[0, 2:] = -original[0, 2:]                               # only the padding disagrees
+    evaluation = [({"attention_mask": mask}, None)]
+    embeddings = scores([Output(finetuned, False, mask)], evaluation, [Output(original, False, mask)])
+    assert embeddings["cosine"] == pytest.approx(1.0)
+    tokens = scores([Output(finetuned, True, mask)], evaluation, [Output(original, True, mask)])
+    assert tokens["agreement"] == 1.0

@@ -19,7 +19,7 @@ configuration have been checked.
 
 Evaluation compares every stage with the original: top-1 agreement of the predictions for
 classifiers (and accuracy against the labels), mean cosine similarity of the outputs for
-embedding models.
+embedding models; padding tokens of texts count in neither.
 """
 
 from __future__ import annotations
@@ -332,13 +332,13 @@ def scores(predicted: list[Output], evaluation: list, reference: list[Output]) -
     counts = {"agreement": 0, "accuracy": 0, "cosine": 0.0, "n": 0}
     for out, (_, labels), original in zip(predicted, evaluation, reference):
         if out.is_logits:
-            predicted_class = out.value.argmax(-1)
-            counts["agreement"] += int((predicted_class == original.value.argmax(-1)).sum())
+            predicted_class = out.value.argmax(-1).cpu()
+            counts["agreement"] += int(_counted(predicted_class == original.value.argmax(-1).cpu(), out).sum())
             if labels is not None:
-                counts["accuracy"] += int((predicted_class.cpu() == labels).sum())
-            counts["n"] += predicted_class.numel()
+                counts["accuracy"] += int(_counted(predicted_class == labels, out).sum())
+            counts["n"] += _counted(predicted_class, out).numel()
         else:
-            similarity = torch.nn.functional.cosine_similarity(out.value, original.value, dim=-1)
+            similarity = _counted(torch.nn.functional.cosine_similarity(out.value, original.value, dim=-1).cpu(), out)
             counts["cosine"] += float(similarity.sum())
             counts["n"] += similarity.numel()
     n = max(counts["n"], 1)
@@ -348,6 +348,14 @@ def scores(predicted: list[Output], evaluation: list, reference: list[Output]) -
             result["accuracy"] = counts["accuracy"] / n
         return result
     return {"cosine": counts["cosine"] / n}
+
+
+def _counted(values: torch.Tensor, out: Output) -> torch.Tensor:
+    """The entries of per-position ``values`` (B, T) that ``out.mask`` keeps: padding tokens of a
+    batch of texts are not predictions of the model and must not move its scores."""
+    if out.mask is None or out.mask.shape != values.shape:
+        return values.reshape(-1)
+    return values[out.mask.cpu().bool()]
 
 
 # --- the run folder ------------------------------------------------------------------------------
