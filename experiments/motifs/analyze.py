@@ -150,6 +150,11 @@ def comparisons(rows: list[dict], reference: str = "sample") -> list[dict]:
 
 # --- figures -----------------------------------------------------------------------------------
 
+def has_momos_runs(rows: list[dict], section: tuple) -> bool:
+    """Whether ``section`` has a point to plot (a baseline alone draws an empty figure)."""
+    return any(section_of(r) == section and r["option"] != "baseline" for r in rows)
+
+
 def plot_file(section: tuple) -> str:
     model, dataset, images = section
     return f"{model}-{dataset}-{images}.png"
@@ -227,7 +232,7 @@ def summary_markdown(rows: list[dict], compared: list[dict]) -> str:
         lines += [f"## {title(section)}", ""]
         runs_of = {spec: [r for r in mine if r["spec"] == spec] for spec in dict.fromkeys(r["spec"] for r in mine)}
         lines += ["Sweeps: " + "; ".join(
-            f"`{spec}` ({len(runs)} runs of {', '.join(str(e) for e in sorted({r['epochs'] for r in runs}))} epochs, "
+            f"`{spec}` ({counted(len(runs), 'run')} of {', '.join(str(e) for e in sorted({r['epochs'] for r in runs}))} epochs, "
             f"{threads(runs)} each)"
             for spec, runs in runs_of.items()) + ".", ""]
         if any(other[:2] == section[:2] and other[2] > section[2] for other in sections(rows)):
@@ -235,13 +240,18 @@ def summary_markdown(rows: list[dict], compared: list[dict]) -> str:
                       "full-data one, so the section with more training images is the one to judge by.", ""]
         if baseline:
             lines += [f"Baseline (no projection): test accuracy {mean(baseline, 'test_acc'):.4f} "
-                      f"(spread {spread(baseline, 'test_acc'):.4f}, {len(baseline)} seeds), "
+                      f"(spread {spread(baseline, 'test_acc'):.4f}, {counted(len(baseline), 'seed')}), "
                       f"lzma ratio {mean(baseline, 'lzma'):.2f}.", ""]
-        lines += [*settings_table(mine), ""]
-        lines += [*verdict_lines([c for c in compared if c["section"] == section]), ""]
-        lines += [*acceptance_lines([c for c in compared if c["section"] == section]), ""]
-        lines += [f"![accuracy against complexity](motifs/plots/{plot_file(section)})", ""]
+        mine_compared = [c for c in compared if c["section"] == section]
+        for block in (settings_table(mine), verdict_lines(mine_compared), acceptance_lines(mine_compared)):
+            lines += [*block, ""] if block else []
+        if has_momos_runs(rows, section):
+            lines += [f"![accuracy against complexity](motifs/plots/{plot_file(section)})", ""]
     return "\n".join(lines)
+
+
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def settings_table(rows: list[dict]) -> list[str]:
@@ -249,6 +259,8 @@ def settings_table(rows: list[dict]) -> list[str]:
     grouped = groups(rows)
     options = sorted({r["option"] for r in rows if r["option"] != "baseline"}, key=lambda o: (o != "sample", o))
     settings = sorted({(r["s"], r["capacity"]) for r in rows if r["option"] != "baseline"})
+    if not settings:
+        return ["No MoMos run of this section is complete yet."]
     section = section_of(rows[0])
     lines = ["| s | capacity | " + " | ".join(options) + " |", "|---|---|" + "---|" * len(options)]
     for s, capacity in settings:
@@ -312,7 +324,7 @@ def main() -> None:
         raise SystemExit("no completed runs of the motif study found; run its sweeps first")
     write_csv(rows, RESULTS_CSV)
     (HERE / "plots").mkdir(exist_ok=True)
-    for section in sections(rows):
+    for section in filter(lambda section: has_momos_runs(rows, section), sections(rows)):
         plot_section(rows, section, HERE / "plots" / plot_file(section))
     compared = comparisons(rows)
     write_bytes_atomic(summary_markdown(rows, compared).encode(), EXPERIMENTS / "MOTIFS.md")

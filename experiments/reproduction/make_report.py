@@ -224,6 +224,12 @@ def finding_accuracy_kept(grouped: dict) -> tuple[str, list[str]]:
                      f"test accuracy {stat([r['test_acc'] for r in runs])} against "
                      f"{stat([r['test_acc'] for r in base])}), simplification factor "
                      f"{stat([r['simplification_factor'] for r in runs], 2)}.")
+    for key, base in grouped.items():
+        spec, model, dataset, method, *_ = key
+        if method == "baseline" and (spec, model, dataset, "momos", *HEADLINE, 0, "") not in grouped:
+            lines.append(f"- {model}/{dataset} ({sweep_of(key)}): no MoMos s={HEADLINE[0]} c={HEADLINE[1]:g} run "
+                         f"is complete yet (baseline {stat([r['test_acc'] for r in base])}, {seeds(base)}); "
+                         "not counted.")
     return verdict(passed, total), lines
 
 
