@@ -196,6 +196,22 @@ def test_a_second_sweep_skips_complete_runs(tiny, capsys):
     assert "4 complete, 0 to resume, 0 to train" in capsys.readouterr().out
 
 
+def test_select_picks_runs_by_pattern_in_grid_order():
+    points = sweep.expand(TINY)
+    chosen = sweep.select(points, ["*seed-1", "method-baseline__seed-0"])
+    assert [p.name for p in chosen] == ["method-baseline__seed-0", "method-baseline__seed-1", INTERRUPTED]
+    with pytest.raises(ValueError, match="'method-qat\\*' matches none of the 4 runs"):
+        sweep.select(points, ["*seed-1", "method-qat*"])
+
+
+def test_only_trains_a_piece_of_the_sweep_and_plans_all_of_it(tmp_path):
+    out = tmp_path / "out"
+    outcome = sweep.run_sweep(TINY, out, only=["method-baseline__seed-1"], quiet=True)
+    assert outcome.trained == ["method-baseline__seed-1"] and outcome.failed == {}
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["method-baseline__seed-1"]
+    assert [run["name"] for run in json.loads((out / "sweep.json").read_text())["runs"]] == names(TINY)
+
+
 def test_a_run_folder_with_another_config_is_an_error(tiny):
     out, _, _ = tiny
     changed = {**TINY, "fixed": {**TINY["fixed"], "epochs": 3, "data_dir": "/elsewhere"}}
@@ -245,6 +261,11 @@ def test_cli_dry_run_and_report_only(tiny, tmp_path, capsys):
     assert f"done     {INTERRUPTED}" in printed and "4 runs in" in printed and "4 done, 0 partial, 0 new" in printed
     assert main(["sweep", config, "--report-only"]) == 0
     assert "| baseline | - | 2 |" in capsys.readouterr().out
+    assert main(["sweep", config, "--dry-run", "--only", "method-momos*"]) == 0
+    printed = capsys.readouterr().out
+    assert "method-baseline" not in printed and "2 runs in" in printed and "2 done, 0 partial, 0 new" in printed
+    assert main(["sweep", config, "--dry-run", "--only", "momos"]) == 2
+    assert "--only 'momos' matches none of the 4 runs" in capsys.readouterr().err
 
 
 def test_cli_failed_run_is_reported_and_exits_1(tmp_path, capsys):

@@ -25,6 +25,7 @@ config is an error (the folder is never overwritten).
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import os
@@ -306,6 +307,20 @@ def sweep_rows(spec: dict, out: str | os.PathLike, row_of: Callable[[RunRecord, 
     return rows
 
 
+def select(points: list[SweepPoint], patterns: list[str]) -> list[SweepPoint]:
+    """The points whose names match one of the shell-style ``patterns`` (``*``, ``?``, ``[...]``),
+    in grid order: a piece of a sweep, e.g. the runs a durable table does not hold yet.
+
+    Raises:
+        ValueError: a pattern that matches no run (a typo would otherwise train nothing quietly).
+    """
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(p.name, pattern) for p in points):
+            raise ValueError(f"{pattern!r} matches none of the {len(points)} runs: "
+                             + ", ".join(p.name for p in points))
+    return [p for p in points if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in patterns)]
+
+
 def plan(points: list[SweepPoint], out: str | os.PathLike) -> dict[str, str]:
     """The state of every run in ``out``: ``done`` (complete), ``partial`` (resumable) or ``new``.
 
@@ -360,13 +375,16 @@ def _flat(d: dict) -> dict:
 
 def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | None = None, jobs: int = 1,
               threads: int | None = None, data_dir: str | os.PathLike | None = None,
-              device: str = "cpu", quiet: bool = False, runtime: Runtime = Runtime()) -> SweepOutcome:
+              device: str = "cpu", quiet: bool = False, runtime: Runtime = Runtime(),
+              only: list[str] | None = None) -> SweepOutcome:
     """Train every run of the sweep that is not complete in ``out``, ``jobs`` at a time, each in
     its own process on ``threads`` torch threads (default: ``train.default_threads`` of each run,
     the cores shared among the jobs), its steps computed as ``runtime`` says (precision,
     channels-last, compile; see ``momos.train.fit``).
 
     ``out``: default the spec's ``out``. ``data_dir``: where every run reads its data set.
+    ``only``: train just the runs :func:`select` picks with these patterns (the plan written to
+    ``out`` still lists every run).
     ``device``: where every run trains; ``cuda`` spreads the runs over the GPUs (run ``i`` of
     the ones to train on ``cuda:i mod GPUs``), so ``jobs`` = the number of GPUs keeps one per GPU.
     Everything is checked before anything runs; a run that fails does not stop the others: its
@@ -386,14 +404,15 @@ def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | 
     if data_dir is not None:
         points = [replace(p, config=replace(p.config, data_dir=str(data_dir))) for p in points]
     check_precision(runtime.precision, resolve_device(device))   # fails now, not in every worker
-    statuses = plan(points, out)
+    chosen = select(points, only) if only else points
+    statuses = plan(chosen, out)
     write_json_atomic({"runs": [{"name": p.name, "axes": p.axes, "config": p.config.to_dict()} for p in points]},
                       Path(out) / PLAN)
     outcome = SweepOutcome(skipped=[name for name, status in statuses.items() if status == "done"])
-    todo = [p for p in points if statuses[p.name] != "done"]
+    todo = [p for p in chosen if statuses[p.name] != "done"]
     if not quiet:
         resumed = sum(statuses[p.name] == "partial" for p in todo)
-        print(f"sweep {out}: {len(points)} runs, {len(outcome.skipped)} complete, {resumed} to resume, "
+        print(f"sweep {out}: {len(chosen)} runs, {len(outcome.skipped)} complete, {resumed} to resume, "
               f"{len(todo) - resumed} to train; {min(jobs, len(todo))} at a time, torch threads per run: "
               f"{threads or 'by run (train.default_threads)'}",
               flush=True)

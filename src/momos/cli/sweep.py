@@ -27,7 +27,7 @@ CONFIG.yaml:
 Keys are TrainConfig and MoMosConfig field names. MoMos keys and the projection schedule
 apply only to the momos methods, qat_bits only to the qat ones: other runs drop them, so the
 baseline is trained once per data set and seed. Complete runs are skipped and interrupted ones
-resumed, so running the command again continues a sweep; a run folder trained with another
+resumed, so running the command again continues a sweep (--only trains a piece of it); a run folder trained with another
 config is an error (delete it to train it again). A failed run does not stop the others; its
 error is written to its folder's error.txt and the command exits with 1."""
 
@@ -40,6 +40,9 @@ def register(subparsers) -> None:
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="runs trained at once, one process each")
     parser.add_argument("--threads", type=int, metavar="T",
                         help="torch threads per run (default: one for a small model, else the CPU cores divided by --jobs)")
+    parser.add_argument("--only", action="append", metavar="PATTERN",
+                        help="train only the runs whose names match PATTERN (shell-style: *, ?, [...]; "
+                             "repeatable); the report still covers every run in the folder")
     parser.add_argument("--device", default="cpu",
                         help="where every run trains: cpu (default), cuda (with --jobs N: run i on GPU i mod the GPUs)")
     add_step_arguments(parser.add_argument_group(
@@ -67,16 +70,20 @@ def run(args) -> int:
     out = args.out or spec.get("out")
     if out is None:
         raise UsageError(f"no sweep folder: give --out or out: in {args.config}")
-    statuses = sweep.plan(points, out)
+    try:
+        chosen = sweep.select(points, args.only) if args.only else points
+    except ValueError as error:
+        raise UsageError(f"--only {error}") from None
+    statuses = sweep.plan(chosen, out)
     if args.dry_run:
         for name, status in statuses.items():
             print(f"{status:8} {name}")
         counts = {status: list(statuses.values()).count(status) for status in ("done", "partial", "new")}
-        print(f"{len(points)} runs in {out}: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+        print(f"{len(chosen)} runs in {out}: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
         return 0
     failed = {}
     if not args.report_only:
-        failed = sweep.run_sweep(points, out, jobs=args.jobs, threads=args.threads, data_dir=args.data_dir,
+        failed = sweep.run_sweep(points, out, only=args.only, jobs=args.jobs, threads=args.threads, data_dir=args.data_dir,
                                  device=args.device, quiet=args.quiet, runtime=step_runtime(args)).failed
     try:
         report = sweep.aggregate(out, points)
