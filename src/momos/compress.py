@@ -39,7 +39,7 @@ from torch import nn
 from . import __version__
 from .config import MoMosConfig
 from .data import DATASETS, batches, load_dataset, num_batches
-from .finetune import FinetuneConfig, Output, finetune, outputs, split_batch, to_device
+from .finetune import FinetuneConfig, Output, finetune, masked, outputs, split_batch, to_device
 from .io import write_json_atomic
 from .project import warn_if_slow
 from .runfolder import FINAL, RESULTS, checkpoint_scales, load_model_weights_, save_projection
@@ -333,12 +333,13 @@ def scores(predicted: list[Output], evaluation: list, reference: list[Output]) -
     for out, (_, labels), original in zip(predicted, evaluation, reference):
         if out.is_logits:
             predicted_class = out.value.argmax(-1).cpu()
-            counts["agreement"] += int(_counted(predicted_class == original.value.argmax(-1).cpu(), out).sum())
+            counts["agreement"] += int(masked(predicted_class == original.value.argmax(-1).cpu(), out.mask).sum())
             if labels is not None:
-                counts["accuracy"] += int(_counted(predicted_class == labels, out).sum())
-            counts["n"] += _counted(predicted_class, out).numel()
+                counts["accuracy"] += int(masked(predicted_class == labels, out.mask).sum())
+            counts["n"] += masked(predicted_class, out.mask).numel()
         else:
-            similarity = _counted(torch.nn.functional.cosine_similarity(out.value, original.value, dim=-1).cpu(), out)
+            similarity = masked(torch.nn.functional.cosine_similarity(out.value, original.value, dim=-1).cpu(),
+                                out.mask)
             counts["cosine"] += float(similarity.sum())
             counts["n"] += similarity.numel()
     n = max(counts["n"], 1)
@@ -348,14 +349,6 @@ def scores(predicted: list[Output], evaluation: list, reference: list[Output]) -
             result["accuracy"] = counts["accuracy"] / n
         return result
     return {"cosine": counts["cosine"] / n}
-
-
-def _counted(values: torch.Tensor, out: Output) -> torch.Tensor:
-    """The entries of per-position ``values`` (B, T) that ``out.mask`` keeps: padding tokens of a
-    batch of texts are not predictions of the model and must not move its scores."""
-    if out.mask is None or out.mask.shape != values.shape:
-        return values.reshape(-1)
-    return values[out.mask.cpu().bool()]
 
 
 # --- the run folder ------------------------------------------------------------------------------

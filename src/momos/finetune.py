@@ -254,11 +254,17 @@ def distillation_loss(student: Output, teacher: Output, labels: torch.Tensor | N
     return options.distill_weight * loss + (1 - options.distill_weight) * task
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def masked(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The entries of per-position ``values`` (B, T) that ``mask`` (an attention mask) keeps, flat:
+    padding tokens are not the model's predictions. Without a mask of that shape, all of them."""
     if mask is None or mask.shape != values.shape:
-        return values.mean()
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp_min(1)
+        return values.reshape(-1)
+    return values[mask.to(values.device).bool()]
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    kept = masked(values, mask)
+    return kept.sum() / max(kept.numel(), 1)
 
 
 def outputs(model: nn.Module, inputs) -> Output:

@@ -27,9 +27,9 @@ CONFIG.yaml:
 Keys are TrainConfig and MoMosConfig field names. MoMos keys and the projection schedule
 apply only to the momos methods, qat_bits only to the qat ones: other runs drop them, so the
 baseline is trained once per data set and seed. Complete runs are skipped and interrupted ones
-resumed, so running the command again continues a sweep (--only trains a piece of it); a run folder trained with another
-config is an error (delete it to train it again). A failed run does not stop the others; its
-error is written to its folder's error.txt and the command exits with 1."""
+resumed, so running the command again continues a sweep (--only trains a piece of it); a run
+folder trained with another config is an error (delete it to train it again). A failed run does
+not stop the others; its error is written to its folder's error.txt and the command exits with 1."""
 
 
 def register(subparsers) -> None:
@@ -83,8 +83,9 @@ def run(args) -> int:
         return 0
     failed = {}
     if not args.report_only:
-        failed = sweep.run_sweep(points, out, only=args.only, jobs=args.jobs, threads=args.threads, data_dir=args.data_dir,
-                                 device=args.device, quiet=args.quiet, runtime=step_runtime(args)).failed
+        failed = sweep.run_sweep(points, out, only=args.only, jobs=args.jobs, threads=args.threads,
+                                 data_dir=args.data_dir, device=args.device, quiet=args.quiet,
+                                 runtime=step_runtime(args)).failed
     try:
         report = sweep.aggregate(out, points)
     except ValueError as error:
