@@ -14,7 +14,7 @@ below 1, the threads help; above 1, they cost. The runs go to a temporary folder
 
 "MACs/step" is the work of one step as the default thread rule measures it (``momos.train.
 work_per_step``: the multiply-adds of the linear and convolution layers' forward pass over a
-batch), and "rule" the threads that rule (``momos.train.default_threads``) picks on this machine.
+batch), and "rule" the threads that rule (``momos.runtime.default_threads``) picks on this machine.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import tempfile
 import torch
 
 from momos.data import DatasetError
-from momos.train import TrainConfig, default_threads, fit, prepare, work_per_step
+from momos.runtime import default_threads
+from momos.train import TrainConfig, fit, prepare, work_per_step
 
 
 def workloads(args) -> dict[str, TrainConfig]:
@@ -74,7 +75,7 @@ def main() -> None:
                 continue
             one = statistics.median(times[1])
             ratios = "  ".join(f"{statistics.median(times[t]) / one:6.2f}" for t in thread_counts[1:])
-            print(f"{name:38s} {work_per_step(run):10.2e} {default_threads(run):4d} {one:8.2f}s  {ratios}",
+            print(f"{name:38s} {work_per_step(run):10.2e} {default_threads(work_per_step(run)):4d} {one:8.2f}s  {ratios}",
                   flush=True)
 
 

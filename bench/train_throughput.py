@@ -35,7 +35,8 @@ from torch.nn import functional as F
 
 from momos.data import DatasetError, batches, load_dataset
 from momos.models import build_model
-from momos.train import TrainConfig, make_optimizer, multiply_adds, native_bf16
+from momos.runtime import multiply_adds, native_bf16
+from momos.train import TrainConfig, make_optimizer
 
 SHAPE, BATCH, CLASSES = (3, 32, 32), 128, 10
 MODELS = {"ResNet-20": "resnet20", "ViT": "vit"}

@@ -16,8 +16,8 @@ LAYERS = [
     {"project", "qat", "projector", "motif_tuning"},
     {"fileformat", "compact", "onnx"},
     {"complexity"},
-    {"data", "models", "trainconfig", "runstate", "runfolder", "train", "finetune", "sources", "compress",
-     "sweep", "report", "figures"},
+    {"data", "models", "trainconfig", "runstate", "runfolder", "runtime", "trainlog", "train", "finetune", "sources",
+     "compress", "sweep", "report", "figures"},
     {"integrations"},
     {"cli", "__main__", "__init__"},
 ]

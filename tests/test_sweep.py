@@ -11,7 +11,8 @@ import torch
 
 from momos import sweep
 from momos.cli import main
-from momos.train import TrainConfig, fit, native_bf16, prepare
+from momos.runtime import native_bf16
+from momos.train import TrainConfig, fit, prepare
 
 EXAMPLE = {
     "out": "runs/sweeps/demo",

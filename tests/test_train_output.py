@@ -11,8 +11,8 @@ import torch
 from momos import distributed
 from momos.cli import main
 from momos.runfolder import read_results
-from momos.train import (ONE_THREAD_BELOW, TrainConfig, default_threads, fit, multiply_adds, prepare, resume, train,
-                         work_per_step)
+from momos.runtime import ONE_THREAD_BELOW, default_threads, multiply_adds
+from momos.train import TrainConfig, fit, prepare, resume, train, work_per_step
 
 SMALL = ["--train-subset", "320", "--threads", "1"]
 FINAL = re.compile(r"test loss \d\.\d{4} acc \d\.\d{4}  \(\d+\.\d s\)  -> (.+)")
@@ -173,12 +173,15 @@ def test_default_threads_one_for_small_steps_else_the_cores_shared(tmp_path, mon
         run.config = TrainConfig(batch_size=batch_size)
         return run
 
+    def threads(batch_size, **kwargs):
+        return default_threads(work_per_step(with_batch(batch_size)), **kwargs)
+
     below, at = (ONE_THREAD_BELOW - 1) // per_image, -(-ONE_THREAD_BELOW // per_image)
-    assert default_threads(with_batch(below)) == 1
-    assert default_threads(with_batch(at)) == 8
-    assert default_threads(with_batch(at), sharing=2) == 4
-    assert default_threads(with_batch(at), sharing=16) == 1
+    assert threads(below) == 1
+    assert threads(at) == 8
+    assert threads(at, sharing=2) == 4
+    assert threads(at, sharing=16) == 1
     monkeypatch.setattr(distributed, "world_size", lambda: 2)   # each process takes half a batch
     assert work_per_step(with_batch(2 * at)) == per_image * at
-    assert default_threads(with_batch(2 * at)) == 8
-    assert default_threads(with_batch(2 * at - 2)) == 1
+    assert threads(2 * at) == 8
+    assert threads(2 * at - 2) == 1

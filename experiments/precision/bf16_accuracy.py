@@ -8,7 +8,7 @@ compares, per method, the difference of mean test accuracies with the noise: the
 seed spread (max - min, over both precisions) and the standard error of one test accuracy
 (``sqrt(p (1 - p) / n)`` over the n test images), since two seeds say little about the spread.
 
-On a CPU without native bfloat16 (``momos.train.native_bf16``) ``momos train`` refuses bf16,
+On a CPU without native bfloat16 (``momos.runtime.native_bf16``) ``momos train`` refuses bf16,
 because emulation is slower than float32; this script lifts that refusal for its own runs: the
 emulated arithmetic rounds as the native one does (bfloat16 operands, whose products are exact
 in float32, summed in float32 and rounded to bfloat16), up to the order of the sums, so the
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from momos import train
+from momos import runtime
 from momos.io import write_bytes_atomic
 from momos.report import load_run
 from momos.train import TrainConfig, fit, prepare, prepare_resume
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    train.native_bf16 = lambda device: True          # emulated here; see the module's documentation
+    runtime.native_bf16 = lambda device: True          # emulated here; see the module's documentation
     results, test_images = {}, set()
     for seed in args.seeds:
         for method in METHODS:

@@ -44,8 +44,8 @@ from .io import write_bytes_atomic, write_json_atomic
 from .models import check_model_name
 from .report import UNSAFE_IN_NAMES, RunRecord, SweepReport, axis_order, load_run, summarize_runs
 from .runfolder import RESULTS, STATE, read_results
-from .train import (Runtime, check_metric_names, check_precision, default_threads, fit, prepare, prepare_resume,
-                    resolve_device)
+from .runtime import Runtime, check_precision, default_threads, resolve_device
+from .train import check_metric_names, fit, prepare, prepare_resume, work_per_step
 from .trainconfig import DEFAULT_MOMOS, MOMOS_OPTIONS, TrainConfig, option_applies
 
 SPEC_KEYS = ("out", "fixed", "grid")
@@ -378,7 +378,7 @@ def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | 
               device: str = "cpu", quiet: bool = False, runtime: Runtime = Runtime(),
               only: list[str] | None = None) -> SweepOutcome:
     """Train every run of the sweep that is not complete in ``out``, ``jobs`` at a time, each in
-    its own process on ``threads`` torch threads (default: ``train.default_threads`` of each run,
+    its own process on ``threads`` torch threads (default: ``runtime.default_threads`` of each run,
     the cores shared among the jobs), its steps computed as ``runtime`` says (precision,
     channels-last, compile; see ``momos.train.fit``).
 
@@ -414,7 +414,7 @@ def run_sweep(spec_or_points: dict | list[SweepPoint], out: str | os.PathLike | 
         resumed = sum(statuses[p.name] == "partial" for p in todo)
         print(f"sweep {out}: {len(chosen)} runs, {len(outcome.skipped)} complete, {resumed} to resume, "
               f"{len(todo) - resumed} to train; {min(jobs, len(todo))} at a time, torch threads per run: "
-              f"{threads or 'by run (train.default_threads)'}",
+              f"{threads or 'by run (runtime.default_threads)'}",
               flush=True)
     if todo:
         _run_all(todo, out, statuses, jobs, threads, device, runtime, outcome, quiet=quiet)
@@ -479,7 +479,7 @@ def train_run(config: TrainConfig, folder: str, *, resuming: bool, overwrite: bo
             run = prepare_resume(folder, device=device, data_dir=config.data_dir)
         else:
             run = prepare(config, folder, overwrite=overwrite, device=device)
-        torch.set_num_threads(threads or default_threads(run, sharing=jobs))
+        torch.set_num_threads(threads or default_threads(work_per_step(run), sharing=jobs))
         results = fit(run, **asdict(runtime))
     except Exception as error:  # noqa: BLE001 - reported per run; the sweep goes on
         message = " ".join(str(error).split())

@@ -35,12 +35,14 @@ one line per epoch and one for the test; while INFO shows and stderr is a termin
 bar over each epoch's steps (tqdm, on stderr). ``momos train`` prints the lines on stdout;
 ``--quiet`` raises the level to WARNING and prints the test line alone. ``metrics.csv`` repeats
 the numbers of every epoch as a table, and ``fit(..., log="tensorboard")`` also writes them, with
-every step's loss and learning rate, as TensorBoard events (:class:`TensorBoard`).
+every step's loss and learning rate, as TensorBoard events; the lines and events are
+:mod:`momos.trainlog`'s.
 
-Threads are the caller's: :func:`default_threads` is the rule ``momos train`` and the sweep
-follow when none are asked for. How the steps compute, never what is trained, is also the
-caller's, per session (``fit``, ``train`` and ``resume`` take them; ``results.json``'s
-``runtime`` records the last session's): ``precision="bf16"`` runs the forward pass and loss
+Threads are the caller's: ``runtime.default_threads`` of :func:`work_per_step` is the rule
+``momos train`` and the sweep follow when none are asked for. How the steps compute, never what
+is trained, is also the caller's, per session (``fit``, ``train`` and ``resume`` take them as a
+:class:`momos.runtime.Runtime`'s fields; ``results.json``'s ``runtime`` records the last
+session's): ``precision="bf16"`` runs the forward pass and loss
 under bfloat16 autocast while the weights, gradients, optimizer state, projection, evaluation
 and checkpoints stay float32; ``channels_last`` holds the weights and batches of a convolutional
 network in ``torch.channels_last``; ``compile`` trains through ``torch.compile`` of the model,
@@ -75,10 +77,11 @@ from .project import ProjectionStats, select_parameters
 from .projector import Projector
 from .qat import QATConfig, add_qat_, plain_name
 from .runfolder import BEST, FINAL, INIT, load_model_weights_, plain_state_dict
+from .runtime import Runtime, check_precision, convolutional, multiply_adds, resolve_device
 from .trainconfig import TrainConfig
+from .trainlog import TensorBoard, check_log, epoch_line, final_line, header_line
 
 EVAL_BATCH_SIZE = 1024
-PRECISIONS = ("fp32", "bf16")
 
 logger = logging.getLogger(__name__)
 
@@ -93,16 +96,6 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, message: str, *, epoch: int, step: int, cause: str):
         super().__init__(message)
         self.epoch, self.step, self.cause = epoch, step, cause
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """How a session's training steps compute (see the module's documentation); not the run's
-    config: a resume may choose otherwise, and the results are the same up to rounding."""
-
-    precision: str = "fp32"          # of the forward pass and loss: fp32, or bf16 autocast
-    channels_last: bool = False      # weights and batches in torch.channels_last
-    compile: bool = False            # the steps call torch.compile(model)
 
 
 @dataclass
@@ -248,110 +241,10 @@ def set_base_lr_(run: Run, lr: float) -> None:
     run.lr_changes.append({"epoch": run.epoch, "lr": lr})
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` checked; ``cuda`` without an index is this process's GPU (``LOCAL_RANK``)."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"unknown device {device!r}: {error}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device} is not available: torch sees no CUDA GPU")
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        if device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device} is not available: torch sees {torch.cuda.device_count()} GPUs")
-    elif device.type != "cpu":
-        raise ValueError(f"device {device} is not supported; use cpu or cuda")
-    return device
-
-
-# The work of one optimizer step (multiply-adds of the forward pass of one process's share of a
-# batch) below which a run takes one torch thread. Such steps are made of small operations, which
-# gain little from more threads on an idle machine, while on a busy one threads waiting for each
-# other spin on cores others need: on a loaded 2-core machine bench/threads.py measured 2 threads
-# 5-8x slower than 1 for the digits MLP (7e6 multiply-adds per step) and 17-19x for the MNIST MLP
-# (5e7). Above it (ResNet-20 on CIFAR-10: 5e9) the operations are large enough to share out, and
-# a run takes the cores; on a busy machine, ask for --threads 1 (2.3-2.7x faster there for ResNet-20).
-ONE_THREAD_BELOW = 500_000_000
-
-
-# the layers whose multiply-adds measure a forward pass
-COUNTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def multiply_adds(model: nn.Module, shape: tuple[int, ...],
-                  kinds: tuple[type[nn.Module], ...] = COUNTED_LAYERS) -> int:
-    """Multiply-adds of the linear and convolution layers (``kinds``: those of these types) of
-    ``model`` on one blank image of ``shape`` (the bulk of its forward pass); ``model``'s mode
-    and state stay as they were."""
-    return sum(count for layer, count in layer_multiply_adds(model, shape).items() if isinstance(layer, kinds))
-
-
-def layer_multiply_adds(model: nn.Module, shape: tuple[int, ...]) -> dict[nn.Module, int]:
-    """Each linear and convolution layer's multiply-adds on one blank image of ``shape``, from one
-    forward pass in eval mode (BatchNorm statistics stay); ``model``'s mode stays as it was."""
-    counts: dict[nn.Module, int] = {}
-
-    def count(module: nn.Module, inputs, output: torch.Tensor) -> None:
-        # every output: one row of the weight
-        counts[module] = counts.get(module, 0) + output.numel() * module.weight[0].numel()
-
-    layers = [m for m in model.modules() if isinstance(m, COUNTED_LAYERS)]
-    hooks = [layer.register_forward_hook(count) for layer in layers]
-    training = model.training
-    device = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *shape, device=device))
-    finally:
-        model.train(training)
-        for hook in hooks:
-            hook.remove()
-    return counts
-
-
 def work_per_step(run: Run) -> int:
-    """The :func:`multiply_adds` of the images one process takes of each batch: the measure of
-    :func:`default_threads`."""
+    """The multiply-adds of the images one process takes of each batch: what
+    ``runtime.default_threads`` measures a step by."""
     return multiply_adds(run.model, run.data.info.shape) * (run.config.batch_size // distributed.world_size())
-
-
-def default_threads(run: Run, *, sharing: int = 1) -> int:
-    """The torch threads for one process of ``run`` when none are asked for: one below
-    :data:`ONE_THREAD_BELOW` of :func:`work_per_step`, else this machine's cores shared among
-    ``sharing`` processes (those of a torchrun on this machine, the jobs of a sweep)."""
-    if work_per_step(run) < ONE_THREAD_BELOW:
-        return 1
-    return max(1, (os.cpu_count() or 1) // sharing)
-
-
-def convolutional(model: nn.Module, shape: tuple[int, ...]) -> bool:
-    """Whether 2-d convolutions do most of ``model``'s :func:`multiply_adds`: channels-last pays
-    off only then (the ViT's patch embedding, a convolution, is 1% of its work)."""
-    counts = layer_multiply_adds(model, shape)   # one forward pass for both sums
-    return 2 * sum(n for layer, n in counts.items() if isinstance(layer, nn.Conv2d)) > sum(counts.values())
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it (Ampere and
-    later), a CPU with AVX512-BF16 or AMX (what oneDNN reports); elsewhere torch emulates it,
-    slower than float32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    """Refuse an unknown ``precision``, and bf16 where it would be emulated."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
-    if precision == "bf16" and not native_bf16(device):
-        where = (f"GPU {torch.cuda.get_device_name(device)} has no native bfloat16" if device.type == "cuda" else
-                 "this CPU has no native bfloat16 (AVX512-BF16 or AMX; torch.ops.mkldnn._is_mkldnn_bf16_supported() "
-                 "is False), so it would be emulated, slower than float32")
-        raise ValueError(f"--precision bf16 needs native bfloat16 arithmetic, and {where}; "
-                         f"train with --precision fp32 (the default), or on a GPU with bfloat16 (--device cuda)")
 
 
 def check_metric_names(names: tuple[str, ...], momos: MoMosConfig | None) -> None:
@@ -413,7 +306,7 @@ def fit(run: Run, *, stop_after_epoch: int | None = None, log: str | None = None
     ``precision``: ``"fp32"``, or ``"bf16"``: the forward pass and loss of the training steps
     under ``torch.autocast`` to bfloat16; weights, gradients, optimizer state, projections,
     validation, test and checkpoints stay float32. Only where bfloat16 is native (see
-    :func:`native_bf16`).
+    ``runtime.native_bf16``).
     ``channels_last``: the model and its training batches in ``torch.channels_last``, the layout
     oneDNN and cuDNN convolutions prefer; no effect (a note in the log) on a model that is not
     mostly convolutions (:func:`convolutional`), such as the MLP and the ViT.
@@ -438,7 +331,7 @@ def fit(run: Run, *, stop_after_epoch: int | None = None, log: str | None = None
     writer = distributed.rank() == 0   # validates, writes and logs; the other ranks train and project
     distributed.barrier()   # every rank has read the run folder before rank 0 changes it
     if writer:
-        logger.info(header_line(run))
+        logger.info(header_line(run.config, run.data, run.model, run.device, run.runtime))
         if channels_last and not effective:
             logger.info(f"channels-last: no effect on {run.config.model}, whose work is not mostly convolutions")
         if run.epoch > 0:
@@ -446,7 +339,9 @@ def fit(run: Run, *, stop_after_epoch: int | None = None, log: str | None = None
         runfolder.remove_temporaries(run.out_dir)
         if run.epoch == 0:
             runfolder.prepare_folder(run.out_dir)
-    board = TensorBoard(run) if writer and log == "tensorboard" else None
+    board = None
+    if writer and log == "tensorboard":
+        board = TensorBoard(run.out_dir, num_batches(run.data.train, run.config.batch_size, drop_last=True), run.epoch)
     try:
         return run_epochs(run, start, board, stop_after_epoch)
     finally:
@@ -771,107 +666,3 @@ def save_checkpoint(run: Run, name: str) -> None:
     """The model as it is now, at epoch ``run.epoch``, as run file ``name``."""
     runfolder.save_checkpoint(run.out_dir / name, run.model, run.config, epoch=run.epoch,
                               scales=run.projector.scales if run.projector is not None else None)
-
-
-# --- what a run tells as it goes: console lines and TensorBoard ----------------------------------
-
-LOGS = ("tensorboard",)
-
-
-def header_line(run: Run) -> str:
-    """What is about to train, e.g. ``mlp (216,586 parameters) · digits (sklearn.datasets.load_digits):
-    train 1,366 / val 72 / test 359 · momos s=4 k=541 · 1 thread · cpu``; the device is followed
-    by the runtime choices other than the default, e.g. ``cuda:0 bf16 channels-last compiled``."""
-    config, data = run.config, run.data
-    parameters = sum(p.numel() for p in run.model.parameters())
-    sizes = f"train {len(data.train):,} / val {len(data.val):,} / test {len(data.test):,}"
-    threads, processes = torch.get_num_threads(), distributed.world_size()
-    return " · ".join([
-        f"{config.model} ({parameters:,} parameters)",
-        f"{config.dataset} ({data.source}): {sizes}",
-        method_summary(run),
-        (f"{processes} processes × " if processes > 1 else "") + f"{threads} thread{'s' * (threads > 1)}",
-        " ".join([str(run.device)] + [name for name, chosen in (
-            (run.runtime.precision, run.runtime.precision != "fp32"),
-            ("channels-last", run.runtime.channels_last), ("compiled", run.runtime.compile)) if chosen]),
-    ])
-
-
-def method_summary(run: Run) -> str:
-    """The method and its sizes: ``momos+qat s=4 k=541 q=8``; ``k`` summed over codebooks."""
-    from .complexity.description import description_length_from_config
-
-    config, parts = run.config, [run.config.method]
-    if config.momos is not None:
-        k = description_length_from_config(run.model, config.momos).num_motifs
-        parts += [f"s={config.momos.block_size}", f"k={k}"]
-    if config.qat_bits is not None:
-        parts.append(f"q={config.qat_bits}")
-    return " ".join(parts)
-
-
-def epoch_line(entry: dict, config: TrainConfig) -> str:
-    """The end-of-epoch summary line."""
-    line = (f"epoch {entry['epoch']}/{config.epochs}  lr {entry['lr']:.2e}  "
-            f"train loss {entry['train_loss']:.4f} acc {entry['train_acc']:.4f}  "
-            f"val loss {entry['val_loss']:.4f} acc {entry['val_acc']:.4f}")
-    if entry["projection"]:
-        p = entry["projection"]
-        line += f"  k {p['num_motifs']} used {p['motifs_used']}"
-    metrics = entry.get("metrics", {})
-    for name in config.metrics:
-        if name in metrics:
-            line += f"  {name} {metrics[name]:.4g}"
-    return line + f"  {entry['seconds']:.1f} s"
-
-
-def final_line(results: dict, out_dir: Path) -> str:
-    """The last line of a complete run: its test loss and accuracy, time and folder."""
-    summary = results["summary"]
-    return (f"test loss {summary['test_loss']:.4f} acc {summary['test_acc']:.4f}  "
-            f"({summary['wall_seconds']:.1f} s)  -> {out_dir}")
-
-
-def check_log(log: str | None) -> None:
-    """Refuse an unknown ``log``, and (by importing it) a missing ``tensorboard`` package."""
-    if log is not None and log not in LOGS:
-        raise ValueError(f"unknown log {log!r}; choose {', '.join(LOGS)}")
-    if log == "tensorboard":
-        import torch.utils.tensorboard  # noqa: F401 - ModuleNotFoundError 'tensorboard' when missing
-
-
-class TensorBoard:
-    """The TensorBoard events of a run, in ``<run>/tensorboard/`` (rank 0 writes them).
-
-    Steps count optimizer steps from the start of the run: every step's ``step/train_loss`` (of
-    rank 0's share of the batch) and ``step/lr``; at the last step of every epoch (step 0 for
-    epoch 0) the numbers of its ``results.json`` entry, as ``metrics.csv`` has them:
-    ``epoch/val_acc``, ``projection/distortion``, ``projection/motifs_used``,
-    ``projection/bits_per_weight``, ``metrics/<name>`` ..., and the histogram
-    ``projection/motif_usage`` of the motifs' usage counts. A resumed run hides the events that
-    an interrupted session wrote after its last completed epoch.
-    """
-
-    def __init__(self, run: Run):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.steps_per_epoch = num_batches(run.data.train, run.config.batch_size, drop_last=True)
-        resumed_at = run.epoch * self.steps_per_epoch + 1 if run.epoch > 0 else None
-        self.writer = SummaryWriter(run.out_dir / runfolder.TENSORBOARD, purge_step=resumed_at)
-
-    def step(self, step: int, loss: float, lr: float) -> None:
-        self.writer.add_scalar("step/train_loss", loss, step)
-        self.writer.add_scalar("step/lr", lr, step)
-
-    def epoch(self, entry: dict, projection: ProjectionStats | None) -> None:
-        step = entry["epoch"] * self.steps_per_epoch
-        for column, value in runfolder.epoch_row(entry).items():
-            if column != "epoch" and value is not None:
-                tag = column.replace(".", "/") if "." in column else f"epoch/{column}"
-                self.writer.add_scalar(tag, value, step)
-        if projection is not None:
-            self.writer.add_histogram("projection/motif_usage", projection.motif_counts.float(), step)
-        self.writer.flush()   # a run killed later keeps the events of its completed epochs
-
-    def close(self) -> None:
-        self.writer.close()

@@ -18,9 +18,9 @@ def check_positive(args, *names: str) -> None:
 
 
 def add_step_arguments(group) -> None:
-    """How the training steps compute (``momos.train.Runtime``): ``--precision``,
+    """How the training steps compute (``momos.runtime.Runtime``): ``--precision``,
     ``--channels-last``, ``--compile``; shared by ``momos train`` and ``momos sweep``."""
-    from momos.train import PRECISIONS
+    from momos.runtime import PRECISIONS
 
     group.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="bf16: forward pass and loss under bfloat16 autocast, weights, optimizer and "
@@ -35,8 +35,8 @@ def add_step_arguments(group) -> None:
 
 
 def step_runtime(args):
-    """The ``momos.train.Runtime`` of :func:`add_step_arguments`' options."""
-    from momos.train import Runtime
+    """The ``momos.runtime.Runtime`` of :func:`add_step_arguments`' options."""
+    from momos.runtime import Runtime
 
     return Runtime(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
 

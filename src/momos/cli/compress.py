@@ -64,7 +64,7 @@ def run(args) -> int:
     from momos.cli.common import check_positive, projection_config
     from momos.compress import CompressConfig, compress
     from momos.finetune import FinetuneConfig
-    from momos.train import resolve_device
+    from momos.runtime import resolve_device
 
     if args.steps is not None and args.epochs is not None:
         raise UsageError("give --steps or --epochs, not both")

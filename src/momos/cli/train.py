@@ -43,7 +43,8 @@ EXIT_DIVERGED = 3
 
 
 def register(subparsers) -> None:
-    from momos.train import LOGS, ONE_THREAD_BELOW
+    from momos.runtime import ONE_THREAD_BELOW
+    from momos.trainlog import LOGS
     from momos.trainconfig import TrainConfig
 
     parser = subparsers.add_parser("train", help="train a model (baseline, qat, momos, momos+qat) and record the run",
@@ -110,6 +111,8 @@ def run_command(args) -> int:
     import torch
 
     from momos import distributed, train
+    from momos.runtime import default_threads
+    from momos.trainlog import final_line
     from momos.cli import UsageError
 
     check_positive(args, "threads")
@@ -129,13 +132,13 @@ def run_command(args) -> int:
     else:
         run = train.prepare(config_from_args(args, given), args.out, overwrite=args.overwrite, device=args.device)
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))   # of a torchrun on this machine
-    torch.set_num_threads(args.threads or train.default_threads(run, sharing=processes_here))
+    torch.set_num_threads(args.threads or default_threads(train.work_per_step(run), sharing=processes_here))
     try:
         with _progress_on_stdout(quiet=args.quiet):
             results = train.fit(run, stop_after_epoch=args.stop_after_epoch, log=args.log,
                                 **asdict(step_runtime(args)))
         if args.quiet and results is not None and results["summary"]["complete"]:
-            print(train.final_line(results, run.out_dir))   # what the quiet logger held back
+            print(final_line(results, run.out_dir))   # what the quiet logger held back
     except train.TrainingDiverged as error:
         if distributed.rank() == 0:   # every rank stops; one line is enough
             print(f"momos train: error: {error}", file=sys.stderr, flush=True)
