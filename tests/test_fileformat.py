@@ -138,6 +138,18 @@ def test_stores_exactly_the_motifs_in_use(tmp_path):
     assert info.num_motifs == int((stats.motif_counts > 0).sum()) < 40
 
 
+def test_the_same_mosaic_saves_to_the_same_bytes(tmp_path):
+    """Equal models give equal files (the safetensors metadata would otherwise come in a new order
+    every time), so a file's hash identifies its content."""
+    cfg = momos.MoMosConfig(block_size=4, capacity=0.1)
+    model = projected(zoo(), cfg)
+    for i in range(4):
+        save(model, tmp_path / f"{i}.momos", cfg, metadata={"source": "zoo", "note": "équal"})
+    files = {(tmp_path / f"{i}.momos").read_bytes() for i in range(4)}
+    assert len(files) == 1
+    assert_same_state(load(tmp_path / "0.momos"), model.state_dict())
+
+
 def test_values_are_kept_bit_for_bit(tmp_path):
     """Signed zeros, NaN, and parameters in float16, bfloat16 and float64."""
     model = nn.Module()

@@ -36,9 +36,23 @@ def write_json_atomic(obj, path: str | os.PathLike) -> None:
     write_bytes_atomic((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), path)
 
 
-def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                            metadata: dict[str, str] | None = None) -> None:
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """``safetensors.torch.save(tensors, metadata)`` with its metadata in name order, so that equal
+    tensors and metadata always give the same bytes: safetensors (0.8) writes the metadata from a
+    hash map, in an order that changes from one process to the next. Only the JSON header is
+    rewritten (the tensors' offsets count from the end of the header, so they stay valid)."""
     from safetensors.torch import save
 
-    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    write_bytes_atomic(save(contiguous, metadata=metadata), path)
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)   # safetensors aligns the tensors' data to 8 bytes
+    return len(text).to_bytes(8, "little") + text + data[8 + length:]
+
+
+def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                            metadata: dict[str, str] | None = None) -> None:
+    write_bytes_atomic(safetensors_bytes(tensors, metadata), path)

@@ -26,6 +26,7 @@ import zlib
 import safetensors
 import torch
 
+from ..io import safetensors_bytes
 from .errors import FormatError
 
 MAGIC = "momos"
@@ -47,14 +48,12 @@ DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 def write_container(tensors: dict[str, torch.Tensor], header: dict, *, version: int = VERSION) -> bytes:
     """The file's bytes: ``tensors`` (CPU, contiguous, dtypes of :data:`DTYPES`) and ``header``,
     labelled with format ``version`` (the current one unless rewriting an older file)."""
-    from safetensors.torch import save
-
     if version not in VERSIONS:
         raise ValueError(f"unknown .momos format version {version!r}")
     packed = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     tensors = {**tensors, HEADER: as_uint8_tensor(packed)}
     metadata = {"format": MAGIC, "version": str(version), "sha256": _digest(tensors)}
-    return save({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, metadata=metadata)
+    return safetensors_bytes(tensors, metadata)
 
 
 def as_uint8_tensor(data: bytes) -> torch.Tensor:
