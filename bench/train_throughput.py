@@ -1,12 +1,14 @@
 """Training throughput of ``momos train``'s runtime choices, and the share of an epoch spent on data.
 
     MOMOS_DATA=/path/to/data python bench/train_throughput.py [--quick] [--threads N] [--repeats 5] [--steps 5]
+        [--models ResNet-20,ViT] [--qat Q]
 
 Models: ResNet-20 and the ViT of ``momos.models`` on CIFAR-10-shaped batches of 128 random
 images. Configurations: the float32 default, channels-last, compile, channels-last + compile and
 bf16 (autocast; only where this CPU has native bfloat16, else "unsupported here"). Each has its
 own copy of the model (same initial weights) and the paper's optimizer (SGD for ResNet-20, AdamW
-for the ViT); a step is ``momos.train``'s: forward and loss, backward, optimizer step. After one
+for the ViT); a step is ``momos.train``'s: forward and loss, backward, optimizer step. ``--qat Q``
+attaches Q-bit fake quantization to every copy, as ``momos+qat`` runs train. After one
 warm-up step each (compile compiles there: minutes on a busy CPU, not counted), the
 configurations take turns, repeat by repeat, so that all see the same machine load; a repeat
 times ``--steps`` steps. The tables give the median images per second of each and its ratio to
@@ -35,6 +37,7 @@ from torch.nn import functional as F
 
 from momos.data import DatasetError, batches, load_dataset
 from momos.models import build_model
+from momos.qat import QATConfig, add_qat_
 from momos.runtime import multiply_adds, native_bf16
 from momos.train import TrainConfig, make_optimizer
 
@@ -46,10 +49,13 @@ CONFIGURATIONS = {"default": (False, False, "fp32"), "channels-last": (True, Fal
                   "bf16": (False, False, "bf16")}
 
 
-def trainer(model_name: str, channels_last: bool, compile: bool, precision: str):
-    """A function of no arguments that makes one training step of a fresh copy of the model."""
+def trainer(model_name: str, channels_last: bool, compile: bool, precision: str, qat_bits: int | None = None):
+    """A function of no arguments that makes one training step of a fresh copy of the model
+    (with ``qat_bits``-bit fake quantization attached when given)."""
     torch.manual_seed(0)
     model = build_model(model_name, channels=SHAPE[0], image_size=SHAPE[1], num_classes=CLASSES)
+    if qat_bits is not None:
+        add_qat_(model, QATConfig(bits=qat_bits))
     optimizer = make_optimizer(model, TrainConfig(dataset="cifar10", model=model_name))
     layout = torch.channels_last if channels_last else torch.preserve_format
     model.to(memory_format=layout)
@@ -118,19 +124,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--data-dir", help="default: $MOMOS_DATA")
+    parser.add_argument("--qat", type=int, metavar="Q", help="attach Q-bit fake quantization (momos+qat's steps)")
     args = parser.parse_args()
     repeats, steps = (3, 2) if args.quick else (args.repeats, args.steps)
     torch.set_num_threads(args.threads)
     bf16 = native_bf16(torch.device("cpu"))
     print(f"{os.cpu_count()} cores, {args.threads} torch threads, load average {os.getloadavg()[0]:.1f}; "
-          f"batch {BATCH} of {'x'.join(map(str, SHAPE))}; median of {repeats} repeats of {steps} steps")
+          f"batch {BATCH} of {'x'.join(map(str, SHAPE))}; median of {repeats} repeats of {steps} steps"
+          + (f"; {args.qat}-bit fake quantization" if args.qat else ""))
     fp32 = matmul_gflops(torch.float32)
     print(f"torch.mm 1024x1024: float32 {fp32:.0f} GFLOP/s"
           + (f", bf16 {matmul_gflops(torch.bfloat16):.0f} GFLOP/s" if bf16 else "; bf16: unsupported here"))
     draw = data_source(args.data_dir)
     for label in args.models.split(","):
         name = MODELS[label]
-        works = {config: trainer(name, *options) for config, options in CONFIGURATIONS.items()
+        works = {config: trainer(name, *options, qat_bits=args.qat) for config, options in CONFIGURATIONS.items()
                  if options[2] != "bf16" or bf16}
         if draw is not None:
             works["data"] = draw

@@ -16,12 +16,14 @@ def symmetric_scale(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def quantize_symmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer levels in ``[-(2^(q-1) - 1), 2^(q-1) - 1]`` and the scale; an all-zero ``x`` gets scale 0."""
+    """Integer levels in ``[-(2^(q-1) - 1), 2^(q-1) - 1]`` and the scale; an all-zero ``x`` gets scale 0
+    (and levels 0)."""
     scale = symmetric_scale(x, bits)
-    if scale == 0:
-        return torch.zeros_like(x, dtype=torch.long), scale
     limit = 2 ** (bits - 1) - 1
-    levels = torch.round(x.detach() / scale).clamp_(-limit, limit).long()
+    # No Python branch on the scale's value: torch.compile then traces a QAT model's forward
+    # pass as one graph (a branch broke it at every weight). Dividing by 1 leaves zeros zero.
+    divisor = torch.where(scale == 0, torch.ones_like(scale), scale)
+    levels = torch.round(x.detach() / divisor).clamp_(-limit, limit).long()
     return levels, scale
 
 
