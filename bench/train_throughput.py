@@ -4,8 +4,9 @@
         [--models ResNet-20,ViT] [--qat Q]
 
 Models: ResNet-20 and the ViT of ``momos.models`` on CIFAR-10-shaped batches of 128 random
-images. Configurations: the float32 default, channels-last, compile, channels-last + compile and
-bf16 (autocast; only where this CPU has native bfloat16, else "unsupported here"). Each has its
+images. Configurations: the float32 default, channels-last, compile, channels-last + compile,
+bf16 (autocast) and bf16 + channels-last + compile (the bf16 ones only where this CPU has native
+bfloat16, else "unsupported here"). Each has its
 own copy of the model (same initial weights) and the paper's optimizer (SGD for ResNet-20, AdamW
 for the ViT); a step is ``momos.train``'s: forward and loss, backward, optimizer step. ``--qat Q``
 attaches Q-bit fake quantization to every copy, as ``momos+qat`` runs train. After one
@@ -46,7 +47,7 @@ MODELS = {"ResNet-20": "resnet20", "ViT": "vit"}
 # name: (channels_last, compile, precision)
 CONFIGURATIONS = {"default": (False, False, "fp32"), "channels-last": (True, False, "fp32"),
                   "compile": (False, True, "fp32"), "channels-last+compile": (True, True, "fp32"),
-                  "bf16": (False, False, "bf16")}
+                  "bf16": (False, False, "bf16"), "bf16+channels-last+compile": (True, True, "bf16")}
 
 
 def trainer(model_name: str, channels_last: bool, compile: bool, precision: str, qat_bits: int | None = None):
@@ -148,12 +149,12 @@ def main() -> None:
         print(f"\n{label} (load average {os.getloadavg()[0]:.1f}): {flops / 1e6:.0f} MFLOP per training image, "
               f"default step {default * 1e3:.0f} ms = {flops * BATCH / default / 1e9:.1f} GFLOP/s "
               f"({flops * BATCH / default / 1e9 / fp32:.0%} of float32 torch.mm)")
-        print(f"  {'configuration':24s} {'images/s':>9s} {'vs default':>10s}")
+        print(f"  {'configuration':27s} {'images/s':>9s} {'vs default':>10s}")
         for config in CONFIGURATIONS:
             if config not in seconds:
-                print(f"  {config:24s} unsupported here")
+                print(f"  {config:27s} unsupported here")
                 continue
-            print(f"  {config:24s} {BATCH / seconds[config]:9.1f} {default / seconds[config]:10.2f}")
+            print(f"  {config:27s} {BATCH / seconds[config]:9.1f} {default / seconds[config]:10.2f}")
         if draw is not None:
             data = seconds["data"]
             fastest = min(seconds[c] for c in CONFIGURATIONS if c in seconds)
