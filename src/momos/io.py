@@ -39,7 +39,7 @@ def write_json_atomic(obj, path: str | os.PathLike) -> None:
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
     """``safetensors.torch.save(tensors, metadata)`` with its metadata in name order, so that equal
     tensors and metadata always give the same bytes: safetensors (0.8) writes the metadata from a
-    hash map, in an order that changes from one process to the next. Only the JSON header is
+    hash map, in an order that changes from one save to the next. Only the JSON header is
     rewritten (the tensors' offsets count from the end of the header, so they stay valid)."""
     from safetensors.torch import save
 

@@ -111,9 +111,9 @@ def run_command(args) -> int:
     import torch
 
     from momos import distributed, train
+    from momos.cli import UsageError
     from momos.runtime import default_threads
     from momos.trainlog import final_line
-    from momos.cli import UsageError
 
     check_positive(args, "threads")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
