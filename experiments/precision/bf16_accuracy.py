@@ -22,6 +22,7 @@ import argparse
 import math
 import platform
 import statistics
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,7 +61,10 @@ def train_one(method: str, precision: str, seed: int, epochs: int) -> dict:
     return fit(run, precision=precision)
 
 
-def document(results: dict, epochs: int, test_images: int) -> str:
+def document(results: dict, epochs: int, test_images: int, native: bool) -> str:
+    how = ("has native bfloat16 (AVX512-BF16 or AMX), so bf16 ran natively; the speed is not reported"
+           if native else "has no native bfloat16, so bf16 ran emulated (see the script's documentation); the "
+           "accuracies do not depend on that, the speed would, and is not reported")
     lines = [
         "# bfloat16 autocast against float32",
         "",
@@ -68,9 +72,8 @@ def document(results: dict, epochs: int, test_images: int) -> str:
         f"(57,000 training images, {epochs} epochs, `momos train`'s recipe for it: AdamW, lr 3e-4, batch",
         "128, cosine schedule); the test accuracy of the final model; `bf16` is `--precision bf16`",
         "(the forward pass and loss of the training steps under bfloat16 autocast, everything else",
-        "float32). This machine's CPU",
-        f"({platform.machine()}) has no native bfloat16, so bf16 ran emulated (see the script's",
-        "documentation); the accuracies do not depend on that, the speed would, and is not reported.",
+        "float32).",
+        *textwrap.wrap(f"This machine's CPU ({platform.machine()}) {how}.", 95),
         "",
         "| method | seed | float32 | bfloat16 |",
         "|---|---|---|---|",
@@ -99,7 +102,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    runtime.native_bf16 = lambda device: True          # emulated here; see the module's documentation
+    native = runtime.native_bf16(torch.device("cpu"))
+    if not native:
+        runtime.native_bf16 = lambda device: True      # emulated here; see the module's documentation
     results, test_images = {}, set()
     for seed in args.seeds:
         for method in METHODS:
@@ -109,7 +114,7 @@ def main() -> None:
                 test_images.add(run["data"]["test"])
                 print(f"{method}, {precision}, seed {seed}: test accuracy {run['summary']['test_acc']:.4f}", flush=True)
     path = ROOT / "experiments" / "PRECISION.md"
-    write_bytes_atomic(document(results, args.epochs, test_images.pop()).encode(), path)
+    write_bytes_atomic(document(results, args.epochs, test_images.pop(), native).encode(), path)
     print(f"-> {path}")
 
 
