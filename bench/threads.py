@@ -75,8 +75,8 @@ def main() -> None:
                 continue
             one = statistics.median(times[1])
             ratios = "  ".join(f"{statistics.median(times[t]) / one:6.2f}" for t in thread_counts[1:])
-            print(f"{name:38s} {work_per_step(run):10.2e} {default_threads(work_per_step(run)):4d} {one:8.2f}s  {ratios}",
-                  flush=True)
+            work = work_per_step(run)   # a forward pass of the model
+            print(f"{name:38s} {work:10.2e} {default_threads(work):4d} {one:8.2f}s  {ratios}", flush=True)
 
 
 if __name__ == "__main__":
