@@ -61,3 +61,14 @@ def test_a_run_folder_replaces_its_stored_row_and_unplanned_rows_are_dropped(rep
     other_spec = {**measured[0], "spec": "other.yaml"}
     records = module.collect(root, [stale, foreign, other_spec])
     assert records == measured
+
+
+def test_each_metric_reports_its_median_relative_change(report):
+    module, _ = report
+    checks = [("a lzma", True, 1.0, 2.0), ("b lzma", True, 1.0, 4.0), ("c lzma", True, 1.0, 10.0),
+              ("a bdm", False, 100.0, 100.5), ("b bdm", True, 100.0, 99.0)]
+    outcome, lines = module._summarize(checks, "runs")
+    assert outcome == "partly reproduced"
+    assert lines[0] == ("- runs: 4 of 5 comparisons agree (lzma 3/3, median change +300.00%; "
+                        "bdm 1/2, median change -0.25%).")
+    assert lines[1] == "  - disagrees: a bdm: 100 → 100.5"
