@@ -74,8 +74,8 @@ def run(args) -> int:
         chosen = sweep.select(points, args.only) if args.only else points
     except ValueError as error:
         raise UsageError(f"--only {error}") from None
-    statuses = sweep.plan(chosen, out)
     if args.dry_run:
+        statuses = sweep.plan(chosen, out)
         for name, status in statuses.items():
             print(f"{status:8} {name}")
         counts = {status: list(statuses.values()).count(status) for status in ("done", "partial", "new")}
