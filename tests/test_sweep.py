@@ -269,6 +269,15 @@ def test_cli_dry_run_and_report_only(tiny, tmp_path, capsys):
     assert "--only 'momos' matches none of the 4 runs" in capsys.readouterr().err
 
 
+def test_cli_dry_run_shows_how_far_a_partial_run_is(tmp_path, capsys):
+    out = tmp_path / "out"
+    point = next(p for p in sweep.expand(TINY) if p.name == INTERRUPTED)
+    fit(prepare(point.config, sweep.run_dir(out, INTERRUPTED)), stop_after_epoch=1)
+    assert main(["sweep", write_spec(tmp_path / "tiny.yaml", TINY), "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert f"partial  {INTERRUPTED}  (epoch 1 of 2)\n" in printed and "new      method-baseline__seed-0\n" in printed
+
+
 def test_cli_failed_run_is_reported_and_exits_1(tmp_path, capsys):
     spec = {"fixed": {"dataset": "mnist", "data_dir": str(tmp_path / "empty"), "download": False, "epochs": 1},
             "grid": {"method": ["baseline"], "seed": [0]}}

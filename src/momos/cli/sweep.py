@@ -51,7 +51,7 @@ def register(subparsers) -> None:
                         help="folder of the data sets for every run (default $MOMOS_DATA, else ~/.cache/momos/data)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true",
-                      help="list the runs and whether each is done, partial or new; train nothing")
+                      help="list the runs and whether each is done, partial (epochs done) or new; train nothing")
     mode.add_argument("--report-only", action="store_true", help="aggregate the runs there are; train nothing")
     parser.add_argument("--quiet", action="store_true", help="print only errors")
     parser.set_defaults(handler=run)
@@ -76,8 +76,10 @@ def run(args) -> int:
         raise UsageError(f"--only {error}") from None
     if args.dry_run:
         statuses = sweep.plan(chosen, out)
-        for name, status in statuses.items():
-            print(f"{status:8} {name}")
+        for point in chosen:
+            status = statuses[point.name]
+            print(f"{status:8} {point.name}" + (f"  (epoch {_epochs_done(out, point)} of {point.config.epochs})"
+                                                  if status == "partial" else ""))
         counts = {status: list(statuses.values()).count(status) for status in ("done", "partial", "new")}
         print(f"{len(chosen)} runs in {out}: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
         return 0
@@ -102,3 +104,10 @@ def run(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _epochs_done(out, point) -> int:
+    from momos import sweep
+    from momos.runfolder import read_results
+
+    return read_results(sweep.run_dir(out, point.name))["summary"]["epochs_done"]
