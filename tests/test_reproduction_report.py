@@ -72,3 +72,10 @@ def test_each_metric_reports_its_median_relative_change(report):
     assert lines[0] == ("- runs: 4 of 5 comparisons agree (lzma 3/3, median change +300.00%; "
                         "bdm 1/2, median change -0.25%).")
     assert lines[1] == "  - disagrees: a bdm: 100 → 100.5"
+
+
+def test_the_setting_table_says_how_many_planned_runs_are_complete(report):
+    module, root = report
+    measured = module.collect(root, [])
+    assert "| 1 | 2 | 1 | fp32 |" in "\n".join(module.settings_lines(measured))
+    assert "| 1 | 1 of 2 (in progress) | 1 | fp32 |" in "\n".join(module.settings_lines(measured[:1]))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from momos.io import write_bytes_atomic
 from momos.report import checkpoint_complexity, format_table, least_used_share, read_csv_table
-from momos.sweep import load_spec, sweep_rows
+from momos.sweep import expand, load_spec, sweep_rows
 
 HERE = Path(__file__).resolve().parent
 RUNS_CSV = HERE / "runs.csv"
@@ -314,11 +314,13 @@ def settings_lines(records: list[dict]) -> list[str]:
             continue
         seconds = [r["seconds"] for r in mine]
         hours = f"{sum(seconds) / 3600:.2f}" if None not in seconds else "not recorded"
+        planned = len(expand(load_spec(HERE / spec)))
+        runs = f"{len(mine)}" if len(mine) == planned else f"{len(mine)} of {planned} (in progress)"
         lines.append(
             f"| `{spec}` | {mine[0]['model']} | {', '.join(sorted({r['dataset'] for r in mine}))} "
             f"| {', '.join(str(n) for n in sorted({r['train_images'] for r in mine}))} "
             f"| {', '.join(str(n) for n in sorted({r['epochs'] for r in mine}))} "
-            f"| {len({r['seed'] for r in mine})} | {len(mine)} | {_values(mine, 'threads')} | {_values(mine, 'runtime')} "
+            f"| {len({r['seed'] for r in mine})} | {runs} | {_values(mine, 'threads')} | {_values(mine, 'runtime')} "
             f"| {hours} |")
     return lines
 
@@ -353,7 +355,7 @@ def document(records: list[dict], figure: bool) -> str:
         "least-used half of the motifs receives (0.5 = uniform). Under QAT the metrics are of the latent",
         "full-precision weights (the ones MoMos projects and the checkpoints hold); the forward pass uses",
         "their q-bit quantization, which is why q enters the bound. A sweep that is still running shows",
-        "the runs it has completed (the seeds column counts them).",
+        "the runs it has completed (the runs column says how many of the planned ones).",
         "",
         "## The setting",
         "",
