@@ -123,6 +123,12 @@ def spread(rows, key):
     return max(values) - min(values)
 
 
+def seed_spread(rows, template: str) -> str:
+    """``template`` filled with the test accuracy's seed spread (``"± {} ("`` -> ``"± 0.0123 ("``);
+    empty for one seed, which has no spread."""
+    return template.format(f"{spread(rows, 'test_acc'):.4f}") if len(rows) > 1 else ""
+
+
 def std(rows, key):
     return statistics.stdev(r[key] for r in rows) if len(rows) > 1 else 0.0
 
@@ -138,7 +144,9 @@ def comparisons(rows: list[dict], reference: str = "sample") -> list[dict]:
             continue
         diff = mean(runs, "test_acc") - mean(base, "test_acc")
         noise = max(spread(runs, "test_acc"), spread(base, "test_acc"))
-        verdict = "win" if diff > noise else "loss" if -diff > noise else "tie"
+        # one seed has no spread to judge a difference by
+        verdict = ("one seed" if min(len(runs), len(base)) < 2 else
+                   "win" if diff > noise else "loss" if -diff > noise else "tie")
         out.append({"section": section, "option": option, "s": s, "capacity": capacity, "diff": diff,
                     "noise": noise, "verdict": verdict,
                     "distortion_change": mean(runs, "distortion") / mean(base, "distortion") - 1,
@@ -240,7 +248,7 @@ def summary_markdown(rows: list[dict], compared: list[dict]) -> str:
                       "full-data one, so the section with more training images is the one to judge by.", ""]
         if baseline:
             lines += [f"Baseline (no projection): test accuracy {mean(baseline, 'test_acc'):.4f} "
-                      f"(spread {spread(baseline, 'test_acc'):.4f}, {counted(len(baseline), 'seed')}), "
+                      f"({seed_spread(baseline, 'spread {}, ')}{counted(len(baseline), 'seed')}), "
                       f"lzma ratio {mean(baseline, 'lzma'):.2f}.", ""]
         mine_compared = [c for c in compared if c["section"] == section]
         for block in (settings_table(mine), verdict_lines(mine_compared), acceptance_lines(mine_compared)):
@@ -267,8 +275,8 @@ def settings_table(rows: list[dict]) -> list[str]:
         cells = []
         for option in options:
             runs = grouped.get((section, option, s, capacity))
-            cells.append(f"{mean(runs, 'test_acc'):.4f} ± {spread(runs, 'test_acc'):.4f} "
-                         f"({mean(runs, 'bits_per_weight'):.2f} b/w)" if runs else "")
+            cells.append(f"{mean(runs, 'test_acc'):.4f} {seed_spread(runs, '± {} (') or '(1 seed, '}"
+                         f"{mean(runs, 'bits_per_weight'):.2f} b/w)" if runs else "")
         lines.append(f"| {s} | {capacity:g} | " + " | ".join(cells) + " |")
     return ["Test accuracy ± seed spread (description length in bits per weight):", ""] + lines
 
@@ -277,14 +285,15 @@ def verdict_lines(compared: list[dict]) -> list[str]:
     lines = []
     for option in sorted({c["option"] for c in compared}):
         mine = [c for c in compared if c["option"] == option]
-        counts = {v: sum(c["verdict"] == v for c in mine) for v in ("win", "tie", "loss")}
+        counts = {v: sum(c["verdict"] == v for c in mine) for v in ("win", "tie", "loss", "one seed")}
+        single = f", {counts['one seed']} with one seed (not judged)" if counts["one seed"] else ""
         diffs = [c["diff"] for c in mine]
         best = max(mine, key=lambda c: c["diff"])
         worst = min(mine, key=lambda c: c["diff"])
         slowest = max(mine, key=lambda c: c["projection_seconds"])
         lines.append(
             f"- **{option}** against sample in {len(mine)} settings: {counts['win']} wins, {counts['tie']} ties, "
-            f"{counts['loss']} losses; mean difference {statistics.fmean(diffs):+.4f} "
+            f"{counts['loss']} losses{single}; mean difference {statistics.fmean(diffs):+.4f} "
             f"(best {best['diff']:+.4f} at s={best['s']}, capacity {best['capacity']:g}; "
             f"worst {worst['diff']:+.4f} at s={worst['s']}, capacity {worst['capacity']:g}); "
             f"description length {statistics.fmean(c['bits_diff'] for c in mine):+.3f} bits per weight on average, "
