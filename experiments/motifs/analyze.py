@@ -123,12 +123,6 @@ def spread(rows, key):
     return max(values) - min(values)
 
 
-def seed_spread(rows, template: str) -> str:
-    """``template`` filled with the test accuracy's seed spread (``"± {} ("`` -> ``"± 0.0123 ("``);
-    empty for one seed, which has no spread."""
-    return template.format(f"{spread(rows, 'test_acc'):.4f}") if len(rows) > 1 else ""
-
-
 def std(rows, key):
     return statistics.stdev(r[key] for r in rows) if len(rows) > 1 else 0.0
 
@@ -247,8 +241,10 @@ def summary_markdown(rows: list[dict], compared: list[dict]) -> str:
             lines += ["A subset of the training data, kept for the record: its baseline is far below the "
                       "full-data one, so the section with more training images is the one to judge by.", ""]
         if baseline:
-            lines += [f"Baseline (no projection): test accuracy {mean(baseline, 'test_acc'):.4f} "
-                      f"({seed_spread(baseline, 'spread {}, ')}{counted(len(baseline), 'seed')}), "
+            seeds = counted(len(baseline), "seed")
+            if len(baseline) > 1:   # one seed has no spread
+                seeds = f"spread {spread(baseline, 'test_acc'):.4f}, {seeds}"
+            lines += [f"Baseline (no projection): test accuracy {mean(baseline, 'test_acc'):.4f} ({seeds}), "
                       f"lzma ratio {mean(baseline, 'lzma'):.2f}.", ""]
         mine_compared = [c for c in compared if c["section"] == section]
         for block in (settings_table(mine), verdict_lines(mine_compared), acceptance_lines(mine_compared)):
@@ -275,8 +271,12 @@ def settings_table(rows: list[dict]) -> list[str]:
         cells = []
         for option in options:
             runs = grouped.get((section, option, s, capacity))
-            cells.append(f"{mean(runs, 'test_acc'):.4f} {seed_spread(runs, '± {} (') or '(1 seed, '}"
-                         f"{mean(runs, 'bits_per_weight'):.2f} b/w)" if runs else "")
+            if not runs:
+                cells.append("")
+                continue
+            accuracy, bits = f"{mean(runs, 'test_acc'):.4f}", f"{mean(runs, 'bits_per_weight'):.2f} b/w"
+            cells.append(f"{accuracy} ± {spread(runs, 'test_acc'):.4f} ({bits})" if len(runs) > 1
+                         else f"{accuracy} (1 seed, {bits})")
         lines.append(f"| {s} | {capacity:g} | " + " | ".join(cells) + " |")
     return ["Test accuracy ± seed spread (description length in bits per weight):", ""] + lines
 
