@@ -78,6 +78,7 @@ def test_an_interrupted_compress_continues_at_its_first_unfinished_stage(pretrai
     (["--dataset", "no-such-set"], "unknown dataset"),
     (["--tune", "weights", "--every-n-steps", "0"], "every_n_steps"),
     (["--every-n-steps", "3"], "never leave the mosaic"),
+    (["--reestimate-bn", "2"], "has no BatchNorm layer"),
 ])
 def test_bad_options_exit_2_and_write_nothing(pretrained, tmp_path, capsys, extra, message):
     out = tmp_path / "compressed"

@@ -5,6 +5,7 @@
     stats = momos.project_(model, cfg)
 """
 
+from .batchnorm import reestimate_batchnorm_
 from .blocks import BlockLayout, from_blocks, to_blocks
 from .compact import compact_, dense_
 from .config import MoMosConfig
@@ -20,6 +21,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlockLayout", "Codebook", "CostEstimate", "FinetuneConfig", "FinetuneResult", "FormatError", "MoMosConfig", "ProjectionStats", "Projector", "QATConfig",
-    "add_qat_", "compact_", "dense_", "estimate_cost", "export_onnx", "finetune", "from_blocks", "is_mosaic", "load", "project_", "remove_qat_", "save", "select_parameters",
+    "add_qat_", "compact_", "dense_", "estimate_cost", "export_onnx", "finetune", "from_blocks", "is_mosaic", "load", "project_", "reestimate_batchnorm_", "remove_qat_", "save", "select_parameters",
     "to_blocks", "warn_if_slow", "__version__",
 ]

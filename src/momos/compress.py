@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .batchnorm import require_batchnorm
 from .config import MoMosConfig
 from .data import DATASETS, batches, load_dataset, num_batches
 from .finetune import FinetuneConfig, Output, finetune, masked, outputs, split_batch, to_device
@@ -140,6 +141,8 @@ def compress(config: CompressConfig, out_dir: str | os.PathLike, *, overwrite: b
     source = load_source(config.source, model_name=config.model, weights=config.weights, dataset=config.dataset,
                          checkpoint=config.checkpoint, num_classes=config.num_classes,
                          image_size=config.image_size)
+    if config.finetune.reestimate_bn:
+        require_batchnorm(source.model, f"reestimate_bn: {config.source}")
     source.model.to(device)
     data = load_data(config, source)
     steps = finetune_steps(config, data)

@@ -25,6 +25,7 @@ Losses, chosen by what the model returns:
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .batchnorm import reestimate_batchnorm_, require_batchnorm
 from .calibration import Calibration
 from .config import MoMosConfig
 from .motif_tuning import MosaicParameters
@@ -64,6 +66,9 @@ class FinetuneConfig:
         distill_temperature: T of the softened distributions of the logit distillation.
         distill_weight: share of the distillation loss; the rest is cross-entropy on the
             labels, for batches that have labels (1: distillation only).
+        reestimate_bn: re-estimate the BatchNorm running statistics on this many batches right
+            after the projection and again after the fine-tuning (``momos.batchnorm``);
+            0 keeps the running ones. Only for models with BatchNorm.
     """
 
     steps: int = 100
@@ -73,14 +78,16 @@ class FinetuneConfig:
     every_n_steps: int | None = None
     distill_temperature: float = 2.0
     distill_weight: float = 1.0
+    reestimate_bn: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "every_n_steps"):
+        for name in ("steps", "every_n_steps", "reestimate_bn"):
             value = getattr(self, name)
             if value is None and name == "every_n_steps":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "steps" else 1):
-                raise ValueError(f"{name} must be a {'non-negative' if name == 'steps' else 'positive'} "
+            positive = name == "every_n_steps"
+            if isinstance(value, bool) or not isinstance(value, int) or value < positive:
+                raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} "
                                  f"integer, got {value!r}")
         if self.tune not in TUNED:
             raise ValueError(f"tune must be one of {TUNED}, got {self.tune!r}")
@@ -150,6 +157,8 @@ def finetune(model: nn.Module, config: MoMosConfig, batches: Iterable, *, teache
             the model is put back to its state after the last projection, a mosaic).
     """
     options = FinetuneConfig(**options)
+    if options.reestimate_bn:
+        require_batchnorm(model, f"reestimate_bn: {type(model).__name__}")
     was_training = model.training
     if teacher is None and options.steps:
         teacher = copy.deepcopy(model)
@@ -157,6 +166,7 @@ def finetune(model: nn.Module, config: MoMosConfig, batches: Iterable, *, teache
         teacher.eval().requires_grad_(False)
     projector = Projector(model, config, every_n_steps=options.every_n_steps, calibration=calibration)
     stats = projector.project()
+    _reestimate_bn(model, batches, options.reestimate_bn)
     if on_projection is not None:
         on_projection(0, stats)
     losses: list[float] = []
@@ -168,8 +178,19 @@ def finetune(model: nn.Module, config: MoMosConfig, batches: Iterable, *, teache
         if final is not None and on_projection is not None:
             on_projection(options.steps, final)
         stats = final or projector.last
+    if options.steps:
+        _reestimate_bn(model, batches, options.reestimate_bn)
     model.train(was_training)
     return FinetuneResult(stats, losses)
+
+
+def _reestimate_bn(model: nn.Module, batches: Iterable, count: int) -> None:
+    """The BatchNorm statistics of ``model`` re-estimated on the first ``count`` batches (of
+    as many passes as that takes); nothing if ``count`` is 0."""
+    if count:
+        device = next(model.parameters()).device
+        inputs = (split_batch(to_device(batch, device))[0] for batch in itertools.islice(repeat(batches), count))
+        reestimate_batchnorm_(model, inputs)
 
 
 def _tune_motifs(model, config, stats, teacher, batches, options, loss_fn, losses, on_step) -> ProjectionStats:

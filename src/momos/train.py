@@ -9,8 +9,9 @@ One run, in order:
    builds the data, model, optimizer, scheduler and projector; nothing is written yet.
 2. Epoch 0 evaluates the untrained model and writes ``init.safetensors``.
 3. Every epoch: the optimizer steps over the shuffled training split, the Projector projects
-   the weights after the last step (``momos`` methods), the scheduler steps, the projected model
-   is validated; ``best.safetensors`` follows the best validation accuracy; ``results.json`` and
+   the weights after the last step (``momos`` methods) and, with ``reestimate_bn``, the
+   BatchNorm statistics are re-estimated on a few training batches (:func:`reestimate_bn`);
+   the scheduler steps, the projected model is validated; ``best.safetensors`` follows the best validation accuracy; ``results.json`` and
    ``state.safetensors`` (everything needed to resume) are rewritten.
 4. The end: the final model is tested on the official test split and written to
    ``final.safetensors``, with ``motif_counts.safetensors`` for MoMos runs.
@@ -54,6 +55,7 @@ are :mod:`momos.runfolder`'s.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -70,6 +72,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import __version__, distributed, runfolder
+from .batchnorm import reestimate_batchnorm_, require_batchnorm
 from .config import MoMosConfig
 from .data import INFOS, Dataset, ImageSplit, batches, load_dataset, num_batches, random_subset
 from .models import check_model_name, model_for_dataset
@@ -159,12 +162,24 @@ def prepare(config: TrainConfig, out_dir: str | os.PathLike | None = None, *, ov
                               warmup_epochs=config.warmup_epochs,
                               anneal_from=config.anneal_from, anneal_epochs=config.anneal_epochs)
         select_parameters(model, config.momos)   # fails now, not after an epoch, when nothing is selected
+    check_reestimate_bn(config, model, data)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     run = Run(config, out_dir, data, model, optimizer, scheduler, projector,
               torch.Generator().manual_seed(config.seed), device)
     check_process_split(run)
     return run
+
+
+def check_reestimate_bn(config: TrainConfig, model: nn.Module, data: Dataset) -> None:
+    """``reestimate_bn`` needs BatchNorm layers and at most a pass of training batches."""
+    if not config.reestimate_bn:
+        return
+    require_batchnorm(model, f"reestimate_bn: model {config.model}")
+    available = num_batches(data.train, config.batch_size, drop_last=True)
+    if config.reestimate_bn > available:
+        raise ValueError(f"reestimate_bn {config.reestimate_bn} is more than the {available} training batches "
+                         f"of {config.batch_size}")
 
 
 def init_weights_(model: nn.Module, config: TrainConfig) -> None:
@@ -369,6 +384,8 @@ def run_epochs(run: Run, start: float, board: TensorBoard | None, stop_after_epo
         if run.projector is not None:
             projection = run.projector.epoch_end() or projection
         checksums = checksums_after_projection(run, projection)
+        if projection is not None:
+            reestimate_bn(run.model, run.data, run.config, channels_last=run.runtime.channels_last)
         run.scheduler.step()
         run.epoch = epoch
         if writer:
@@ -389,6 +406,8 @@ def run_epochs(run: Run, start: float, board: TensorBoard | None, stop_after_epo
     # with every_n_steps the last steps may follow the last projection: end on an exact mosaic
     final_projection = run.projector.finalize() if run.projector is not None else None
     checksums_after_projection(run, final_projection)
+    if final_projection is not None:
+        reestimate_bn(run.model, run.data, run.config, channels_last=run.runtime.channels_last)
     if not writer:
         return None
     if final_projection is not None:
@@ -435,6 +454,30 @@ def checksums_after_projection(run: Run, projection: ProjectionStats | None) -> 
         raise RuntimeError(f"the ranks' parameters differ after the projection of epoch {run.epoch + 1}: "
                            f"checksums {checksums}")
     return checksums
+
+
+def reestimate_bn(model: nn.Module, data: Dataset, config: TrainConfig, *, channels_last: bool = False) -> None:
+    """Re-estimate the BatchNorm statistics of ``model`` on the first ``config.reestimate_bn``
+    augmented training batches of a pass drawn with ``config.seed`` (the same batches every
+    time, so a resumed run repeats them); nothing if it is 0.
+
+    Called with the plain model (not its compiled or DDP wrapper), in float32, on every rank
+    with the same batches, so that the ranks keep identical statistics of the weights the
+    projection wrote, whatever the runtime. ``channels_last``: the batches in that layout, as
+    the training's.
+    """
+    if not config.reestimate_bn:
+        return
+    device = next(model.parameters()).device
+    layout = torch.channels_last if channels_last else torch.preserve_format
+    generator = torch.Generator().manual_seed(config.seed)
+    # RandAugment draws from the global RNG, which the training's data order must not see
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        passes = batches(data.train, data.info, config.batch_size, generator=generator,
+                         augment=config.augment, randaugment=config.randaugment, drop_last=True)
+        inputs = (x.to(device, memory_format=layout) for x, _ in itertools.islice(passes, config.reestimate_bn))
+        reestimate_batchnorm_(model, inputs)
 
 
 def train_one_epoch(run: Run, trained: nn.Module, epoch: int,

@@ -29,7 +29,7 @@ DEFAULT_MOMOS = MoMosConfig(block_size=4, capacity=0.01, force_zero=True)
 # line's flag). The one rule behind TrainConfig's check, the sweep's dropping of keys and
 # momos train's errors.
 METHOD_OPTIONS = {
-    "momos": (("momos", "every_n_steps", "warmup_epochs", "anneal_from", "anneal_epochs"),
+    "momos": (("momos", "every_n_steps", "warmup_epochs", "anneal_from", "anneal_epochs", "reestimate_bn"),
               "{option} is a MoMos option; method {method} does not project (use momos or momos+qat)"),
     "qat": (("qat_bits",), "{option}: quantization bits need method qat or momos+qat, not {method}"),
 }
@@ -97,6 +97,10 @@ class TrainConfig:
         warmup_epochs: epochs of training before the first projection.
         anneal_from: start at this capacity and shrink it geometrically to the projection's.
         anneal_epochs: epochs of capacity annealing.
+        reestimate_bn: after every projection, before validation and checkpoints, re-estimate
+            the BatchNorm running statistics on this many augmented training batches, the same
+            ones every time (drawn with ``seed``; see ``momos.batchnorm``); 0 keeps the running
+            ones (the paper). Only for models with BatchNorm, such as ResNet-20.
         metrics: complexity metrics (``momos.complexity.METRICS``) logged at epoch 0 and after
             every epoch.
         data_dir: the folder of the data sets (default ``$MOMOS_DATA``, else ``~/.cache/momos/data``).
@@ -135,6 +139,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     anneal_from: float | None = None
     anneal_epochs: int = 0
+    reestimate_bn: int = 0
     metrics: tuple[str, ...] = field(default_factory=tuple)
     data_dir: str | None = None
     download: bool = True
@@ -186,7 +191,7 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        for name in ("seed", "split_seed", "warmup_epochs", "anneal_epochs"):
+        for name in ("seed", "split_seed", "warmup_epochs", "anneal_epochs", "reestimate_bn"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         self._check_method_options()

@@ -50,7 +50,8 @@ def header_line(config: TrainConfig, data: Dataset, model: nn.Module, device: to
 
 
 def method_summary(config: TrainConfig, model: nn.Module) -> str:
-    """The method and its sizes: ``momos+qat s=4 k=541 q=8``; ``k`` summed over codebooks."""
+    """The method and its sizes: ``momos+qat s=4 k=541 q=8``; ``k`` summed over codebooks; the
+    BatchNorm re-estimation, if any."""
     from .complexity.description import description_length_from_config
 
     parts = [config.method]
@@ -59,6 +60,8 @@ def method_summary(config: TrainConfig, model: nn.Module) -> str:
         parts += [f"s={config.momos.block_size}", f"k={k}"]
     if config.qat_bits is not None:
         parts.append(f"q={config.qat_bits}")
+    if config.reestimate_bn:
+        parts.append(f"(BatchNorm re-estimated on {config.reestimate_bn} batches)")
     return " ".join(parts)
 
 

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     mosaic = parser.add_argument_group("mosaic (default s=4, capacity 0.01, force-zero)")
     add_projection_arguments(mosaic, seed_help="seed of the motifs and the data order")
     tuning = parser.add_argument_group("fine-tuning")
-    add_dataclass_arguments(tuning, FinetuneConfig)
+    add_dataclass_arguments(tuning, FinetuneConfig, metavars={"reestimate_bn": "N"})
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     runtime.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")

@@ -63,7 +63,7 @@ def register(subparsers) -> None:
     options(parser.add_argument_group("quantization-aware training (methods qat, momos+qat)"), "qat_bits")
     momos = parser.add_argument_group("MoMos (methods momos, momos+qat; default s=4, capacity 0.01, force-zero)")
     add_projection_arguments(momos, seed_help="seed of the model initialization, data order and motifs")
-    options(momos, "every_n_steps", "warmup_epochs", "anneal_from", "anneal_epochs")
+    options(momos, "every_n_steps", "warmup_epochs", "anneal_from", "anneal_epochs", "reestimate_bn")
 
     run = parser.add_argument_group("run folder")
     run.add_argument("--out", help="run folder (default: the next runs/NNN)")
@@ -98,7 +98,7 @@ TRAIN_OPTIONS = dict(
     flags={"qat_bits": "--q"},
     metavars={"dataset": "NAME", "model": "NAME", "method": "NAME", "init_from": "SOURCE", "init_weights": "FILE",
               "metrics": "NAME,...", "optimizer": "NAME", "schedule": "NAME", "train_subset": "N",
-              "every_n_steps": "N", "qat_bits": "Q"},
+              "every_n_steps": "N", "qat_bits": "Q", "reestimate_bn": "N"},
     parse={"metrics": _names})
 
 # Namespace entries that are not options, and the options --resume accepts.
