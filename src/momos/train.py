@@ -456,17 +456,19 @@ def checksums_after_projection(run: Run, projection: ProjectionStats | None) -> 
     return checksums
 
 
-def reestimate_bn(model: nn.Module, data: Dataset, config: TrainConfig, *, channels_last: bool = False) -> None:
-    """Re-estimate the BatchNorm statistics of ``model`` on the first ``config.reestimate_bn``
-    augmented training batches of a pass drawn with ``config.seed`` (the same batches every
-    time, so a resumed run repeats them); nothing if it is 0.
+def reestimate_bn(model: nn.Module, data: Dataset, config: TrainConfig, *, count: int | None = None,
+                  channels_last: bool = False) -> None:
+    """Re-estimate the BatchNorm statistics of ``model`` on the first ``count`` (default
+    ``config.reestimate_bn``) augmented training batches of a pass drawn with ``config.seed``
+    (the same batches every time, so a resumed run repeats them); nothing if it is 0.
 
     Called with the plain model (not its compiled or DDP wrapper), in float32, on every rank
     with the same batches, so that the ranks keep identical statistics of the weights the
     projection wrote, whatever the runtime. ``channels_last``: the batches in that layout, as
-    the training's.
+    the training's. ``count``: for a run trained without, after the fact.
     """
-    if not config.reestimate_bn:
+    count = config.reestimate_bn if count is None else count
+    if not count:
         return
     device = next(model.parameters()).device
     layout = torch.channels_last if channels_last else torch.preserve_format
@@ -476,7 +478,7 @@ def reestimate_bn(model: nn.Module, data: Dataset, config: TrainConfig, *, chann
         torch.manual_seed(config.seed)
         passes = batches(data.train, data.info, config.batch_size, generator=generator,
                          augment=config.augment, randaugment=config.randaugment, drop_last=True)
-        inputs = (x.to(device, memory_format=layout) for x, _ in itertools.islice(passes, config.reestimate_bn))
+        inputs = (x.to(device, memory_format=layout) for x, _ in itertools.islice(passes, count))
         reestimate_batchnorm_(model, inputs)
 
 
