@@ -11,8 +11,9 @@ One run, in order:
 3. Every epoch: the optimizer steps over the shuffled training split, the Projector projects
    the weights after the last step (``momos`` methods) and, with ``reestimate_bn``, the
    BatchNorm statistics are re-estimated on a few training batches (:func:`reestimate_bn`);
-   the scheduler steps, the projected model is validated; ``best.safetensors`` follows the best validation accuracy; ``results.json`` and
-   ``state.safetensors`` (everything needed to resume) are rewritten.
+   the scheduler steps, the projected model is validated; ``best.safetensors`` follows the
+   best validation accuracy; ``results.json`` and ``state.safetensors`` (everything needed to
+   resume) are rewritten.
 4. The end: the final model is tested on the official test split and written to
    ``final.safetensors``, with ``motif_counts.safetensors`` for MoMos runs.
 
