@@ -79,3 +79,13 @@ def test_the_setting_table_says_how_many_planned_runs_are_complete(report):
     measured = module.collect(root, [])
     assert "| 1 | 2 | 1 | fp32 |" in "\n".join(module.settings_lines(measured))
     assert "| 1 | 1 of 2 (in progress) | 1 | fp32 |" in "\n".join(module.settings_lines(measured[:1]))
+
+
+def test_the_reestimated_table_is_shown_when_measured(report, tmp_path):
+    module, _ = report
+    assert module.reestimated_section(tmp_path / "absent.csv") == []
+    (tmp_path / "reestimated_bn.csv").write_text(
+        "run,method,test_acc,test_acc_as_loaded,test_acc_reestimated,change_points,batches,batch_size\n"
+        "method-momos__seed-0,momos,0.8655,0.8655,0.879,1.35,40,128\n")
+    section = "\n".join(module.reestimated_section(tmp_path / "reestimated_bn.csv"))
+    assert "| method-momos__seed-0 | momos | 0.8655 | 0.8790 | +1.35 points | 40 of 128 |" in section

@@ -41,7 +41,8 @@ def measure(run_dir: Path, batches: int) -> dict:
     reestimated = evaluate(model, data.test, data)[1]
     return {"run": run_dir.name, "method": config.method, "test_acc": round(recorded, 4),
             "test_acc_as_loaded": round(as_loaded, 4), "test_acc_reestimated": round(reestimated, 4),
-            "change_points": round(100 * (reestimated - recorded), 2), "batches": batches}
+            "change_points": round(100 * (reestimated - recorded), 2), "batches": batches,
+            "batch_size": config.batch_size}
 
 
 def main(argv: list[str] | None = None) -> None:
