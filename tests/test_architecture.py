@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "momos"
 LAYERS = [
     {"blocks", "scales", "quantization", "assign", "kernels", "lookup", "packing", "distributed", "io"},
     {"config", "motifs", "approximate", "calibration", "cost"},
-    {"project", "qat", "projector", "motif_tuning"},
+    {"project", "qat", "batchnorm", "projector", "motif_tuning"},
     {"fileformat", "compact", "onnx"},
     {"complexity"},
     {"data", "models", "trainconfig", "runstate", "runfolder", "runtime", "trainlog", "train", "finetune", "sources",
