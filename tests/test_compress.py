@@ -101,6 +101,19 @@ def test_sources_that_cannot_be_loaded_are_named(tmp_path, capsys, source, extra
     assert not out.exists()
 
 
+def test_projecting_only_evaluates_the_projection_once(pretrained, tmp_path, monkeypatch):
+    import momos.compress
+
+    calls = []
+    evaluate = momos.compress.evaluate
+    monkeypatch.setattr(momos.compress, "evaluate", lambda *a: calls.append(1) or evaluate(*a))
+    assert main(["compress", str(pretrained), "-o", str(tmp_path / "out"), "--steps", "0", *ARGS]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(calls) == 1
+    assert results["finetuned"]["agreement"] == results["projected"]["agreement"]
+    assert results["finetuned"]["accuracy"] == results["projected"]["accuracy"]
+
+
 def test_another_runs_folder_is_left_alone(pretrained, tmp_path, capsys):
     out = tmp_path / "compressed"
     assert main(["compress", str(pretrained), "-o", str(out), "--steps", "0", *ARGS]) == 0

@@ -178,12 +178,13 @@ def compress(config: CompressConfig, out_dir: str | os.PathLike, *, overwrite: b
 def _project_and_finetune(config, source: Source, teacher, data: Data, steps: int, reference, record, out_dir):
     model = source.model
     start = time.perf_counter()
+    projected = {}
 
     def after_projection(step: int, stats) -> None:
         if step == 0:
             save_projection(out_dir / PROJECTED, model, stats)
-            record("projected", {**evaluate(model, data.eval, reference),
-                                 "seconds": time.perf_counter() - start, "projection": stats.summary()})
+            projected.update(evaluate(model, data.eval, reference))
+            record("projected", {**projected, "seconds": time.perf_counter() - start, "projection": stats.summary()})
 
     calibration = None
     if config.calibration is not None:
@@ -193,7 +194,8 @@ def _project_and_finetune(config, source: Source, teacher, data: Data, steps: in
                       on_projection=after_projection, **{**asdict(config.finetune), "steps": steps})
     save_projection(out_dir / FINAL, model, result.stats)
     losses = result.losses
-    record("finetuned", {**evaluate(model, data.eval, reference), "steps": steps,
+    # without fine-tuning, the model is the projected one that was just evaluated
+    record("finetuned", {**(evaluate(model, data.eval, reference) if steps else projected), "steps": steps,
                          "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                          "seconds": time.perf_counter() - start, "projection": result.stats.summary()})
     return result.stats.scales
