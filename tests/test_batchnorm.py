@@ -112,7 +112,8 @@ def test_reestimation_changes_the_statistics_but_not_the_training(resnet_runs):
     stale, reestimated = epochs(resnet_runs / "stale"), epochs(resnet_runs / "reestimated")
     assert [e["train_loss"] for e in stale] == [e["train_loss"] for e in reestimated]
     assert [e["val_loss"] for e in stale[1:]] != [e["val_loss"] for e in reestimated[1:]]
-    left, right = bn_stats(resnet_runs / "stale" / "final.safetensors"), bn_stats(resnet_runs / "reestimated" / "final.safetensors")
+    left = bn_stats(resnet_runs / "stale" / "final.safetensors")
+    right = bn_stats(resnet_runs / "reestimated" / "final.safetensors")
     assert not any(torch.equal(left[k], right[k]) for k in left)
 
 
