@@ -62,5 +62,6 @@ def main(argv: list[str] | None = None) -> None:
     write_bytes_atomic(format_table(table, "csv").encode(), args.out)
     print(format_table(table, "markdown"))
 
+
 if __name__ == "__main__":
     main()

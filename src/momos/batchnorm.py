@@ -29,11 +29,13 @@ def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
-def require_batchnorm(model: nn.Module, what: str) -> None:
-    """A ValueError that names ``what`` (the model, as the caller knows it) when ``model`` has no
-    BatchNorm layer to re-estimate."""
-    if not batchnorm_layers(model):
+def require_batchnorm(model: nn.Module, what: str) -> list[_BatchNorm]:
+    """The BatchNorm layers of ``model``; a ValueError that names ``what`` (the model, as the
+    caller knows it) when it has none to re-estimate."""
+    layers = batchnorm_layers(model)
+    if not layers:
         raise ValueError(f"{what} has no BatchNorm layer with running statistics to re-estimate")
+    return layers
 
 
 @torch.no_grad()
@@ -50,8 +52,7 @@ def reestimate_batchnorm_(model: nn.Module, inputs: Iterable) -> int:
         ValueError: ``model`` has no BatchNorm layer, or ``inputs`` is empty. On any error the
             statistics are as before.
     """
-    require_batchnorm(model, type(model).__name__)
-    layers = batchnorm_layers(model)
+    layers = require_batchnorm(model, type(model).__name__)
     saved = [{name: buffer.clone() for name, buffer in layer.named_buffers(recurse=False)} for layer in layers]
     modes = {module: module.training for module in model.modules()}
     momenta = [layer.momentum for layer in layers]
