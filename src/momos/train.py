@@ -384,9 +384,7 @@ def run_epochs(run: Run, start: float, board: TensorBoard | None, stop_after_epo
             raise
         if run.projector is not None:
             projection = run.projector.epoch_end() or projection
-        checksums = checksums_after_projection(run, projection)
-        if projection is not None:
-            reestimate_bn(run.model, run.data, run.config, channels_last=run.runtime.channels_last)
+        checksums = after_projection(run, projection)
         run.scheduler.step()
         run.epoch = epoch
         if writer:
@@ -406,9 +404,7 @@ def run_epochs(run: Run, start: float, board: TensorBoard | None, stop_after_epo
 
     # with every_n_steps the last steps may follow the last projection: end on an exact mosaic
     final_projection = run.projector.finalize() if run.projector is not None else None
-    checksums_after_projection(run, final_projection)
-    if final_projection is not None:
-        reestimate_bn(run.model, run.data, run.config, channels_last=run.runtime.channels_last)
+    after_projection(run, final_projection)
     if not writer:
         return None
     if final_projection is not None:
@@ -445,10 +441,15 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def checksums_after_projection(run: Run, projection: ProjectionStats | None) -> list[list[float]] | None:
-    """Under torch.distributed after a projection: every rank's fingerprint of all parameters,
-    which must be identical (a mismatch is a broken run, not a tolerance)."""
-    if projection is None or distributed.world_size() == 1:
+def after_projection(run: Run, projection: ProjectionStats | None) -> list[list[float]] | None:
+    """After a projection (nothing when ``projection`` is None): the BatchNorm statistics
+    re-estimated for the projected weights (:func:`reestimate_bn`) and, under torch.distributed,
+    every rank's fingerprint of all parameters, which must be identical (a mismatch is a broken
+    run, not a tolerance)."""
+    if projection is None:
+        return None
+    reestimate_bn(run.model, run.data, run.config, channels_last=run.runtime.channels_last)
+    if distributed.world_size() == 1:
         return None
     checksums = distributed.checksums_of_ranks(list(run.model.parameters()))
     if any(checksum != checksums[0] for checksum in checksums):
