@@ -1,5 +1,6 @@
 """The Hugging Face Trainer callback, on a tiny random BERT and a synthetic token task."""
 
+import copy
 import json
 import os
 import subprocess
@@ -60,12 +61,12 @@ class Recorder(TrainerCallback):
         self.evaluated_mosaics.append(momos.is_mosaic(model, CFG, self.momos_callback.projector.codebook_motifs))
 
 
-def train(output_dir, callbacks, model=None, resume=None, **arguments):
+def train(output_dir, callbacks, model=None, resume=None, task=TokenTask, **arguments):
     defaults = dict(output_dir=str(output_dir), num_train_epochs=2, per_device_train_batch_size=16,
                     learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no", logging_steps=100,
                     disable_tqdm=True)
     trainer = Trainer(model=model or tiny_bert(), args=TrainingArguments(**{**defaults, **arguments}),
-                      train_dataset=TokenTask(), eval_dataset=TokenTask(16, seed=1), callbacks=callbacks)
+                      train_dataset=task(), eval_dataset=task(16, seed=1), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -166,6 +167,64 @@ def test_resume_restores_counters_history_and_motif_generator(tmp_path):
     assert momos.is_mosaic(resumed.model, CFG, restored.projector.codebook_motifs)
 
 
+class ImageTask(torch.utils.data.Dataset):
+    """Random 3x16x16 images; the label says whether the first channel is brighter than the second."""
+
+    def __init__(self, size: int = 64, seed: int = 0):
+        self.images = torch.randn(size, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+        self.labels = (self.images[:, 0].mean((1, 2)) > self.images[:, 1].mean((1, 2))).long()
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.images[i], "labels": self.labels[i]}
+
+
+def tiny_resnet():
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    return ResNetForImageClassification(ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=2))
+
+
+def has_fresh_batchnorm(model) -> bool:
+    """Whether the BatchNorm statistics of ``model`` are those of its weights as they are, estimated
+    on the first two training batches of 8."""
+    expected = copy.deepcopy(model)
+    momos.reestimate_batchnorm_(expected, [{"pixel_values": ImageTask().images[i:i + 8]} for i in (0, 8)])
+    return all(torch.allclose(a, b) for a, b in zip(model.buffers(), expected.buffers()))
+
+
+class BatchNormChecks(TrainerCallback):
+    """Registered after the MoMos callback: :func:`has_fresh_batchnorm` at each evaluation."""
+
+    def __init__(self):
+        self.fresh = []
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        self.fresh.append(has_fresh_batchnorm(model))
+
+
+@pytest.mark.parametrize("every_n_steps", [None, 3])
+def test_reestimate_bn_refreshes_the_batchnorm_statistics_before_each_evaluation(tmp_path, every_n_steps):
+    callback, checks = MoMosCallback(CFG, every_n_steps=every_n_steps, reestimate_bn=2), BatchNormChecks()
+    trainer = train(tmp_path, [callback, checks], model=tiny_resnet(), task=ImageTask, per_device_train_batch_size=8,
+                    train_sampling_strategy="sequential", eval_strategy="epoch")
+    assert checks.fresh == [True, True]
+    assert has_fresh_batchnorm(trainer.model)   # with every_n_steps=3, after the final projection at step 16
+    assert momos.is_mosaic(trainer.model, CFG, callback.projector.codebook_motifs)
+    assert callback.state()["args"]["reestimate_bn"] == 2
+
+
+def test_reestimate_bn_needs_batchnorm_and_a_count(tmp_path):
+    with pytest.raises(ValueError, match="reestimate_bn must be a non-negative integer"):
+        MoMosCallback(CFG, reestimate_bn=-1)
+    with pytest.raises(ValueError, match="reestimate_bn: BertForSequenceClassification has no BatchNorm"):
+        train(tmp_path, [MoMosCallback(CFG, reestimate_bn=2)])
+
+
 def test_importing_momos_does_not_import_transformers():
     code = "import sys, momos, momos.integrations; assert 'transformers' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
@@ -177,7 +236,7 @@ import torch
 sys.path.insert(0, {tests!r})
 import momos
 from momos.distributed import checksums_of_ranks, rank, world_size
-from test_integrations_transformers import CFG, MoMosCallback, TrainerCallback, train
+from test_integrations_transformers import CFG, ImageTask, MoMosCallback, TrainerCallback, TokenTask, tiny_bert, tiny_resnet, train
 
 torch.set_num_threads(1)
 
@@ -187,13 +246,17 @@ class RankChecks(TrainerCallback):
         self.checksums = []
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
-        self.checksums.append(checksums_of_ranks(list(model.parameters())))   # collective: every rank
+        # collective: every rank; the buffers hold the BatchNorm statistics of the ResNet
+        self.checksums.append(checksums_of_ranks([*model.parameters(), *model.buffers()]))
 
 
-callback, checks = MoMosCallback(CFG), RankChecks()
-trainer = train({out!r}, [callback, checks], eval_strategy="epoch", per_device_train_batch_size=8)
+batchnorm = {batchnorm!r}
+callback, checks = MoMosCallback(CFG, reestimate_bn=2 if batchnorm else 0), RankChecks()
+trainer = train({out!r}, [callback, checks], eval_strategy="epoch", per_device_train_batch_size=8,
+                model=tiny_resnet() if batchnorm else tiny_bert(), task=ImageTask if batchnorm else TokenTask,
+                ddp_broadcast_buffers=False)   # so that only the callback's broadcast keeps the statistics equal
 record = {{"world_size": world_size(), "checksums": checks.checksums,
-           "final": checksums_of_ranks(list(trainer.model.parameters())),
+           "final": checksums_of_ranks([*trainer.model.parameters(), *trainer.model.buffers()]),
            "mosaic": momos.is_mosaic(trainer.model, CFG, callback.projector.codebook_motifs),
            "projections": len(callback.projector.history),
            "wrapped": type(trainer.model_wrapped).__name__, "unwrapped": callback.projector.model is trainer.model}}
@@ -203,8 +266,10 @@ with open(f"{out}/rank{{rank()}}.json", "w") as f:
 
 
 @pytest.mark.slow
-def test_under_ddp_every_rank_holds_the_same_mosaic(tmp_path):
-    (tmp_path / "ddp.py").write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+@pytest.mark.parametrize("batchnorm", [False, True], ids=["bert", "resnet-reestimate-bn"])
+def test_under_ddp_every_rank_holds_the_same_mosaic(tmp_path, batchnorm):
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path),
+                                                       batchnorm=batchnorm))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(tmp_path / "ddp.py")]
     launched = subprocess.run(command, capture_output=True, text=True, timeout=300,

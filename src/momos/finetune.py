@@ -166,7 +166,7 @@ def finetune(model: nn.Module, config: MoMosConfig, batches: Iterable, *, teache
         teacher.eval().requires_grad_(False)
     projector = Projector(model, config, every_n_steps=options.every_n_steps, calibration=calibration)
     stats = projector.project()
-    _reestimate_bn(model, batches, options.reestimate_bn)
+    reestimate_bn_on_batches(model, batches, options.reestimate_bn)
     if on_projection is not None:
         on_projection(0, stats)
     losses: list[float] = []
@@ -179,14 +179,16 @@ def finetune(model: nn.Module, config: MoMosConfig, batches: Iterable, *, teache
             on_projection(options.steps, final)
         stats = final or projector.last
     if options.steps:
-        _reestimate_bn(model, batches, options.reestimate_bn)
+        reestimate_bn_on_batches(model, batches, options.reestimate_bn)
     model.train(was_training)
     return FinetuneResult(stats, losses)
 
 
-def _reestimate_bn(model: nn.Module, batches: Iterable, count: int) -> None:
-    """The BatchNorm statistics of ``model`` re-estimated on the first ``count`` batches (of
-    as many passes as that takes); nothing if ``count`` is 0."""
+def reestimate_bn_on_batches(model: nn.Module, batches: Iterable, count: int) -> None:
+    """The BatchNorm statistics of ``model`` re-estimated (:func:`momos.reestimate_batchnorm_`)
+    on the inputs of the first ``count`` batches (of as many passes as that takes), moved to the
+    model's device; nothing if ``count`` is 0. ``batches``: as :func:`finetune` takes them,
+    tensors, ``(inputs, labels)`` pairs or mappings (run as keyword arguments, without ``labels``)."""
     if count:
         device = next(model.parameters()).device
         inputs = (split_batch(to_device(batch, device))[0] for batch in itertools.islice(repeat(batches), count))

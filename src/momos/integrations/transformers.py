@@ -34,8 +34,16 @@ to the entry just written to ``state.log_history`` (saved in every checkpoint's
 When the Trainer had already logged that step, the statistics join its next log entry (an
 evaluation at the same step, or a later one).
 
+BatchNorm. For a model with BatchNorm layers (a ResNet), ``MoMosCallback(cfg, reestimate_bn=40)``
+re-estimates their running statistics (``momos.batchnorm``) after every epoch that projected
+(before that epoch's evaluation and checkpoint) and after the final projection, on the first 40
+batches of the Trainer's training loader. It reads that loader's underlying ``DataLoader``:
+accelerate's wrapper records each pass in the accelerator's state, and a pass left after 40
+batches would stay open there.
+
 Distributed. Under the Trainer's DDP every rank projects its own (unwrapped) model and
-:class:`momos.Projector` broadcasts rank 0's result, so all ranks keep the same mosaic.
+:class:`momos.Projector` broadcasts rank 0's result, so all ranks keep the same mosaic. The
+re-estimated BatchNorm statistics (each rank's from its own shard) are rank 0's too.
 DeepSpeed ZeRO-3 and FSDP shard the parameters and are not supported.
 
 Resuming. The counters, the history and the motif generator's state are saved in the
@@ -57,8 +65,11 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, trainer_callback
 
+from .. import distributed
+from ..batchnorm import require_batchnorm
 from ..complexity.description import default_bits, description_length_from_stats
 from ..config import MoMosConfig
+from ..finetune import reestimate_bn_on_batches
 from ..project import ProjectionStats
 from ..projector import Projector
 
@@ -76,16 +87,24 @@ class MoMosCallback(TrainerCallback, ExportableState):
         cfg: the projection config (or its ``to_dict()``, as the Trainer passes when it restores
             the callback from a checkpoint).
         every_n_steps: project every N optimizer steps instead of at every epoch end.
+        reestimate_bn: re-estimate the BatchNorm statistics on this many training batches after
+            every epoch that projected and after the final projection; 0 (the default, the
+            paper) keeps the running ones.
         **projector_options: passed to :class:`momos.Projector` (``warmup_epochs``,
             ``anneal_from``, ``anneal_epochs``, ``calibration``).
 
     After training, ``projector.history`` lists every projection's statistics.
     """
 
-    def __init__(self, cfg: MoMosConfig | dict, every_n_steps: int | None = None, **projector_options) -> None:
+    def __init__(self, cfg: MoMosConfig | dict, every_n_steps: int | None = None, reestimate_bn: int = 0,
+                 **projector_options) -> None:
         self.config = MoMosConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
         self.config.validate()
+        if isinstance(reestimate_bn, bool) or not isinstance(reestimate_bn, int) or reestimate_bn < 0:
+            raise ValueError(f"reestimate_bn must be a non-negative integer, got {reestimate_bn!r}")
         self.every_n_steps = every_n_steps
+        self.reestimate_bn = reestimate_bn
+        self._projections_before_epoch = 0
         self.projector_options = projector_options
         self.projector: Projector | None = None
         self._pending_logs: dict[str, float] = {}
@@ -96,6 +115,8 @@ class MoMosCallback(TrainerCallback, ExportableState):
     # ---- training events ----
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.reestimate_bn:
+            require_batchnorm(_unwrap(model), f"reestimate_bn: {type(_unwrap(model)).__name__}")
         self.projector = Projector(_unwrap(model), self.config, every_n_steps=self.every_n_steps,
                                    **self.projector_options)
         # Follow the Trainer's counters, so a resumed run keeps the schedule even without restoring.
@@ -114,12 +135,19 @@ class MoMosCallback(TrainerCallback, ExportableState):
         # One call per optimizer step: the Trainer calls on_substep_end for accumulation steps.
         self._after_projection(self.projector.step(), control)
 
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self._after_projection(self.projector.epoch_end(), control)
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._projections_before_epoch = len(self.projector.history)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_epoch_end(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        self._after_projection(self.projector.epoch_end(), control)
+        # with every_n_steps the epoch's projections came during it: re-estimate once, at its end
+        if len(self.projector.history) > self._projections_before_epoch:
+            self._reestimate_bn(model, train_dataloader)
+
+    def on_train_end(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         # After the Trainer's last log: a projection here is in projector.history only.
-        self.projector.finalize()
+        if self.projector.finalize() is not None:
+            self._reestimate_bn(model, train_dataloader)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self._pending_logs or logs is None:
@@ -130,6 +158,13 @@ class MoMosCallback(TrainerCallback, ExportableState):
             entry.update(self._pending_logs)
         logs.update(self._pending_logs)
         self._pending_logs = {}
+
+    def _reestimate_bn(self, model: nn.Module, train_dataloader) -> None:
+        if self.reestimate_bn:
+            model = _unwrap(model)
+            reestimate_bn_on_batches(model, getattr(train_dataloader, "base_dataloader", train_dataloader),
+                                     self.reestimate_bn)
+            distributed.broadcast_parameters_(list(model.buffers()))
 
     def _after_projection(self, stats: ProjectionStats | None, control) -> None:
         if stats is None:
@@ -144,7 +179,8 @@ class MoMosCallback(TrainerCallback, ExportableState):
         projector = (_projector_state_to_json(self.projector.state_dict()) if self.projector is not None
                      else self._restored_projector)
         return {
-            "args": {"cfg": self.config.to_dict(), "every_n_steps": self.every_n_steps, **options},
+            "args": {"cfg": self.config.to_dict(), "every_n_steps": self.every_n_steps,
+                     "reestimate_bn": self.reestimate_bn, **options},
             "attributes": {"_restored_projector": projector,
                            "_lost_options": sorted(set(self.projector_options) - set(_JSON_OPTIONS))},
         }
