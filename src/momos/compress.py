@@ -117,12 +117,14 @@ class CompressConfig:
 
 @dataclass
 class Data:
-    """Fine-tuning batches (re-iterable), evaluation batches, and batches per pass."""
+    """Fine-tuning batches (re-iterable), evaluation batches, batches per pass, and the
+    (re-iterable) batches that BatchNorm statistics are re-estimated on."""
 
     train: object
     eval: list
     batches_per_epoch: int
     description: str
+    batchnorm: object
 
 
 def compress(config: CompressConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
@@ -191,7 +193,8 @@ def _project_and_finetune(config, source: Source, teacher, data: Data, steps: in
         calibration = list(_first_inputs(data.train, config.calibration))
     warn_if_slow(model, config.momos)
     result = finetune(model, config.momos, data.train, teacher=teacher, calibration=calibration,
-                      on_projection=after_projection, **{**asdict(config.finetune), "steps": steps})
+                      on_projection=after_projection, bn_batches=data.batchnorm,
+                      **{**asdict(config.finetune), "steps": steps})
     save_projection(out_dir / FINAL, model, result.stats)
     losses = result.losses
     # without fine-tuning, the model is the projected one that was just evaluated
@@ -235,9 +238,20 @@ def load_data(config: CompressConfig, source: Source) -> Data:
         for x, y in batches(data.train, data.info, config.batch_size, generator=generator, drop_last=True):
             yield adapt(x), y
 
+    # BatchNorm statistics from images cropped and flipped as the source trained (a run folder
+    # says whether; else the data set's usual recipe): the weights expect those, not plain images.
+    # RandAugment is left out: it draws from the global RNG, which compress does not seed.
+    augment = source.train_config.augment if source.train_config is not None else data.info.augment
+
+    def augmented_pass():
+        for x, y in batches(data.train, data.info, config.batch_size, augment=augment, drop_last=True,
+                            generator=torch.Generator().manual_seed(config.seed)):
+            yield adapt(x), y
+
     evaluation = [(adapt(x), y) for x, y in batches(data.test, data.info, EVAL_BATCH_SIZE)]
     return Data(Passes(shuffled_pass), evaluation, num_batches(data.train, config.batch_size, drop_last=True),
-                f"{name}: {len(data.train)} training images ({data.source}), {len(data.test)} test images")
+                f"{name}: {len(data.train)} training images ({data.source}), {len(data.test)} test images",
+                Passes(augmented_pass))
 
 
 def _text_data(config: CompressConfig, source: Source) -> Data:
@@ -269,8 +283,9 @@ def _text_data(config: CompressConfig, source: Source) -> Data:
 
     evaluation = [encode(range(start, min(start + EVAL_BATCH_SIZE, len(texts))))
                   for start in range(train_count, len(texts), EVAL_BATCH_SIZE)]
-    return Data(Passes(shuffled_pass), evaluation, math.ceil(train_count / config.batch_size),
-                f"{path.name}: {train_count} training texts, {held_out} held out")
+    train = Passes(shuffled_pass)
+    return Data(train, evaluation, math.ceil(train_count / config.batch_size),
+                f"{path.name}: {train_count} training texts, {held_out} held out", train)
 
 
 class Passes:

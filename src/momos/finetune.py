@@ -130,7 +130,8 @@ LossFn = Callable[[Output, Output, torch.Tensor | None], torch.Tensor]
 def finetune(model: nn.Module, config: MoMosConfig, batches: Iterable, *, teacher: nn.Module | None = None,
              calibration: Calibration | None = None, loss_fn: LossFn | None = None,
              on_step: Callable[[int, float], None] | None = None,
-             on_projection: Callable[[int, ProjectionStats], None] | None = None, **options) -> FinetuneResult:
+             on_projection: Callable[[int, ProjectionStats], None] | None = None,
+             bn_batches: Iterable | None = None, **options) -> FinetuneResult:
     """Project ``model`` onto a mosaic and fine-tune it under the projection (in place).
 
     Args:
@@ -146,6 +147,10 @@ def finetune(model: nn.Module, config: MoMosConfig, batches: Iterable, *, teache
         on_step: called as ``on_step(step, loss)`` after every optimizer step (progress, logging).
         on_projection: called as ``on_projection(step, stats)`` after every projection; step 0
             is the first, before any training (e.g. to evaluate the model as projected).
+        bn_batches: the batches ``reestimate_bn`` re-estimates BatchNorm on (default ``batches``).
+            Give them augmented as the model was trained: its weights expect the statistics of
+            those inputs (on the full-data ResNet-20, plain training images instead of cropped
+            and flipped ones cost the unprojected network 3.9 points).
         **options: the fields of :class:`FinetuneConfig` (``steps``, ``lr``, ``tune``, ...).
 
     Returns:
@@ -166,7 +171,8 @@ def finetune(model: nn.Module, config: MoMosConfig, batches: Iterable, *, teache
         teacher.eval().requires_grad_(False)
     projector = Projector(model, config, every_n_steps=options.every_n_steps, calibration=calibration)
     stats = projector.project()
-    reestimate_bn_on_batches(model, batches, options.reestimate_bn)
+    bn_batches = batches if bn_batches is None else bn_batches
+    reestimate_bn_on_batches(model, bn_batches, options.reestimate_bn)
     if on_projection is not None:
         on_projection(0, stats)
     losses: list[float] = []
@@ -179,7 +185,7 @@ def finetune(model: nn.Module, config: MoMosConfig, batches: Iterable, *, teache
             on_projection(options.steps, final)
         stats = final or projector.last
     if options.steps:
-        reestimate_bn_on_batches(model, batches, options.reestimate_bn)
+        reestimate_bn_on_batches(model, bn_batches, options.reestimate_bn)
     model.train(was_training)
     return FinetuneResult(stats, losses)
 
