@@ -67,8 +67,9 @@ class FinetuneConfig:
         distill_weight: share of the distillation loss; the rest is cross-entropy on the
             labels, for batches that have labels (1: distillation only).
         reestimate_bn: re-estimate the BatchNorm running statistics on this many batches right
-            after the projection and again after the fine-tuning (``momos.batchnorm``);
-            0 keeps the running ones. Only for models with BatchNorm.
+            after the projection and again after the fine-tuning (``momos.batchnorm``; compress
+            uses training images cropped and flipped as the source trained); 0 keeps the
+            running ones. Only for models with BatchNorm.
     """
 
     steps: int = 100
