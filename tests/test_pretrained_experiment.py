@@ -4,7 +4,9 @@ and the target check of ``experiments/pretrained/make_report.py`` (no model is t
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -99,7 +101,7 @@ def _row(method, variant, bits_per_weight, accuracy, *, s=None, capacity=None, r
             "rtn_bits": rtn_bits, "parameters": parameters, "bits_per_weight": bits_per_weight,
             "test_accuracy": accuracy, "eval_images": 100, "projection_seconds": 0.1,
             "max_relative_error": 0.2, "num_motifs": None, "roundtrip_exact": None, "point_seconds": 1.0,
-            "error": error}
+            "error": error, "running_bn_accuracy": None}
 
 
 def _rows():
@@ -169,4 +171,39 @@ def test_the_grid():
     points = report.grid("m")
     assert len(points) == 1 + 2 * 2 * 4 + 5 * 2 * 3 * 3
     assert len({p.key() for p in points}) == len(points)
-    assert len(report.grid("m", ("plain",))) == 1 + 16 + 18
+    # the full-data ResNet-20 is measured with three variants only
+    assert report.MODELS["resnet20-cifar10-full"].variants == ("plain", "channel", "channel+calib+kmeans")
+    assert len(report.grid("resnet20-cifar10-full")) == 1 + 16 + 3 * 18
+
+
+def test_batchnorm_re_estimation_is_evaluated_beside_the_running_statistics(monkeypatch):
+    from torch import nn
+
+    class Setup:   # what evaluated() reads
+        bn_inputs = [torch.full((4, 2), 3.0)]
+
+    # the "accuracy": the BatchNorm's running mean, 0 as initialized, 3 once re-estimated
+    monkeypatch.setattr(report, "accuracy", lambda model, setup: float(model[0].running_mean.mean()))
+    assert report.evaluated(nn.Sequential(nn.BatchNorm1d(2)), Setup()) == {"test_accuracy": 3.0,
+                                                                           "running_bn_accuracy": 0.0}
+    Setup.bn_inputs = []
+    assert report.evaluated(nn.Sequential(nn.BatchNorm1d(2)), Setup()) == {"test_accuracy": 0.0}
+    rows = [{**r, "running_bn_accuracy": r["test_accuracy"] - 0.02} for r in _rows() if r["model"] == "m"]
+    [line, _] = report.batchnorm_lines(rows, 40)
+    assert "40 training batches of 64" in line and "MoMos median +2.00 points (from +2.00 to +2.00)" in line
+    assert report.batchnorm_lines(rows, 0) == []
+
+
+def test_run_summary_is_kept_for_a_report_without_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RUNS", tmp_path / "runs.json")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "results.json").write_text(json.dumps({
+        "config": {"model": "mlp", "dataset": "digits"}, "summary": {"epochs_done": 3, "test_acc": 0.9},
+        "model": {"parameters": 100}, "data": {"test": 360}}))
+    summary = report.run_summary(tmp_path, "m")
+    assert summary == {"model": "mlp", "dataset": "digits", "epochs": 3, "parameters": 100, "test_accuracy": 0.9,
+                       "test_images": 360}
+    report.RUNS.write_text(json.dumps({"m": summary}))
+    shutil.rmtree(tmp_path / "m")
+    assert report.run_summary(tmp_path, "m") == summary
+    assert report.run_summary(tmp_path, "gone") is None

@@ -1,13 +1,13 @@
 """``experiments/PRETRAINED.md``: MoMos as a post-training projection of pretrained networks.
 
-    bash experiments/pretrained/pretrain.sh                          # the three pretrained runs
+    bash experiments/pretrained/pretrain.sh                          # the pretrained runs
     MOMOS_DATA=/path/to/data nice -n 10 python experiments/pretrained/make_report.py
 
 For each pretrained run (``runs/pretrained/<name>``, its ``final`` checkpoint) this measures
 test accuracy and the stored bits per weight of the whole model, with no fine-tuning, for
 
 * MoMos: ``momos.project_`` on a copy of the model at every block size ``s``, capacity and
-  parameter set of the grid below, for five variants (:data:`VARIANTS`): the paper's random
+  parameter set of the grid below, for the model's variants (:data:`VARIANTS`): the paper's random
   motifs on raw weights (``plain``), power-of-two scales per tensor or per output channel, the
   channel scales with the importance of 256 calibration images, and the same with k-means
   motifs. Bits per weight: 8 x the size of the ``.momos`` file that ``momos.save`` writes (the
@@ -17,13 +17,20 @@ test accuracy and the stored bits per weight of the whole model, with no fine-tu
   same tensors, bits per weight entropy-coded (codes + frequency table + scales; everything else
   at its dtype's width).
 
+A model whose :class:`PretrainedModel` sets ``reestimate_bn`` (the full-data ResNet-20) has its
+BatchNorm statistics re-estimated before every evaluation, the unprojected model's too, on that
+many training batches augmented as the run trained; the accuracy with the running statistics is
+kept beside it (``running_bn_accuracy``).
+
 Every measured point is cached in ``<out>/points.csv`` (default ``runs/pretrained/report/``) and
 skipped when the script runs again, so an interrupted sweep resumes where it stopped;
 ``--retry-failed`` measures the failed points again. The script then writes
 ``experiments/pretrained/results.csv``, one accuracy-against-bits figure per model and
 ``experiments/PRETRAINED.md``; ``--report-only`` only writes those from the cache. Data is read
 like ``momos train`` reads it (the run's own config; ``$MOMOS_DATA`` or ``--data-dir``), never
-downloaded. One thread; a model whose run has no ``final.safetensors`` yet is skipped.
+downloaded. One thread; a model whose run has no ``final.safetensors`` yet is skipped. What the
+report says of each run (model, data, epochs, accuracy) is kept in ``pretrained/runs.json``, so
+it can be written again without the run folders.
 """
 
 from __future__ import annotations
@@ -32,10 +39,12 @@ import argparse
 import copy
 import csv
 import io
+import itertools
 import json
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -49,8 +58,6 @@ sys.path.insert(0, str(HERE))
 
 import rtn
 
-# run folder name -> test images evaluated (None: the whole official test split)
-MODELS = {"mlp-fashion-mnist": None, "vit-fashion-mnist": 2000, "resnet20-cifar10": 2000}
 BLOCK_SIZES = (2, 4, 8)
 CAPACITIES = (0.001, 0.01, 0.05)
 PARAMETER_SETS = ("all", "matrices")
@@ -62,20 +69,44 @@ VARIANTS = {
     "channel+calib": ({"normalize": "channel", "motif_method": "sample"}, True),
     "channel+calib+kmeans": ({"normalize": "channel", "motif_method": "kmeans"}, True),
 }
+
+
+@dataclass(frozen=True)
+class PretrainedModel:
+    """How one pretrained run (``runs/pretrained/<name>``) is measured."""
+
+    eval_images: int | None = None       # test images evaluated (None: the whole official test split)
+    reestimate_bn: int = 0               # training batches of 64 to re-estimate BatchNorm on
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    note: str = ""                       # a sentence for the model's section
+
+
+MODELS = {
+    "mlp-fashion-mnist": PretrainedModel(),
+    "vit-fashion-mnist": PretrainedModel(2000),
+    "resnet20-cifar10": PretrainedModel(2000, note=(
+        "Evaluated with the BatchNorm running statistics of the unprojected network, which a projection "
+        "or rounding leaves stale; `resnet20-cifar10-full` below re-estimates them.")),
+    # the baseline of the full-data ResNet-20 sweep (pretrain.sh copies it); fewer variants, since
+    # every point costs a re-estimation and a second evaluation
+    "resnet20-cifar10-full": PretrainedModel(2000, reestimate_bn=40,
+                                             variants=("plain", "channel", "channel+calib+kmeans")),
+}
 RTN_BITS = (2, 3, 4, 8)
 RTN_GRANULARITIES = ("per-tensor", "per-channel")
 SEED = 0                        # MoMos motif draws
 SUBSET_SEED = 0                 # the evaluated test subset
 CALIBRATION_SEED = 0            # the calibration images, drawn from the training split
 CALIBRATION_IMAGES, CALIBRATION_BATCH = 256, 64
+BN_BATCH = 64                   # the BatchNorm re-estimation's batches, seeded like the calibration images
 TARGET_MAX_BITS = 4.0           # the target check looks at per-channel RTN points up to this
 
 COLUMNS = ("model", "method", "variant", "s", "capacity", "rtn_bits", "parameters", "bits_per_weight",
            "test_accuracy", "eval_images", "projection_seconds", "max_relative_error", "num_motifs",
-           "roundtrip_exact", "point_seconds", "error")
+           "roundtrip_exact", "point_seconds", "error", "running_bn_accuracy")
 KEY = ("model", "method", "variant", "s", "capacity", "rtn_bits", "parameters")
 FLOATS = ("capacity", "bits_per_weight", "test_accuracy", "projection_seconds", "max_relative_error",
-          "point_seconds")
+          "point_seconds", "running_bn_accuracy")
 INTS = ("s", "rtn_bits", "eval_images", "num_motifs")
 STRINGS = ("model", "method", "variant", "parameters", "error")
 
@@ -110,8 +141,9 @@ def key_of(row: dict) -> tuple:
     return tuple("" if row.get(k) is None else str(row[k]) for k in KEY)
 
 
-def grid(model: str, variants=tuple(VARIANTS)) -> list[Point]:
+def grid(model: str) -> list[Point]:
     """Every point of one model, cheap ones first."""
+    variants = MODELS[model].variants if model in MODELS else tuple(VARIANTS)
     points = [Point(model, "pretrained")]
     points += [Point(model, "rtn", g, rtn_bits=b, parameters=p)
                for p in PARAMETER_SETS for g in RTN_GRANULARITIES for b in RTN_BITS]
@@ -169,11 +201,13 @@ class Setup:
     test: object                 # the evaluated ImageSplit
     calibration: list            # input batches
     num_parameters: int
+    bn_inputs: list              # input batches to re-estimate BatchNorm on before evaluating; [] keeps it
 
 
-def load_setup(run_dir: Path, eval_images: int | None, data_dir: str | None) -> Setup:
-    """The run's final model, its test images (all, or a seeded subset) and calibration batches,
-    the data built as ``momos train`` builds it from the run's config."""
+def load_setup(run_dir: Path, spec: PretrainedModel, data_dir: str | None) -> Setup:
+    """The run's final model, its test images (all, or a seeded subset), calibration batches and
+    BatchNorm batches, the data built as ``momos train`` builds it from the run's config."""
+    import torch
     from momos.data import batches, load_dataset, random_subset
     from momos.runfolder import load_model, read_config
 
@@ -183,18 +217,36 @@ def load_setup(run_dir: Path, eval_images: int | None, data_dir: str | None) -> 
     if config.train_subset is not None:
         data.train = random_subset(data.train, config.train_subset, seed=config.split_seed)
     test = data.test
-    if eval_images is not None and eval_images < len(test):
-        test = random_subset(test, eval_images, seed=SUBSET_SEED)
+    if spec.eval_images is not None and spec.eval_images < len(test):
+        test = random_subset(test, spec.eval_images, seed=SUBSET_SEED)
     images = random_subset(data.train, CALIBRATION_IMAGES, seed=CALIBRATION_SEED)
     calibration = [x for x, _ in batches(images, data.info, CALIBRATION_BATCH)]
+    # augmented as the run trained: the weights expect the statistics of those images (a padded
+    # crop shifts them), and plain ones cost the unprojected ResNet-20 about 4 points
+    shuffled = batches(data.train, data.info, BN_BATCH, generator=torch.Generator().manual_seed(CALIBRATION_SEED),
+                       augment=config.augment, randaugment=config.randaugment)
+    bn_inputs = [x for x, _ in itertools.islice(shuffled, spec.reestimate_bn)]
     model = load_model(run_dir, "final")
-    return Setup(run_dir.name, model, data, test, calibration, sum(p.numel() for p in model.parameters()))
+    return Setup(run_dir.name, model, data, test, calibration, sum(p.numel() for p in model.parameters()),
+                 bn_inputs)
 
 
 def accuracy(model, setup: Setup) -> float:
     from momos.train import evaluate
 
     return evaluate(model, setup.test, setup.data)[1]
+
+
+def evaluated(model, setup: Setup) -> dict:
+    """``test_accuracy`` of ``model``; with ``setup.bn_inputs``, after re-estimating its BatchNorm
+    statistics on them (``model`` changes), and the accuracy before (``running_bn_accuracy``)."""
+    import momos
+
+    if not setup.bn_inputs:
+        return {"test_accuracy": accuracy(model, setup)}
+    running = accuracy(model, setup)
+    momos.reestimate_batchnorm_(model, setup.bn_inputs)
+    return {"test_accuracy": accuracy(model, setup), "running_bn_accuracy": running}
 
 
 # --- measurements ------------------------------------------------------------------------------
@@ -219,7 +271,7 @@ def measure(point: Point, setup: Setup, folder: Path) -> dict:
 
 def measure_pretrained(setup: Setup) -> dict:
     state = setup.model.state_dict()
-    return {"test_accuracy": accuracy(setup.model, setup),
+    return {**evaluated(copy.deepcopy(setup.model), setup),
             "bits_per_weight": rtn.bits_per_weight(state, {}, setup.num_parameters)}
 
 
@@ -242,9 +294,9 @@ def measure_rtn(point: Point, setup: Setup) -> dict:
         for name, p in tensors:
             p.copy_(values[name])
     seconds = time.perf_counter() - start
-    return {"test_accuracy": accuracy(model, setup), "projection_seconds": seconds,
-            "max_relative_error": max(errors.values()),
-            "bits_per_weight": rtn.bits_per_weight(model.state_dict(), sizes, setup.num_parameters)}
+    bits = rtn.bits_per_weight(model.state_dict(), sizes, setup.num_parameters)
+    return {**evaluated(model, setup), "projection_seconds": seconds, "max_relative_error": max(errors.values()),
+            "bits_per_weight": bits}
 
 
 def relative_error(new, old) -> float:
@@ -280,10 +332,10 @@ def measure_momos(point: Point, setup: Setup, folder: Path) -> dict:
     size = path.stat().st_size
     loaded = stage("load", lambda: momos.load(path, copy.deepcopy(setup.model)))
     path.unlink()
-    return {"test_accuracy": accuracy(loaded, setup), "projection_seconds": seconds,
+    exact = same_state(loaded, model)
+    return {**evaluated(loaded, setup), "projection_seconds": seconds,
             "max_relative_error": max(stats.relative_errors.values()), "num_motifs": stats.num_motifs,
-            "roundtrip_exact": same_state(loaded, model),
-            "bits_per_weight": 8 * size / setup.num_parameters}
+            "roundtrip_exact": exact, "bits_per_weight": 8 * size / setup.num_parameters}
 
 
 def stage(name: str, action):
@@ -433,7 +485,7 @@ def momos_table(rows: list[dict]) -> list[str]:
     lines = ["| variant | parameters | " + " | ".join(f"s={s} c={c:g}" for s, c in settings) + " |",
              "|---|---|" + "---|" * len(settings)]
     model = rows[0]["model"] if rows else ""
-    for variant in VARIANTS:
+    for variant in MODELS[model].variants if model in MODELS else VARIANTS:
         for parameters in PARAMETER_SETS:
             cells = [cell(found.get(Point(model, "momos", variant, s, c, None, parameters).key()))
                      for s, c in settings]
@@ -606,27 +658,37 @@ def chance(runs: Path, model: str) -> float | None:
     """1 / the number of classes of the run's data set."""
     from momos.data import INFOS
 
-    results = run_summary(runs, model)
-    return 1 / INFOS[results["config"]["dataset"]].num_classes if results else None
+    summary = run_summary(runs, model)
+    return 1 / INFOS[summary["dataset"]].num_classes if summary else None
+
+
+RUNS = HERE / "runs.json"       # the summaries of the measured runs, for a report without their folders
 
 
 def run_summary(runs: Path, model: str) -> dict | None:
+    """What the report says of the pretrained run: from its folder, else as last recorded in :data:`RUNS`."""
     path = runs / model / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if path.is_file():
+        results = json.loads(path.read_text())
+        return {"model": results["config"]["model"], "dataset": results["config"]["dataset"],
+                "epochs": results["summary"]["epochs_done"], "parameters": results["model"]["parameters"],
+                "test_accuracy": results["summary"]["test_acc"], "test_images": results["data"]["test"]}
+    return json.loads(RUNS.read_text()).get(model) if RUNS.is_file() else None
 
 
 def model_section(model: str, rows: list[dict], runs: Path) -> list[str]:
     mine = [r for r in rows if r["model"] == model]
     pretrained = next((r for r in mine if r["method"] == "pretrained"), None)
-    results = run_summary(runs, model)
-    config = results["config"] if results else {}
+    summary = run_summary(runs, model)
     lines = [f"## {model}", ""]
-    if results:
-        lines.append(f"{config['model']} on {config['dataset']}, trained {results['summary']['epochs_done']} epochs "
-                     f"(`momos train --method baseline`, {results['model']['parameters']:,} parameter values); "
-                     f"test accuracy at the end of training {results['summary']['test_acc']:.4f} on all "
-                     f"{results['data']['test']:,} test images.")
+    if summary:
+        lines.append(f"{summary['model']} on {summary['dataset']}, trained {summary['epochs']} epochs "
+                     f"(`momos train --method baseline`, {summary['parameters']:,} parameter values); "
+                     f"test accuracy at the end of training {summary['test_accuracy']:.4f} on all "
+                     f"{summary['test_images']:,} test images.")
         lines.append("")
+    if MODELS[model].note:
+        lines += [MODELS[model].note, ""]
     if pretrained is None:
         return lines + ["", "Not measured yet.", ""]
     n = pretrained["eval_images"]
@@ -634,7 +696,7 @@ def model_section(model: str, rows: list[dict], runs: Path) -> list[str]:
     per_tensor = target_check(rows, model, granularity="per-tensor")
     measured = [r for r in mine if r["method"] != "pretrained"]
     lines += [f"Pretrained (unprojected) accuracy here: **{pretrained['test_accuracy']:.4f}** on {n:,} test "
-              f"images{' (a fixed seeded subset)' if results and n < results['data']['test'] else ''}, "
+              f"images{' (a fixed seeded subset)' if summary and n < summary['test_images'] else ''}, "
               f"{pretrained['bits_per_weight']:.2f} bits per weight as float32 (binomial standard error of an "
               f"accuracy near it: {se * 100:.2f} points; every point below is evaluated on the same images).",
               "",
@@ -643,6 +705,7 @@ def model_section(model: str, rows: list[dict], runs: Path) -> list[str]:
               f"projection or quantization, `.momos` file write and read, evaluation); slowest projection "
               f"{max((r['projection_seconds'] or 0 for r in measured), default=0):.1f} s.",
               "",
+              *batchnorm_lines(mine, MODELS[model].reestimate_bn),
               f"![accuracy against bits per weight](pretrained/{model}.png)",
               "",
               "MoMos, test accuracy @ bits per weight (`.momos` file size):",
@@ -667,6 +730,26 @@ def model_section(model: str, rows: list[dict], runs: Path) -> list[str]:
     return lines
 
 
+def batchnorm_lines(rows: list[dict], batches: int) -> list[str]:
+    """What re-estimating the BatchNorm statistics changed, where the model's points did."""
+    if not batches:
+        return []
+    changes = {method: [100 * (r["test_accuracy"] - r["running_bn_accuracy"]) for r in rows
+                        if r["method"] == method and not failed(r) and r["running_bn_accuracy"] is not None]
+               for method in ("pretrained", "momos", "rtn")}
+
+    def spread(values: list[float]) -> str:
+        if len(values) < 2:
+            return f"{values[0]:+.2f} points" if values else "not measured"
+        return f"median {statistics.median(values):+.2f} points (from {min(values):+.2f} to {max(values):+.2f})"
+
+    return [f"Every point here, the unprojected model included, is evaluated after re-estimating its BatchNorm "
+            f"statistics (`momos.reestimate_batchnorm_`) on {batches} training batches of {BN_BATCH}, augmented "
+            f"as the network was trained (a fixed seeded draw); a projection or a rounding leaves the running "
+            f"statistics of the weights before it. Accuracy gained by the re-estimation over the running statistics: unprojected "
+            f"{spread(changes['pretrained'])}; MoMos {spread(changes['momos'])}; RTN {spread(changes['rtn'])}.", ""]
+
+
 def coverage_note(rows: list[dict], model: str) -> str:
     """A sentence saying how much of the model's grid is measured, empty when all of it is."""
     measured = {key_of(r) for r in rows if r["model"] == model}
@@ -682,8 +765,10 @@ def document(rows: list[dict], runs: Path, models: list[str]) -> str:
         "# MoMos on pretrained networks: post-training projection, no fine-tuning",
         "",
         "Generated by `python experiments/pretrained/make_report.py` from the measured points in",
-        "[`pretrained/results.csv`](pretrained/results.csv); no number here is typed by hand. The networks",
-        "were trained without MoMos by `experiments/pretrained/pretrain.sh`; each is then projected once",
+        "[`pretrained/results.csv`](pretrained/results.csv) and the runs' summaries in",
+        "[`pretrained/runs.json`](pretrained/runs.json); no number here is typed by hand. The networks",
+        "were trained without MoMos by `experiments/pretrained/pretrain.sh` (`resnet20-cifar10-full`: the",
+        "baseline of the full-data ResNet-20 sweep, 60 epochs, which it copies); each is then projected once",
         "(`momos.project_` on a copy, seed 0, `force_zero=True`) or rounded to nearest, and evaluated",
         "as it is: **no fine-tuning, no retraining**. One motif draw per setting (seed 0), so single",
         "points carry the luck of that draw.",
@@ -702,8 +787,9 @@ def document(rows: list[dict], runs: Path, models: list[str]) -> str:
         "- **RTN**: symmetric int2/3/4/8 (`±(2^(b−1)−1)` levels, scale = absmax / `(2^(b−1)−1)`), per",
         "  tensor or per output channel, on the same tensors (`momos.select_parameters`).",
         "- **Evaluation**: the MLP on the whole official test split; the ViT and ResNet-20 on a fixed",
-        f"  seeded subset of {MODELS['resnet20-cifar10']:,} test images (seed {SUBSET_SEED}) to keep the CPU",
-        "  time feasible; the unprojected model on the same images.",
+        f"  seeded subset of {MODELS['resnet20-cifar10'].eval_images:,} test images (seed {SUBSET_SEED}) to keep the CPU",
+        "  time feasible; the unprojected model on the same images. The BatchNorm statistics of",
+        "  `resnet20-cifar10-full` are re-estimated before every evaluation (its section says how).",
         "- **Times**: projection seconds are the wall time of `momos.project_` (calibration passes",
         f"  included), on one thread of a {os.cpu_count()}-core {platform.machine()} CPU that other jobs",
         "  shared while the points were measured (the pretraining runs), so they are upper bounds.",
@@ -733,6 +819,8 @@ def write_report(rows: list[dict], runs: Path, models: list[str]) -> None:
 
     rows = sort_rows(rows)
     write_rows(rows, HERE / "results.csv")
+    summaries = {model: run_summary(runs, model) for model in models}
+    write_bytes_atomic((json.dumps({m: v for m, v in summaries.items() if v}, indent=1) + "\n").encode(), RUNS)
     for model in models:
         mine = [r for r in rows if r["model"] == model]
         if mine:
