@@ -202,19 +202,22 @@ def test_finetune_reestimates_the_statistics_of_the_final_weights(steps):
 
 
 @pytest.mark.parametrize("steps", [0, 4])
-def test_finetune_reestimates_on_bn_batches_when_given(steps):
+def test_finetune_reestimates_on_bn_batches_after_the_projection_and_on_its_batches_after_tuning(steps):
+    """The projected weights expect the statistics of inputs like those they were trained on
+    (``bn_batches``); after fine-tuning, those of the fine-tuning batches."""
     from momos import MoMosConfig, finetune
 
     model, batches = convnet(), image_batches()
-    augmented = [(x.flip(-1) * 3, y) for x, y in batches]   # other statistics than the training batches'
+    augmented = [(x.flip(-1) * 3, y) for x, y in batches]   # other statistics than the fine-tuning batches'
     finetune(model, MoMosConfig(block_size=4, capacity=0.05), batches, steps=steps, reestimate_bn=2,
              bn_batches=augmented)
     stored = stats(model)
-    on_training_batches = copy.deepcopy(model)
-    reestimate_batchnorm_(on_training_batches, [x for x, _ in batches[:2]])
-    reestimate_batchnorm_(model, [x for x, _ in augmented[:2]])
+    on_other = copy.deepcopy(model)
+    expected, other = (augmented, batches) if steps == 0 else (batches, augmented)
+    reestimate_batchnorm_(on_other, [x for x, _ in other[:2]])
+    reestimate_batchnorm_(model, [x for x, _ in expected[:2]])
     assert all(torch.allclose(stored[k], stats(model)[k], rtol=1e-5, atol=1e-6) for k in stored)
-    assert not torch.allclose(stored["1.running_mean"], stats(on_training_batches)["1.running_mean"])
+    assert not torch.allclose(stored["1.running_mean"], stats(on_other)["1.running_mean"])
 
 
 def test_finetune_without_batchnorm_is_refused_before_projecting():

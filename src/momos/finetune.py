@@ -67,9 +67,9 @@ class FinetuneConfig:
         distill_weight: share of the distillation loss; the rest is cross-entropy on the
             labels, for batches that have labels (1: distillation only).
         reestimate_bn: re-estimate the BatchNorm running statistics on this many batches right
-            after the projection and again after the fine-tuning (``momos.batchnorm``; compress
-            uses training images cropped and flipped as the source trained); 0 keeps the
-            running ones. Only for models with BatchNorm.
+            after the projection (compress: on training images cropped and flipped as the source
+            trained) and again, on the fine-tuning batches, after the fine-tuning
+            (``momos.batchnorm``); 0 keeps the running ones. Only for models with BatchNorm.
     """
 
     steps: int = 100
@@ -148,10 +148,12 @@ def finetune(model: nn.Module, config: MoMosConfig, batches: Iterable, *, teache
         on_step: called as ``on_step(step, loss)`` after every optimizer step (progress, logging).
         on_projection: called as ``on_projection(step, stats)`` after every projection; step 0
             is the first, before any training (e.g. to evaluate the model as projected).
-        bn_batches: the batches ``reestimate_bn`` re-estimates BatchNorm on (default ``batches``).
-            Give them augmented as the model was trained: its weights expect the statistics of
-            those inputs (on the full-data ResNet-20, plain training images instead of cropped
-            and flipped ones cost the unprojected network 3.9 points).
+        bn_batches: the batches ``reestimate_bn`` re-estimates BatchNorm on right after the
+            projection (default ``batches``). Give them augmented as the model was trained: its
+            weights expect the statistics of those inputs (on the full-data ResNet-20, plain
+            training images instead of cropped and flipped ones cost the unprojected network 3.9
+            points). After fine-tuning the weights expect those of ``batches``, which they
+            were last trained on, and the statistics are re-estimated on those.
         **options: the fields of :class:`FinetuneConfig` (``steps``, ``lr``, ``tune``, ...).
 
     Returns:
@@ -172,8 +174,7 @@ def finetune(model: nn.Module, config: MoMosConfig, batches: Iterable, *, teache
         teacher.eval().requires_grad_(False)
     projector = Projector(model, config, every_n_steps=options.every_n_steps, calibration=calibration)
     stats = projector.project()
-    bn_batches = batches if bn_batches is None else bn_batches
-    reestimate_bn_on_batches(model, bn_batches, options.reestimate_bn)
+    reestimate_bn_on_batches(model, batches if bn_batches is None else bn_batches, options.reestimate_bn)
     if on_projection is not None:
         on_projection(0, stats)
     losses: list[float] = []
@@ -186,7 +187,7 @@ def finetune(model: nn.Module, config: MoMosConfig, batches: Iterable, *, teache
             on_projection(options.steps, final)
         stats = final or projector.last
     if options.steps:
-        reestimate_bn_on_batches(model, bn_batches, options.reestimate_bn)
+        reestimate_bn_on_batches(model, batches, options.reestimate_bn)
     model.train(was_training)
     return FinetuneResult(stats, losses)
 
