@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from lightning.pytorch import Callback
 
-from .. import distributed
 from ..batchnorm import require_batchnorm
 from ..config import MoMosConfig
-from ..finetune import reestimate_bn_on_batches
 from ..projector import Projector
+from . import check_reestimate_bn, reestimate_bn_on_all_ranks
 
 
 class MoMosCallback(Callback):
@@ -38,10 +37,8 @@ class MoMosCallback(Callback):
 
     def __init__(self, config: MoMosConfig, reestimate_bn: int = 0, **projector_options) -> None:
         config.validate()
-        if isinstance(reestimate_bn, bool) or not isinstance(reestimate_bn, int) or reestimate_bn < 0:
-            raise ValueError(f"reestimate_bn must be a non-negative integer, got {reestimate_bn!r}")
         self.config = config
-        self.reestimate_bn = reestimate_bn
+        self.reestimate_bn = check_reestimate_bn(reestimate_bn)
         self.projector_options = projector_options
         self.projector: Projector | None = None
         self._pending_state: dict | None = None
@@ -69,16 +66,11 @@ class MoMosCallback(Callback):
             self.projector.epoch_end()
             # with every_n_steps the epoch's projections came during it: re-estimate once, at its end
             if len(self.projector.history) > self._projections_before_epoch:
-                self._reestimate_bn(trainer, pl_module)
+                reestimate_bn_on_all_ranks(pl_module, trainer.train_dataloader, self.reestimate_bn)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.projector.finalize() is not None:
-            self._reestimate_bn(trainer, pl_module)
-
-    def _reestimate_bn(self, trainer, pl_module) -> None:
-        if self.reestimate_bn:
-            reestimate_bn_on_batches(pl_module, trainer.train_dataloader, self.reestimate_bn)
-            distributed.broadcast_parameters_(list(pl_module.buffers()))
+            reestimate_bn_on_all_ranks(pl_module, trainer.train_dataloader, self.reestimate_bn)
 
     def state_dict(self) -> dict:
         state = self.projector.state_dict() if self.projector is not None else self._pending_state

@@ -65,13 +65,12 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, trainer_callback
 
-from .. import distributed
 from ..batchnorm import require_batchnorm
 from ..complexity.description import default_bits, description_length_from_stats
 from ..config import MoMosConfig
-from ..finetune import reestimate_bn_on_batches
 from ..project import ProjectionStats
 from ..projector import Projector
+from . import check_reestimate_bn, reestimate_bn_on_all_ranks
 
 # transformers < 4.41 has no stateful callbacks; the callback then simply is not saved.
 ExportableState = getattr(trainer_callback, "ExportableState", object)
@@ -100,10 +99,8 @@ class MoMosCallback(TrainerCallback, ExportableState):
                  **projector_options) -> None:
         self.config = MoMosConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
         self.config.validate()
-        if isinstance(reestimate_bn, bool) or not isinstance(reestimate_bn, int) or reestimate_bn < 0:
-            raise ValueError(f"reestimate_bn must be a non-negative integer, got {reestimate_bn!r}")
         self.every_n_steps = every_n_steps
-        self.reestimate_bn = reestimate_bn
+        self.reestimate_bn = check_reestimate_bn(reestimate_bn)
         self._projections_before_epoch = 0
         self.projector_options = projector_options
         self.projector: Projector | None = None
@@ -160,11 +157,9 @@ class MoMosCallback(TrainerCallback, ExportableState):
         self._pending_logs = {}
 
     def _reestimate_bn(self, model: nn.Module, train_dataloader) -> None:
-        if self.reestimate_bn:
-            model = _unwrap(model)
-            reestimate_bn_on_batches(model, getattr(train_dataloader, "base_dataloader", train_dataloader),
-                                     self.reestimate_bn)
-            distributed.broadcast_parameters_(list(model.buffers()))
+        # accelerate wraps the loader; a partial pass of the wrapper would stay open in its state
+        reestimate_bn_on_all_ranks(_unwrap(model), getattr(train_dataloader, "base_dataloader", train_dataloader),
+                                   self.reestimate_bn)
 
     def _after_projection(self, stats: ProjectionStats | None, control) -> None:
         if stats is None:
