@@ -270,6 +270,9 @@ def test_compress_reestimates_on_images_augmented_as_the_source_trained(resnet_r
                         drop_last=True)
     assert all(torch.equal(x, expected) for x, (expected, _) in zip(first, augmented))
     assert not torch.equal(first[0], next(iter(data.train))[0])
+    # every re-estimation sees the same batches; every fine-tuning pass has its own order
+    assert torch.equal(next(iter(data.batchnorm))[0], first[0])
+    assert not torch.equal(next(iter(data.train))[0], next(iter(data.train))[0])
 
     projected = load_file(out / "projected.safetensors")
     model = load_source(source_dir).model

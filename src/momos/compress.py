@@ -231,27 +231,25 @@ def load_data(config: CompressConfig, source: Source) -> Data:
     if name is None:
         raise ValueError(f"{config.source} needs data: give a dataset (images) or a text_file (text)")
     data = load_dataset(name, config.data_dir, download=False)
-    generator = torch.Generator().manual_seed(config.seed)
     adapt = source.inputs
 
-    def shuffled_pass():
-        for x, y in batches(data.train, data.info, config.batch_size, generator=generator, drop_last=True):
+    def image_pass(generator: torch.Generator, augment: bool = False):
+        for x, y in batches(data.train, data.info, config.batch_size, generator=generator, augment=augment,
+                            drop_last=True):
             yield adapt(x), y
 
+    # Fine-tuning: one generator for all passes, so every pass has its own order.
+    generator = torch.Generator().manual_seed(config.seed)
     # BatchNorm statistics from images cropped and flipped as the source trained (a run folder
     # says whether; else the data set's usual recipe): the weights expect those, not plain images.
     # RandAugment is left out: it draws from the global RNG, which compress does not seed.
+    # A fresh generator per pass: each re-estimation sees the same batches.
     augment = source.train_config.augment if source.train_config is not None else data.info.augment
-
-    def augmented_pass():
-        for x, y in batches(data.train, data.info, config.batch_size, augment=augment, drop_last=True,
-                            generator=torch.Generator().manual_seed(config.seed)):
-            yield adapt(x), y
-
     evaluation = [(adapt(x), y) for x, y in batches(data.test, data.info, EVAL_BATCH_SIZE)]
-    return Data(Passes(shuffled_pass), evaluation, num_batches(data.train, config.batch_size, drop_last=True),
+    return Data(Passes(lambda: image_pass(generator)), evaluation,
+                num_batches(data.train, config.batch_size, drop_last=True),
                 f"{name}: {len(data.train)} training images ({data.source}), {len(data.test)} test images",
-                Passes(augmented_pass))
+                Passes(lambda: image_pass(torch.Generator().manual_seed(config.seed), augment)))
 
 
 def _text_data(config: CompressConfig, source: Source) -> Data:
