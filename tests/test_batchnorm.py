@@ -297,10 +297,25 @@ def test_the_after_the_fact_script_tests_each_run_again(resnet_runs, tmp_path, c
     runs = tmp_path / "runs"
     runs.mkdir()
     (runs / "stale").symlink_to(resnet_runs / "stale")
+    # the same run as if it had trained on cropped and flipped images
+    shutil.copytree(resnet_runs / "stale", runs / "stale-augmented")
+    record = json.loads((runs / "stale-augmented" / "results.json").read_text())
+    record["config"]["augment"] = True
+    (runs / "stale-augmented" / "results.json").write_text(json.dumps(record))
+    # a row of a run folder that is gone, measured before the plain column existed, stays
+    (tmp_path / "table.csv").write_text(
+        "run,method,test_acc,test_acc_as_loaded,test_acc_reestimated,change_points,batches,batch_size\n"
+        "gone,momos,0.8655,0.8655,0.879,1.35,40,128\n")
     script.main(["--runs", str(runs), "--out", str(tmp_path / "table.csv"), "--batches", "2", "--threads", "1"])
-    [row] = read_csv_table(tmp_path / "table.csv")
+    gone, row, augmented = read_csv_table(tmp_path / "table.csv")
+    assert gone["test_acc_reestimated"] == 0.879 and gone["test_acc_reestimated_plain"] is None
     recorded = json.loads((resnet_runs / "stale" / "results.json").read_text())["summary"]["test_acc"]
     assert row["run"] == "stale" and row["test_acc"] == row["test_acc_as_loaded"] == round(recorded, 4)
     reestimated = json.loads((resnet_runs / "reestimated" / "results.json").read_text())["summary"]["test_acc"]
     assert row["test_acc_reestimated"] == round(reestimated, 4)   # the same training, re-estimated as it trained
+    # it trained on plain images: the plain column re-estimates on the same batches
+    assert row["test_acc_reestimated_plain"] == row["test_acc_reestimated"]
+    # the plain column ignores the run's augmentation; the re-estimation as it trained does not
+    assert augmented["test_acc_reestimated_plain"] == row["test_acc_reestimated_plain"]
+    assert augmented["test_acc_reestimated"] != row["test_acc_reestimated"]
     assert "| stale |" in capsys.readouterr().out

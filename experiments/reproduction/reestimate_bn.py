@@ -5,15 +5,17 @@ trained without it (the paper's procedure, which the sweep keeps).
     MOMOS_DATA=... python experiments/reproduction/reestimate_bn.py [--batches 40] [--threads 2]
 
 For every complete run folder of the sweep (``--runs``): the recorded test accuracy, the same checkpoint
-tested again as loaded (it must agree), and tested after re-estimating on the first
-``--batches`` augmented training batches of the run's split (``momos.train.reestimate_bn``,
-drawn with the run's seed). Writes ``reestimated_bn.csv`` next to this file (``--out``) and
+tested again as loaded (it must agree), tested after re-estimating on the first ``--batches``
+training batches of the run's split, augmented as the run trained (``momos.train.reestimate_bn``,
+drawn with the run's seed), and after re-estimating on the same batches without augmentation
+(which the weights did not train on: the comparison shows why the first is the one to use). Writes ``reestimated_bn.csv`` next to this file (``--out``) and
 prints it as a table. Run folders that are gone keep their rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -39,8 +41,11 @@ def measure(run_dir: Path, batches: int) -> dict:
     as_loaded = evaluate(model, data.test, data)[1]
     reestimate_bn(model, data, config, count=batches)
     reestimated = evaluate(model, data.test, data)[1]
+    reestimate_bn(model, data, dataclasses.replace(config, augment=False, randaugment=False), count=batches)
+    plain = evaluate(model, data.test, data)[1]
     return {"run": run_dir.name, "method": config.method, "test_acc": round(recorded, 4),
             "test_acc_as_loaded": round(as_loaded, 4), "test_acc_reestimated": round(reestimated, 4),
+            "test_acc_reestimated_plain": round(plain, 4),
             "change_points": round(100 * (reestimated - recorded), 2), "batches": batches,
             "batch_size": config.batch_size}
 
@@ -58,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         if (run_dir / "results.json").exists() and read_results(run_dir)["summary"]["complete"]:
             rows[run_dir.name] = measure(run_dir, args.batches)
             print(f"measured {run_dir.name}", flush=True)
-    table = sorted(rows.values(), key=lambda row: row["run"])
+    # rows kept from an older table may lack a column that the script measures now
+    columns = dict.fromkeys(key for row in rows.values() for key in row)
+    table = [{key: row.get(key) for key in columns} for row in sorted(rows.values(), key=lambda row: row["run"])]
     write_bytes_atomic(format_table(table, "csv").encode(), args.out)
     print(format_table(table, "markdown"))
 
