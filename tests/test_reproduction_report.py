@@ -91,4 +91,4 @@ def test_the_reestimated_table_is_shown_when_measured(report, tmp_path):
         "method-gone__seed-0,momos,0.8655,0.8655,0.879,,1.35,40,128\n")   # measured before the plain column
     section = "\n".join(module.reestimated_section(tmp_path / "reestimated_bn.csv"))
     assert "| method-momos__seed-0 | momos | 0.8655 | 0.8790 | +1.35 points | 40 of 128 | 0.8100 |" in section
-    assert "| method-gone__seed-0 | momos | 0.8655 | 0.8790 | +1.35 points | 40 of 128 | — |" in section
+    assert "| method-gone__seed-0 | momos | 0.8655 | 0.8790 | +1.35 points | 40 of 128 | - |" in section

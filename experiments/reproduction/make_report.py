@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from momos.io import write_bytes_atomic
-from momos.report import checkpoint_complexity, format_table, least_used_share, read_csv_table
+from momos.report import checkpoint_complexity, format_cell, format_table, least_used_share, read_csv_table
 from momos.sweep import expand, load_spec, sweep_rows
 
 HERE = Path(__file__).resolve().parent
@@ -349,15 +349,9 @@ def reestimated_section(path: Path) -> list[str]:
         "|---|---|---|---|---|---|---|",
         *(f"| {r['run']} | {r['method']} | {r['test_acc']:.4f} | {r['test_acc_reestimated']:.4f} | "
           f"{r['change_points']:+.2f} points | {r['batches']} of {r['batch_size']} | "
-          f"{_plain(r)} |" for r in rows),
+          f"{format_cell(r.get('test_acc_reestimated_plain'))} |" for r in rows),
         "",
     ]
-
-
-def _plain(row: dict) -> str:
-    """The plain-image column of a row measured before the script had it (run folder gone): —."""
-    value = row.get("test_acc_reestimated_plain")
-    return "—" if value is None else f"{value:.4f}"
 
 
 def document(records: list[dict], figure: bool) -> str:

@@ -4,12 +4,13 @@ trained without it (the paper's procedure, which the sweep keeps).
 
     MOMOS_DATA=... python experiments/reproduction/reestimate_bn.py [--batches 40] [--threads 2]
 
-For every complete run folder of the sweep (``--runs``): the recorded test accuracy, the same checkpoint
-tested again as loaded (it must agree), tested after re-estimating on the first ``--batches``
-training batches of the run's split, augmented as the run trained (``momos.train.reestimate_bn``,
-drawn with the run's seed), and after re-estimating on the same batches without augmentation
-(which the weights did not train on: the comparison shows why the first is the one to use). Writes ``reestimated_bn.csv`` next to this file (``--out``) and
-prints it as a table. Run folders that are gone keep their rows.
+For every complete run folder of the sweep (``--runs``): the recorded test accuracy, the same
+checkpoint tested again as loaded (it must agree), tested after re-estimating on the first
+``--batches`` training batches of the run's split, augmented as the run trained
+(``momos.train.reestimate_bn``, drawn with the run's seed), and after re-estimating on the same
+batches without augmentation (which the weights did not train on: the comparison shows why the
+first is the one to use). Writes ``reestimated_bn.csv`` next to this file (``--out``) and prints
+it as a table. Run folders that are gone keep their rows (a column they predate stays empty).
 """
 
 from __future__ import annotations
