@@ -303,13 +303,36 @@ def test_load_compact_refuses_a_file_that_does_not_fit_and_leaves_the_model(tmp_
     assert all(torch.equal(before[name], t) for name, t in other.state_dict().items())
 
 
-def test_load_compact_of_a_quantized_file_keeps_the_fake_quantization(tmp_path):
+@pytest.mark.parametrize("on_meta", [False, True])
+def test_load_compact_of_a_quantized_file_keeps_the_fake_quantization_and_builds_no_dense_mosaic(
+        tmp_path, monkeypatch, on_meta):
+    config = momos.MoMosConfig(block_size=4, capacity=0.1, seed=0, exclude=(r"^5\.",))   # 5.weight: quantized, plain
+    qat = momos.QATConfig(bits=4)
+    torch.manual_seed(0)
+    model, _ = mosaic(momos.add_qat_(MLP(20, 3, hidden=(32, 32)), qat), config)
+    momos.save(model, tmp_path / "qat.momos", config)
+    x = torch.randn(5, 20)
+
+    def no_rebuild(mosaic):
+        raise AssertionError("the compact load rebuilt the dense mosaic")
+
+    monkeypatch.setattr(momos.fileformat.codec, "rebuild", no_rebuild)
+    with torch.device("meta" if on_meta else "cpu"):
+        target = momos.add_qat_(MLP(20, 3, hidden=(32, 32)), qat)
+    loaded = momos.load(tmp_path / "qat.momos", target, compact=True)
+    assert [type(p).__name__ for p in loaded[1].parametrizations.weight] == ["MosaicWeight", "FakeQuantize"]
+    assert [type(p).__name__ for p in loaded[5].parametrizations.weight] == ["FakeQuantize"]
+    assert torch.equal(outputs(loaded, x), outputs(model, x))
+
+
+def test_load_compact_of_a_quantized_file_needs_its_fake_quantization_and_leaves_the_model(tmp_path):
     config = momos.MoMosConfig(block_size=4, capacity=0.1, seed=0)
     torch.manual_seed(0)
     model, _ = mosaic(momos.add_qat_(MLP(20, 3, hidden=(32, 32)), momos.QATConfig(bits=4)), config)
     momos.save(model, tmp_path / "qat.momos", config)
-    x = torch.randn(5, 20)
-    loaded = momos.load(tmp_path / "qat.momos", momos.add_qat_(MLP(20, 3, hidden=(32, 32)), momos.QATConfig(bits=4)),
-                        compact=True)
-    assert [type(p).__name__ for p in loaded[1].parametrizations.weight] == ["MosaicWeight", "FakeQuantize"]
-    assert torch.equal(outputs(loaded, x), outputs(model, x))
+    for target in (MLP(20, 3, hidden=(32, 32)), momos.add_qat_(MLP(20, 3, hidden=(32, 32)), momos.QATConfig(bits=6))):
+        before = {name: t.clone() for name, t in target.state_dict().items()}
+        with pytest.raises(ValueError, match="quantiz"):
+            momos.load(tmp_path / "qat.momos", target, compact=True)
+        assert not compact_tensors(target)
+        assert all(torch.equal(before[name], t) for name, t in target.state_dict().items())

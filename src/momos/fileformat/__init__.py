@@ -173,7 +173,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, compact: bo
     ``compact=True`` (with ``model``) then holds the file's mosaic tensors as motif tables plus
     indices (:func:`momos.compact_`, with the file's configuration and scales), so the model
     costs at inference about what the file does. They are built from the file's motifs and
-    indices, never as dense tensors (but for a quantized file, decoded dense and then compacted).
+    indices, never as dense tensors. A quantized file's mosaic is of its latent weights, so its
+    compact load needs the file's fake quantization attached to the model (``momos.add_qat_``).
 
     ``model`` may be built on the meta device (``with torch.device("meta"): model = Net()``):
     the file's tensors are then assigned (on the CPU) instead of copied, so its dense weights
@@ -188,39 +189,50 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, compact: bo
 
     Raises:
         FormatError: a bad file (see :func:`read`, which also explains the limits).
-        ValueError: the file does not fit ``model``, or the model's fake quantization is not
-            the file's (the model is not changed).
+        ValueError: the file does not fit ``model``, the model's fake quantization is not
+            the file's, or ``compact`` of a quantized file into a model without fake
+            quantization (the model is not changed).
     """
     parts = decode_parts(_read_bytes(path, max_bytes), max_weights=max_weights)
     if model is None:
         if compact:
             raise ValueError("compact=True needs the model to hold the mosaic: momos.load(path, model, compact=True)")
         return apply_quantization(stored_tensors(parts), parts.info.quantization)
-    if compact and not parts.info.quantization and not fake_quantized(model):
+    if compact:
         return _load_compact(model, parts)
     state = _state_for(model, stored_tensors(parts), parts.info.quantization)
     _check_fits(model, {name: t.shape for name, t in state.items()})
     model.load_state_dict(state, assign=_on_meta(model))
-    if compact:
-        _compact_as_stored(model, parts.info, parts.scales)
     return model
 
 
 def _load_compact(model: nn.Module, parts: DecodedFile) -> nn.Module:
-    """Load a file into ``model`` with its mosaic tensors compact, built from the file's motifs
-    and indices (the dense tensors are never built: the peak memory is about the compact
-    model's, plus the model's own tensors unless it is on the meta device)."""
+    """Load a file into ``model`` (with the file's fake quantization, if any) with its mosaic
+    tensors compact, built from the file's motifs and indices (the dense tensors are never
+    built: the peak memory is about the compact model's, plus the model's own tensors unless it
+    is on the meta device). Fake-quantized tensors load as latent weights, as :func:`_state_for`
+    explains."""
+    bits = parts.info.quantization
+    if bits and not fake_quantized(model):
+        raise ValueError(f"the file is quantized ({sorted(set(bits.values()))} bits) and its mosaic is of the "
+                         "latent weights: load it compact into a model with the file's quantization attached "
+                         "(momos.add_qat_), or without compact=True")
+    _check_quantization(model, bits)
     config = _config_as_stored(parts.info)
+    plain = latent_names(model)
+    latent = {plain_name: name for name, plain_name in plain.items()}
     mosaic_shapes = () if parts.mosaic is None else parts.mosaic.layout.shapes
-    _check_fits(model, {**{name: t.shape for name, t in parts.plain.items()},
-                        **dict(zip(parts.mosaic_names, mosaic_shapes))})
-    params = dict(model.named_parameters(remove_duplicate=False))
+    _check_fits(model, {latent.get(name, name): shape for name, shape in
+                        [*((name, t.shape) for name, t in parts.plain.items()),
+                         *zip(parts.mosaic_names, mosaic_shapes)]})
+    params = {plain.get(name, name): p for name, p in model.named_parameters(remove_duplicate=False)}
     buffers = [name for name in parts.mosaic_names if name not in params]
     if buffers:
         raise ValueError(f"the file's mosaic tensors {buffers[:5]} are not parameters of the model")
     from ..compact import hold_mosaic_   # momos.compact imports this package's decompose
 
-    model.load_state_dict(parts.plain, strict=False, assign=_on_meta(model))
+    model.load_state_dict({latent.get(name, name): t for name, t in parts.plain.items()},
+                          strict=False, assign=_on_meta(model))
     if parts.mosaic is not None:
         hold_mosaic_(model, [params[name] for name in parts.mosaic_names], parts.mosaic, config)
     return model
@@ -243,24 +255,15 @@ def _on_meta(model: nn.Module) -> bool:
     return any(t.is_meta for t in [*model.parameters(), *model.buffers()])
 
 
-def _config_as_stored(info: FileInfo, rename: Mapping[str, str] | None = None) -> MoMosConfig:
+def _config_as_stored(info: FileInfo) -> MoMosConfig:
     """The file's config, its selection replaced by the names of the tensors it stores as
-    mosaics (through ``rename``, e.g. to latent names), since the model's ``requires_grad``
-    flags need not be what they were when it was saved."""
+    mosaics, since the model's ``requires_grad`` flags need not be what they were when it was
+    saved."""
     if info.config is None:
         raise ValueError("the file holds no MoMosConfig; load it, then call momos.compact_(model, config)")
-    names = [(rename or {}).get(name, name) for book in info.codebooks for name in book.tensors]
+    names = [name for book in info.codebooks for name in book.tensors]
     return replace(MoMosConfig.from_dict(info.config), include=tuple(f"^{re.escape(n)}$" for n in names),
                    exclude=(), parameters="all")
-
-
-def _compact_as_stored(model: nn.Module, info: FileInfo, scales: dict[str, torch.Tensor] | None) -> None:
-    """:func:`momos.compact_` of exactly the tensors the file stores as mosaics (the fake-quantized
-    ones by their latent names), checked against the loaded weights."""
-    from ..compact import compact_   # momos.compact imports this package's decompose
-
-    latent = {plain: name for name, plain in latent_names(model).items()}
-    compact_(model, _config_as_stored(info, latent), scales=scales)
 
 
 def module_of_state_dict(state: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -288,13 +291,18 @@ def _state_for(model: nn.Module, stored: dict[str, torch.Tensor], bits: dict[str
     """What ``model`` loads from a file's ``stored`` tensors, whose quantization is ``bits``:
     with fake quantization attached, the latent weights under their parametrized names; else
     the quantized weights."""
-    attached = fake_quantized(model)
-    if not attached:
+    if not fake_quantized(model):
         return apply_quantization(stored, bits)
-    if attached != bits:
+    _check_quantization(model, bits)
+    return {latent_name(name) if name in bits else name: t for name, t in stored.items()}
+
+
+def _check_quantization(model: nn.Module, bits: dict[str, int]) -> None:
+    """Refuse a model with fake quantization attached that is not the file's (``bits``)."""
+    attached = fake_quantized(model)
+    if attached and attached != bits:
         differ = [f"{name}: {attached.get(name, 'none')} vs {bits.get(name, 'none')}"
                   for name in sorted(set(attached) | set(bits)) if attached.get(name) != bits.get(name)]
         raise ValueError(f"the model's fake quantization is not the file's (bits, model vs file: "
                          f"{', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''}): load into a model "
                          "with the file's quantization attached (momos.add_qat_) or with none")
-    return {latent_name(name) if name in bits else name: t for name, t in stored.items()}
