@@ -214,7 +214,7 @@ def _load_compact(model: nn.Module, parts: DecodedFile) -> nn.Module:
     explains."""
     bits = parts.info.quantization
     if bits and not fake_quantized(model):
-        raise ValueError(f"the file is quantized ({sorted(set(bits.values()))} bits) and its mosaic is of the "
+        raise ValueError(f"the file is quantized ({', '.join(map(str, sorted(set(bits.values()))))} bits) and its mosaic is of the "
                          "latent weights: load it compact into a model with the file's quantization attached "
                          "(momos.add_qat_), or without compact=True")
     _check_quantization(model, bits)
