@@ -213,28 +213,22 @@ def _load_compact(model: nn.Module, parts: DecodedFile) -> nn.Module:
     is on the meta device). Fake-quantized tensors load as latent weights, as :func:`_state_for`
     explains."""
     bits = parts.info.quantization
-    if bits and not fake_quantized(model):
-        raise ValueError(f"the file is quantized ({', '.join(map(str, sorted(set(bits.values()))))} bits) and its mosaic is of the "
-                         "latent weights: load it compact into a model with the file's quantization attached "
-                         "(momos.add_qat_), or without compact=True")
-    _check_quantization(model, bits)
+    # a quantized file's mosaic is of its latent weights, which only fake quantization turns into the file's weights
+    _check_quantization(fake_quantized(model), bits, compact=True)
     config = _config_as_stored(parts.info)
-    plain = latent_names(model)
-    latent = {plain_name: name for name, plain_name in plain.items()}
     mosaic_shapes = () if parts.mosaic is None else parts.mosaic.layout.shapes
-    _check_fits(model, {latent.get(name, name): shape for name, shape in
-                        [*((name, t.shape) for name, t in parts.plain.items()),
-                         *zip(parts.mosaic_names, mosaic_shapes)]})
-    params = {plain.get(name, name): p for name, p in model.named_parameters(remove_duplicate=False)}
-    buffers = [name for name in parts.mosaic_names if name not in params]
+    shapes = {**{name: t.shape for name, t in parts.plain.items()}, **dict(zip(parts.mosaic_names, mosaic_shapes))}
+    _check_fits(model, {_name_in_model(name, bits): shape for name, shape in shapes.items()})
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = [name for name in parts.mosaic_names if _name_in_model(name, bits) not in params]
     if buffers:
         raise ValueError(f"the file's mosaic tensors {buffers[:5]} are not parameters of the model")
     from ..compact import hold_mosaic_   # momos.compact imports this package's decompose
 
-    model.load_state_dict({latent.get(name, name): t for name, t in parts.plain.items()},
+    model.load_state_dict({_name_in_model(name, bits): t for name, t in parts.plain.items()},
                           strict=False, assign=_on_meta(model))
     if parts.mosaic is not None:
-        hold_mosaic_(model, [params[name] for name in parts.mosaic_names], parts.mosaic, config)
+        hold_mosaic_(model, [params[_name_in_model(name, bits)] for name in parts.mosaic_names], parts.mosaic, config)
     return model
 
 
@@ -291,18 +285,26 @@ def _state_for(model: nn.Module, stored: dict[str, torch.Tensor], bits: dict[str
     """What ``model`` loads from a file's ``stored`` tensors, whose quantization is ``bits``:
     with fake quantization attached, the latent weights under their parametrized names; else
     the quantized weights."""
-    if not fake_quantized(model):
-        return apply_quantization(stored, bits)
-    _check_quantization(model, bits)
-    return {latent_name(name) if name in bits else name: t for name, t in stored.items()}
-
-
-def _check_quantization(model: nn.Module, bits: dict[str, int]) -> None:
-    """Refuse a model with fake quantization attached that is not the file's (``bits``)."""
     attached = fake_quantized(model)
-    if attached and attached != bits:
-        differ = [f"{name}: {attached.get(name, 'none')} vs {bits.get(name, 'none')}"
-                  for name in sorted(set(attached) | set(bits)) if attached.get(name) != bits.get(name)]
-        raise ValueError(f"the model's fake quantization is not the file's (bits, model vs file: "
-                         f"{', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''}): load into a model "
-                         "with the file's quantization attached (momos.add_qat_) or with none")
+    _check_quantization(attached, bits, compact=False)
+    if not attached:
+        return apply_quantization(stored, bits)
+    return {_name_in_model(name, bits): t for name, t in stored.items()}
+
+
+def _name_in_model(name: str, bits: dict[str, int]) -> str:
+    """Where a model with the file's fake quantization (``bits``) holds the file's tensor ``name``."""
+    return latent_name(name) if name in bits else name
+
+
+def _check_quantization(attached: dict[str, int], bits: dict[str, int], *, compact: bool) -> None:
+    """Refuse a model whose fake quantization (``attached``) is not the file's (``bits``); a model
+    with none gets the quantized weights, except for a compact load."""
+    if attached == bits or not (attached or compact):
+        return
+    differ = [f"{name}: {attached.get(name, 'none')} vs {bits.get(name, 'none')}"
+              for name in sorted(set(attached) | set(bits)) if attached.get(name) != bits.get(name)]
+    fix = "or load it without compact=True" if compact else "or with none"
+    raise ValueError(f"the model's fake quantization is not the file's (bits, model vs file: "
+                     f"{', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''}): load into a model "
+                     f"with the file's quantization attached (momos.add_qat_) {fix}")
