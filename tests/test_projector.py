@@ -40,6 +40,16 @@ def test_finalize_projects_only_when_needed():
     assert momos.is_mosaic(model, projector.config, projector.codebook_motifs)
 
 
+def test_finalize_ends_at_the_configured_capacity_when_training_ends_mid_annealing():
+    model = small_model()
+    config = momos.MoMosConfig(block_size=2, capacity=0.1)
+    projector = momos.Projector(model, config, anneal_from=0.8, anneal_epochs=4)
+    annealed = [projector.epoch_end().num_motifs for _ in range(2)]   # training stops here
+    final = projector.finalize()
+    assert final is not None and final.num_motifs == int(0.1 * final.num_blocks) < min(annealed)
+    assert projector.finalize() is None
+
+
 def test_a_state_saved_before_the_rename_still_restores_the_codebooks():
     model = small_model()
     projector = momos.Projector(model, momos.MoMosConfig(capacity=0.1, motif_method="persistent"))

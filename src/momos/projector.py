@@ -6,7 +6,7 @@
             ...; optimizer.step()
             projector.step()          # counts steps; projects here only with every_n_steps
         projector.epoch_end()         # projects here by default (the paper's schedule)
-    projector.finalize()              # the model is now exactly a mosaic
+    projector.finalize()              # the model is now exactly a mosaic of the configured capacity
 """
 
 from __future__ import annotations
@@ -103,26 +103,34 @@ class Projector:
         capacity = self.anneal_from * (self.config.capacity / self.anneal_from) ** progress
         return replace(self.config, capacity=capacity)
 
-    def project(self) -> ProjectionStats:
-        """Project now (a new codebook; refined from the last one when ``motif_method="persistent"``)."""
-        config = self.current_config()
+    def project(self, config: MoMosConfig | None = None) -> ProjectionStats:
+        """Project now (a new codebook; refined from the last one when ``motif_method="persistent"``),
+        under ``config`` if given, else :meth:`current_config`."""
+        config = config or self.current_config()
         stats = project_(self.model, config, generator=self.generator, init_motifs=self.codebook_motifs,
                          calibration=self.calibration, warn_relative_error=None, keep_nonzero=False)
         broadcast_parameters_([p for _, p in select_parameters(self.model, config)])
         self.last = stats
         self.codebook_motifs = stats.codebook_motifs()
         self.scales = stats.scales
-        self.history.append({"epoch": self.epochs + 1, "step": self.steps, **stats.summary()})
+        self.history.append({"epoch": self.epochs + 1, "step": self.steps, "capacity": config.capacity,
+                             **stats.summary()})
         return stats
 
     def finalize(self) -> ProjectionStats | None:
-        """Make sure the model is exactly a mosaic; projects again only if it is not already.
+        """Make sure the model is exactly a mosaic at ``config``'s capacity; projects again
+        (at that capacity) only if it is not already: after steps that followed the last
+        projection, or when training ended before the annealing did.
 
         Returns the new projection's statistics, or None when nothing had to change.
         """
-        if self.codebook_motifs is not None and is_mosaic(self.model, self.config, self.codebook_motifs, self.scales):
+        last = self.history[-1] if self.history else {}
+        # histories saved before 0.2 record no capacity: their last projection counts as final
+        at_capacity = last.get("capacity", self.config.capacity) == self.config.capacity
+        if (self.codebook_motifs is not None and at_capacity
+                and is_mosaic(self.model, self.config, self.codebook_motifs, self.scales)):
             return None
-        return self.project()
+        return self.project(self.config)
 
     def state_dict(self) -> dict:
         """Everything needed to resume: counters, history, generator state, last codebook."""

@@ -96,7 +96,7 @@ class TrainConfig:
         every_n_steps: project every N optimizer steps instead of at every epoch end.
         warmup_epochs: epochs of training before the first projection.
         anneal_from: start at this capacity and shrink it geometrically to the projection's.
-        anneal_epochs: epochs of capacity annealing.
+        anneal_epochs: epochs of capacity annealing, fewer than ``epochs``.
         reestimate_bn: after every projection, before validation and checkpoints, re-estimate
             the BatchNorm running statistics on this many augmented training batches, the same
             ones every time (drawn with ``seed``; see ``momos.batchnorm``); 0 keeps the running
@@ -199,6 +199,9 @@ class TrainConfig:
             QATConfig(bits=self.qat_bits)
         if option_applies("warmup_epochs", self.method) and self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        if self.anneal_from is not None and self.anneal_epochs >= self.epochs:
+            raise ValueError(f"anneal_epochs ({self.anneal_epochs}) must be smaller than epochs ({self.epochs}), "
+                             "so that the last epoch trains and projects at the configured capacity")
         if self.init_weights is not None and not (self.init_from or "").startswith("timm:"):
             raise ValueError("init_weights is the weight file of a timm: init_from; give init_from timm:NAME")
         if self.momentum is not None and (self.optimizer or optimizer_profile(self.model)) != "sgd":
