@@ -97,6 +97,8 @@ def test_capacity_annealing_schedule():
         momos.Projector(model, cfg, anneal_from=0.001, anneal_epochs=2)
     with pytest.raises(ValueError, match="num_motifs"):
         momos.Projector(model, momos.MoMosConfig(num_motifs=3), anneal_from=0.5, anneal_epochs=2)
+    with pytest.raises(ValueError, match="needs anneal_from"):
+        momos.Projector(model, cfg, anneal_epochs=2)
 
 
 def test_bad_importance_leaves_model_untouched():

@@ -267,6 +267,7 @@ BAD_INPUT = [
     (["--every-n-steps", "0"], "every_n_steps must be a positive integer"),
     (["--method", "baseline", "--every-n-steps", "5"], "is a MoMos option"),
     (["--epochs", "4", "--anneal-from", "0.2", "--anneal-epochs", "4"], "anneal_epochs (4) must be smaller than epochs (4)"),
+    (["--anneal-epochs", "2"], "anneal_epochs (2) needs anneal_from"),
 ]
 
 

@@ -56,6 +56,8 @@ class Projector:
                                  f"got {anneal_from}")
             if anneal_epochs < 1:
                 raise ValueError(f"anneal_epochs must be >= 1 with anneal_from, got {anneal_epochs}")
+        elif anneal_epochs:
+            raise ValueError(f"anneal_epochs ({anneal_epochs}) needs anneal_from, the capacity to anneal from")
         config.validate()
         self.anneal_from = anneal_from
         self.anneal_epochs = anneal_epochs
