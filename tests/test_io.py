@@ -38,3 +38,10 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_bytes_atomic(b"new", path)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_a_folder_as_the_target_is_refused_by_name(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ValueError, match="it is a folder"):
+        write_bytes_atomic(b"x", tmp_path / "out")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and not any((tmp_path / "out").iterdir())

@@ -15,6 +15,8 @@ import torch
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
     path = Path(path)
+    if path.is_dir():   # os.replace would fail only after the temporary file is written beside it
+        raise ValueError(f"cannot write {path}: it is a folder; name a file in it")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
