@@ -108,7 +108,7 @@ class Projector:
     def project(self, config: MoMosConfig | None = None) -> ProjectionStats:
         """Project now (a new codebook; refined from the last one when ``motif_method="persistent"``),
         under ``config`` if given, else :meth:`current_config`."""
-        config = config or self.current_config()
+        config = self.current_config() if config is None else config
         stats = project_(self.model, config, generator=self.generator, init_motifs=self.codebook_motifs,
                          calibration=self.calibration, warn_relative_error=None, keep_nonzero=False)
         broadcast_parameters_([p for _, p in select_parameters(self.model, config)])

@@ -216,19 +216,20 @@ def _load_compact(model: nn.Module, parts: DecodedFile) -> nn.Module:
     # a quantized file's mosaic is of its latent weights, which only fake quantization turns into the file's weights
     _check_quantization(fake_quantized(model), bits, compact=True)
     config = _config_as_stored(parts.info)
+    in_model = {name: _name_in_model(name, bits) for name in [*parts.plain, *parts.mosaic_names]}
     mosaic_shapes = () if parts.mosaic is None else parts.mosaic.layout.shapes
     shapes = {**{name: t.shape for name, t in parts.plain.items()}, **dict(zip(parts.mosaic_names, mosaic_shapes))}
-    _check_fits(model, {_name_in_model(name, bits): shape for name, shape in shapes.items()})
+    _check_fits(model, {in_model[name]: shape for name, shape in shapes.items()})
     params = dict(model.named_parameters(remove_duplicate=False))
-    buffers = [name for name in parts.mosaic_names if _name_in_model(name, bits) not in params]
+    buffers = [name for name in parts.mosaic_names if in_model[name] not in params]
     if buffers:
         raise ValueError(f"the file's mosaic tensors {buffers[:5]} are not parameters of the model")
     from ..compact import hold_mosaic_   # momos.compact imports this package's decompose
 
-    model.load_state_dict({_name_in_model(name, bits): t for name, t in parts.plain.items()},
+    model.load_state_dict({in_model[name]: t for name, t in parts.plain.items()},
                           strict=False, assign=_on_meta(model))
     if parts.mosaic is not None:
-        hold_mosaic_(model, [params[_name_in_model(name, bits)] for name in parts.mosaic_names], parts.mosaic, config)
+        hold_mosaic_(model, [params[in_model[name]] for name in parts.mosaic_names], parts.mosaic, config)
     return model
 
 
